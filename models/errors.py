@@ -1,0 +1,139 @@
+"""Every error docraft reports, each with its HTTP status and stable code.
+
+This is the one table that maps failures to HTTP answers: a handler raises one
+of these, and the server turns it into the JSON error body
+``{"error": {"code": ..., "message": ..., "details": {...}}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class DocraftError(Exception):
+    """Base of every error that reaches a client.
+
+    ``status`` and ``code`` are class-level: a code never changes meaning.
+    ``details`` carries machine-readable context (the field at fault, the
+    leader to retry at, ...).
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_json(self) -> dict[str, Any]:
+        """The error body sent to clients; the one shape for every error."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class BadRequest(DocraftError):
+    """A parameter is missing, malformed or of the wrong type."""
+
+    status = 400
+    code = "bad_request"
+
+
+class NotFound(DocraftError):
+    """No such endpoint, route or admin resource."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(DocraftError):
+    """The endpoint exists but does not accept this HTTP method."""
+
+    status = 405
+    code = "method_not_allowed"
+
+
+class DocumentNotFound(DocraftError):
+    """A mutation addressed a document that does not exist."""
+
+    status = 404
+    code = "document_not_found"
+
+
+class DuplicateKey(DocraftError):
+    """An insert used a primary key that is already stored."""
+
+    status = 409
+    code = "duplicate_key"
+
+
+class ValidationError(DocraftError):
+    """A document does not satisfy its model; ``details['field']`` names the field."""
+
+    status = 422
+    code = "validation_failed"
+
+
+class NotLeader(DocraftError):
+    """This replica does not lead its group; ``details['leader']`` may name who does."""
+
+    status = 421
+    code = "not_leader"
+
+
+class NoLeader(DocraftError):
+    """A replica group has no reachable leader right now; retry later."""
+
+    status = 503
+    code = "no_leader"
+
+
+class OutcomeUnknown(DocraftError):
+    """A write was sent but its outcome could not be learned before the deadline."""
+
+    status = 504
+    code = "outcome_unknown"
+
+
+class EndpointFailed(DocraftError):
+    """An app endpoint raised something other than a docraft error: a bug in the app."""
+
+    status = 500
+    code = "endpoint_failed"
+
+
+class ShardUnavailable(DocraftError):
+    """A replica could not be reached or answered with something unusable."""
+
+    status = 502
+    code = "shard_unavailable"
+
+
+ERROR_CLASSES: dict[str, type[DocraftError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequest,
+        NotFound,
+        MethodNotAllowed,
+        DocumentNotFound,
+        DuplicateKey,
+        ValidationError,
+        NotLeader,
+        NoLeader,
+        OutcomeUnknown,
+        EndpointFailed,
+        ShardUnavailable,
+    )
+}
+
+
+def error_from_json(body: dict[str, Any]) -> DocraftError:
+    """Rebuild the error a peer sent as ``{"error": {...}}``.
+
+    Unknown codes become a plain ``DocraftError`` so nothing is lost in transit.
+    """
+    err = body.get("error") or {}
+    cls = ERROR_CLASSES.get(str(err.get("code")), DocraftError)
+    return cls(str(err.get("message", "unknown error")), **(err.get("details") or {}))

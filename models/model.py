@@ -1,0 +1,135 @@
+"""Declarative models: typed fields, primary key, partition key, indexes.
+
+    class User(Model, indexes=("country",)):
+        id: int = field(primary_key=True)
+        first_name: str
+        country: str
+        city: str = ""
+
+A model is a schema, never an instance holder: documents are plain dicts,
+checked and normalised by ``Model.validate``. The partition key (which shard
+a document lives on) defaults to the primary key.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from models.errors import ValidationError
+from models.types import Optional, ValueType, value_type_of
+
+_MISSING: Any = object()
+
+
+class FieldOptions:
+    """A field's declared options; the type comes from the annotation."""
+
+    def __init__(self, default: Any, primary_key: bool) -> None:
+        self.default = default
+        self.primary_key = primary_key
+
+
+def field(default: Any = _MISSING, *, primary_key: bool = False) -> Any:
+    """Declare a field's default or mark it as the primary key (``id: int = field(primary_key=True)``)."""
+    return FieldOptions(default, primary_key)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: ValueType
+    default: Any
+    primary_key: bool
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+
+class Model:
+    """Base class of every model. Subclass keywords: ``indexes``, ``partition_key``."""
+
+    name: ClassVar[str]
+    fields: ClassVar[dict[str, FieldSpec]]
+    primary_key: ClassVar[str]
+    partition_key: ClassVar[str]
+    indexes: ClassVar[tuple[str, ...]]
+
+    def __init_subclass__(
+        cls, *, indexes: tuple[str, ...] = (), partition_key: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.__name__
+        hints = typing.get_type_hints(cls)
+        specs: dict[str, FieldSpec] = {}
+        for name, annotation in hints.items():
+            if typing.get_origin(annotation) is ClassVar or name in Model.__annotations__:
+                continue
+            declared = cls.__dict__.get(name, _MISSING)
+            options = declared if isinstance(declared, FieldOptions) else FieldOptions(declared, False)
+            default = options.default
+            value_type = value_type_of(annotation)
+            if default is _MISSING and isinstance(value_type, Optional):
+                default = None
+            specs[name] = FieldSpec(name, value_type, default, options.primary_key)
+        keys = [s.name for s in specs.values() if s.primary_key]
+        if len(keys) != 1:
+            raise TypeError(f"model {cls.name} must declare exactly one primary key, found {keys}")
+        cls.fields = specs
+        cls.primary_key = keys[0]
+        cls.partition_key = partition_key or keys[0]
+        for name in (*indexes, cls.partition_key):
+            if name not in specs:
+                raise TypeError(f"model {cls.name}: {name!r} is not a field")
+        cls.indexes = tuple(indexes)
+
+    @classmethod
+    def validate(cls, doc: Any) -> dict[str, Any]:
+        """Return ``doc`` checked against the model, defaults filled in.
+
+        Raises ``ValidationError`` naming the first field at fault; unknown
+        fields are errors too, so a typo never silently drops data.
+        """
+        if not isinstance(doc, dict):
+            raise ValidationError(f"a {cls.name} must be a JSON object", model=cls.name)
+        unknown = sorted(set(doc) - set(cls.fields))
+        if unknown:
+            raise ValidationError(f"{cls.name} has no field {unknown[0]!r}", model=cls.name, field=unknown[0])
+        out: dict[str, Any] = {}
+        for name, spec in cls.fields.items():
+            if name not in doc:
+                if spec.required:
+                    raise ValidationError(f"{cls.name}.{name} is required", model=cls.name, field=name)
+                out[name] = _copy_default(spec.default)
+                continue
+            try:
+                out[name] = spec.type.check(doc[name])
+            except ValueError as exc:
+                raise ValidationError(f"{cls.name}.{name}: {exc}", model=cls.name, field=name) from None
+        return out
+
+    @classmethod
+    def from_text(cls, row: dict[str, str]) -> dict[str, Any]:
+        """Validate a document whose values are text (a CSV row, a query string).
+
+        Empty cells of fields with a default take the default.
+        """
+        doc: dict[str, Any] = {}
+        for name, text in row.items():
+            spec = cls.fields.get(name)
+            if spec is None:
+                doc[name] = text  # validate() reports the unknown field
+                continue
+            if text == "" and not spec.required:
+                continue
+            try:
+                doc[name] = spec.type.parse(text)
+            except ValueError as exc:
+                raise ValidationError(f"{cls.name}.{name}: {exc}", model=cls.name, field=name) from None
+        return cls.validate(doc)
+
+
+def _copy_default(default: Any) -> Any:
+    return list(default) if isinstance(default, list) else default

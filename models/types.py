@@ -1,0 +1,112 @@
+"""Value types of model fields and endpoint parameters.
+
+A ``ValueType`` checks a JSON value (``check``) and parses the text a URL
+query string or a CSV cell carries (``parse``). Both raise ``ValueError``
+with a message a person can act on; callers add the field or parameter name.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ValueType:
+    """One scalar, optional or list type; immutable."""
+
+    name: str = "any"
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` in canonical form, or raise ``ValueError``."""
+        raise NotImplementedError
+
+    def parse(self, text: str) -> Any:
+        """Parse ``text`` (from a URL or CSV) into a checked value."""
+        raise NotImplementedError
+
+
+class Scalar(ValueType):
+    def __init__(self, python_type: type) -> None:
+        self.python_type = python_type
+        self.name = python_type.__name__
+
+    def check(self, value: Any) -> Any:
+        kind = self.python_type
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, bool) and kind is not bool:
+            raise ValueError(f"expected {self.name}, got a boolean")
+        if not isinstance(value, kind):
+            raise ValueError(f"expected {self.name}, got {type(value).__name__}")
+        return value
+
+    def parse(self, text: str) -> Any:
+        kind = self.python_type
+        if kind is str:
+            return text
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(f"expected a boolean (true/false), got {text!r}")
+        try:
+            return kind(text.strip())
+        except ValueError:
+            raise ValueError(f"expected {self.name}, got {text!r}") from None
+
+
+class Optional(ValueType):
+    def __init__(self, inner: ValueType) -> None:
+        self.inner = inner
+        self.name = f"{inner.name} | None"
+
+    def check(self, value: Any) -> Any:
+        return None if value is None else self.inner.check(value)
+
+    def parse(self, text: str) -> Any:
+        return None if text == "" else self.inner.parse(text)
+
+
+class ListOf(ValueType):
+    """A list; from text it is comma-separated (``tags=a,b``)."""
+
+    def __init__(self, item: ValueType) -> None:
+        self.item = item
+        self.name = f"list[{item.name}]"
+
+    def check(self, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {type(value).__name__}")
+        return [self.item.check(v) for v in value]
+
+    def parse(self, text: str) -> Any:
+        if text == "":
+            return []
+        return [self.item.parse(part) for part in text.split(",")]
+
+
+_SCALARS = (str, int, float, bool)
+
+
+def value_type_of(annotation: Any) -> ValueType:
+    """Map a Python annotation (``int``, ``str | None``, ``list[str]``) to a ``ValueType``.
+
+    Raises ``TypeError`` for annotations docraft cannot store.
+    """
+    if annotation in _SCALARS:
+        return Scalar(annotation)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            return Optional(value_type_of(rest[0]))
+    if origin is list and len(args) == 1:
+        return ListOf(value_type_of(args[0]))
+    raise TypeError(f"unsupported field type {annotation!r}: use str, int, float, bool, X | None or list[X]")

@@ -1,0 +1,118 @@
+"""The ``docraft`` command line: up, node, dispatcher, load."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from node.config import ConfigError, load_config
+from query.app import App, load_app
+
+DEFAULT_APP = "examples.people"
+
+
+def _app(module: str | None, fallback: str = DEFAULT_APP) -> App:
+    name = module or fallback
+    try:
+        return load_app(name)
+    except (ImportError, ValueError) as exc:
+        raise SystemExit(f"docraft: cannot load app module {name!r}: {exc}") from None
+
+
+def _logging(name: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)  # one line per request costs throughput
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from node.launcher import Layout, up
+
+    layout = Layout(shards=args.shards, replicas=args.replicas, port=args.port, raft_port=args.raft_port)
+    return up(Path(args.data_dir), _app(args.app), layout, load_sample=not args.no_sample)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from node.servers import run_replica
+
+    config = load_config(Path(args.config))
+    _logging(args.replica)
+    run_replica(config, args.replica, _app(args.app, config.app))
+    return 0
+
+
+def cmd_dispatcher(args: argparse.Namespace) -> int:
+    from node.servers import run_dispatcher
+
+    config = load_config(Path(args.config))
+    _logging(args.id or "dispatcher")
+    run_dispatcher(config, args.id, _app(args.app, config.app))
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from node.loader import load_csv
+
+    app = _app(args.app)
+    try:
+        report = load_csv(Path(args.file), app.model(args.model), args.url, batch_size=args.batch_size)
+    except OSError as exc:
+        print(f"docraft load: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0 if not report.rejected else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="docraft", description="A sharded, Raft-replicated document database.")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run a local cluster with sample data until Ctrl-C")
+    up.add_argument("--data-dir", default="./docraft-data", help="cluster file and replica data (reused)")
+    up.add_argument("--app", help=f"app module (default {DEFAULT_APP})")
+    up.add_argument("--shards", type=int, default=2)
+    up.add_argument("--replicas", type=int, default=3)
+    up.add_argument("--port", type=int, default=8000, help="dispatcher port; replicas use port+100 upward")
+    up.add_argument("--raft-port", type=int, default=7100, help="first Raft port")
+    up.add_argument("--no-sample", action="store_true", help="do not load the app's sample data")
+    up.set_defaults(run=cmd_up)
+
+    node = commands.add_parser("node", help="run one replica process from a cluster file")
+    node.add_argument("--config", required=True)
+    node.add_argument("--replica", required=True, help="replica id in the cluster file")
+    node.add_argument("--app", help="app module (default: the cluster file's)")
+    node.set_defaults(run=cmd_node)
+
+    dispatcher = commands.add_parser("dispatcher", help="run one dispatcher process from a cluster file")
+    dispatcher.add_argument("--config", required=True)
+    dispatcher.add_argument("--id", help="dispatcher id in the cluster file (default: the first)")
+    dispatcher.add_argument("--app", help="app module (default: the cluster file's)")
+    dispatcher.set_defaults(run=cmd_dispatcher)
+
+    load = commands.add_parser("load", help="stream a CSV file into a running cluster")
+    load.add_argument("file")
+    load.add_argument("--model", required=True)
+    load.add_argument("--url", default="http://127.0.0.1:8000", help="a dispatcher or replica URL")
+    load.add_argument("--app", help=f"app module (default {DEFAULT_APP})")
+    load.add_argument("--batch-size", type=int, default=200)
+    load.set_defaults(run=cmd_load)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ConfigError as exc:
+        print(f"docraft: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The cluster configuration: one TOML file describing every process.
+
+    secret = "..."                 # Raft encryption password, shared by all replicas
+    app = "examples.people"        # default app module
+
+    [[shards]]
+    id = "s0"
+    slots = [0, 8191]              # inclusive range of the 16384 hash slots
+    [[shards.replicas]]
+    id = "s0r0"
+    raft = "127.0.0.1:7100"
+    http = "127.0.0.1:8100"
+    data_dir = "docraft-data/s0r0"  # relative paths are relative to this file
+
+    [[dispatchers]]
+    id = "d0"
+    http = "127.0.0.1:8000"
+
+    [raft]                          # optional; see consensus.replica.RaftTimings
+    election_min = 0.4
+
+``load_config`` validates everything and raises ``ConfigError`` with a
+sentence that names the offending entry; nothing is checked by assert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from consensus.replica import RaftTimings
+
+SLOT_COUNT = 16384
+
+
+class ConfigError(ValueError):
+    """The cluster file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    id: str
+    shard: str
+    raft: str
+    http: str
+    data_dir: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http}"
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    id: str
+    first_slot: int
+    last_slot: int
+    replicas: tuple[ReplicaConfig, ...]
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    id: str
+    http: str
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    secret: str
+    app: str
+    shards: tuple[ShardConfig, ...]
+    dispatchers: tuple[DispatcherConfig, ...]
+    path: Path
+    timings: RaftTimings = dataclasses.field(default_factory=RaftTimings)
+
+    def replica(self, replica_id: str) -> ReplicaConfig:
+        """The replica called ``replica_id``; raises ``ConfigError`` listing the known ones."""
+        for shard in self.shards:
+            for replica in shard.replicas:
+                if replica.id == replica_id:
+                    return replica
+        known = ", ".join(r.id for s in self.shards for r in s.replicas)
+        raise ConfigError(f"no replica {replica_id!r} in {self.path} (it has: {known})")
+
+    def shard(self, shard_id: str) -> ShardConfig:
+        for shard in self.shards:
+            if shard.id == shard_id:
+                return shard
+        raise ConfigError(f"no shard {shard_id!r} in {self.path}")
+
+    def dispatcher(self, dispatcher_id: str | None) -> DispatcherConfig:
+        """The dispatcher called ``dispatcher_id``, or the first one when ``None``."""
+        for dispatcher in self.dispatchers:
+            if dispatcher_id in (None, dispatcher.id):
+                return dispatcher
+        raise ConfigError(f"no dispatcher {dispatcher_id!r} in {self.path}")
+
+
+def _address(value: Any, what: str) -> str:
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ConfigError(f"{what} must be a 'host:port' string, got {value!r}")
+    host, port = value.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} must be a 'host:port' string, got {value!r}")
+    return value
+
+
+def _text(table: dict[str, Any], key: str, what: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} needs a non-empty string {key!r}")
+    return value
+
+
+def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
+    """Validate parsed TOML; raises ``ConfigError``."""
+    base = path.parent
+    secret = _text(data, "secret", "the cluster")
+    if len(secret) < 16:
+        raise ConfigError("the cluster secret must be at least 16 characters")
+    shards: list[ShardConfig] = []
+    seen: set[str] = set()
+    for i, table in enumerate(data.get("shards") or []):
+        shard_id = _text(table, "id", f"shards[{i}]")
+        slots = table.get("slots")
+        if not (isinstance(slots, list) and len(slots) == 2 and all(isinstance(s, int) for s in slots)):
+            raise ConfigError(f"shard {shard_id} needs slots = [first, last]")
+        replicas = []
+        for j, entry in enumerate(table.get("replicas") or []):
+            what = f"shard {shard_id} replicas[{j}]"
+            replica_id = _text(entry, "id", what)
+            data_dir = Path(_text(entry, "data_dir", what))
+            replicas.append(
+                ReplicaConfig(
+                    id=replica_id,
+                    shard=shard_id,
+                    raft=_address(entry.get("raft"), f"{what} raft"),
+                    http=_address(entry.get("http"), f"{what} http"),
+                    data_dir=data_dir if data_dir.is_absolute() else base / data_dir,
+                )
+            )
+        if not replicas:
+            raise ConfigError(f"shard {shard_id} lists no replicas")
+        shards.append(ShardConfig(shard_id, slots[0], slots[1], tuple(replicas)))
+        for name in [shard_id, *(r.id for r in replicas)]:
+            if name in seen:
+                raise ConfigError(f"id {name!r} is used twice")
+            seen.add(name)
+    if not shards:
+        raise ConfigError("the cluster lists no shards")
+    expected = 0
+    for shard in sorted(shards, key=lambda s: s.first_slot):
+        if shard.first_slot != expected or shard.last_slot < shard.first_slot:
+            raise ConfigError(
+                f"shard slots must cover 0..{SLOT_COUNT - 1} without gaps or overlaps; "
+                f"shard {shard.id} starts at {shard.first_slot}, expected {expected}"
+            )
+        expected = shard.last_slot + 1
+    if expected != SLOT_COUNT:
+        raise ConfigError(f"shard slots end at {expected - 1}, they must reach {SLOT_COUNT - 1}")
+    addresses = [a for s in shards for r in s.replicas for a in (r.raft, r.http)]
+    dispatchers = tuple(
+        DispatcherConfig(
+            _text(t, "id", f"dispatchers[{i}]"), _address(t.get("http"), f"dispatchers[{i}] http")
+        )
+        for i, t in enumerate(data.get("dispatchers") or [])
+    )
+    addresses += [d.http for d in dispatchers]
+    duplicated = sorted({a for a in addresses if addresses.count(a) > 1})
+    if duplicated:
+        raise ConfigError(f"address {duplicated[0]} is used by two processes")
+    app = data.get("app", "examples.people")
+    if not isinstance(app, str):
+        raise ConfigError("app must be a module name")
+    return ClusterConfig(secret, app, tuple(shards), dispatchers, path, _timings(data.get("raft") or {}))
+
+
+def _timings(table: dict[str, Any]) -> RaftTimings:
+    known = {f.name: f.type for f in dataclasses.fields(RaftTimings)}
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(f"[raft] has no setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    for name, value in table.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"[raft] {name} must be a positive number, got {value!r}")
+    try:
+        return RaftTimings(**table)
+    except ValueError as exc:
+        raise ConfigError(f"[raft]: {exc}") from None
+
+
+def load_config(path: Path) -> ClusterConfig:
+    """Read and validate the cluster file at ``path``; raises ``ConfigError``."""
+    try:
+        with open(path, "rb") as source:
+            data = tomllib.load(source)
+    except FileNotFoundError:
+        raise ConfigError(f"no cluster file at {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_config(data, path)
+
+
+def render_config(
+    secret: str,
+    app: str,
+    shards: list[tuple[str, list[tuple[str, str, str, str]]]],
+    dispatchers: list[tuple[str, str]],
+    raft: dict[str, float] | None = None,
+) -> str:
+    """TOML text for a cluster; shards get equal slot ranges in the order given.
+
+    ``shards`` is ``[(shard_id, [(replica_id, raft, http, data_dir), ...]), ...]``
+    and ``dispatchers`` is ``[(dispatcher_id, http), ...]``.
+    """
+    lines = [f'secret = "{secret}"', f'app = "{app}"', ""]
+    per_shard = SLOT_COUNT // len(shards)
+    for i, (shard_id, replicas) in enumerate(shards):
+        last = SLOT_COUNT - 1 if i == len(shards) - 1 else (i + 1) * per_shard - 1
+        lines += ["[[shards]]", f'id = "{shard_id}"', f"slots = [{i * per_shard}, {last}]", ""]
+        for replica_id, raft_address, http, data_dir in replicas:
+            lines += [
+                "[[shards.replicas]]",
+                f'id = "{replica_id}"',
+                f'raft = "{raft_address}"',
+                f'http = "{http}"',
+                f'data_dir = "{data_dir}"',
+                "",
+            ]
+    for dispatcher_id, http in dispatchers:
+        lines += ["[[dispatchers]]", f'id = "{dispatcher_id}"', f'http = "{http}"', ""]
+    if raft:
+        lines += ["[raft]", *(f"{name} = {value}" for name, value in raft.items()), ""]
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""Tornado request handlers shared by the dispatcher and the replica server.
+
+Every handler has the same shape: parse the request, call the router or the
+shard service, write JSON. Every non-2xx answer, including Tornado's own 404
+and 405 and any unexpected exception, has the body
+``{"error": {"code", "message", "details"?}}`` (see ``models.errors``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ujson
+from tornado.web import HTTPError, RequestHandler
+
+from models.errors import BadRequest, DocraftError, MethodNotAllowed, NoLeader, NotFound
+from node.router import Router
+from node.shard_service import ShardService
+
+log = logging.getLogger("docraft.http")
+
+_TORNADO_ERRORS: dict[int, type[DocraftError]] = {404: NotFound, 405: MethodNotAllowed}
+
+
+class JSONHandler(RequestHandler):
+    """Writes JSON bodies and the one error shape."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+
+    def write_json(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(ujson.dumps(body, escape_forward_slashes=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, DocraftError):
+            error, status = exc, exc.status
+        elif 400 <= status_code < 500:
+            reason = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else self._reason
+            error, status = _TORNADO_ERRORS.get(status_code, BadRequest)(reason), status_code
+        else:
+            error, status = DocraftError("internal error; the server log has the details"), status_code
+        if isinstance(error, NoLeader):
+            self.set_header("Retry-After", str(error.details.get("retry_after", 1)))
+        self.set_status(status)
+        self.finish(ujson.dumps(error.to_json(), escape_forward_slashes=False))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, DocraftError) and value.status < 500:
+            return  # a client error, answered; not worth a log line
+        super().log_exception(typ, value, tb)
+
+    def send_error_for(self, exc: DocraftError) -> None:
+        self.send_error(exc.status, exc_info=(type(exc), exc, None))
+
+    def json_body(self) -> dict[str, Any] | None:
+        """The request's JSON object body, ``None`` if empty; ``BadRequest`` if not an object."""
+        if not self.request.body:
+            return None
+        try:
+            body = ujson.loads(self.request.body)
+        except ValueError:
+            raise BadRequest("the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return body
+
+    def query_args(self) -> dict[str, list[str]]:
+        """Query-string arguments decoded as UTF-8, not stripped; ``BadRequest`` otherwise."""
+        try:
+            return {k: [v.decode("utf-8") for v in vs] for k, vs in self.request.query_arguments.items()}
+        except UnicodeDecodeError:
+            raise BadRequest("the query string is not valid UTF-8") from None
+
+
+class EndpointHandler(JSONHandler):
+    """``/{endpoint}``: an app endpoint, routed to the shards that hold the data."""
+
+    def initialize(self, router: Router) -> None:
+        self.router = router
+
+    async def get(self, name: str) -> None:
+        await self._call(name)
+
+    async def post(self, name: str) -> None:
+        await self._call(name)
+
+    async def _call(self, name: str) -> None:
+        try:
+            body = self.json_body() if self.request.method == "POST" else None
+            response = await self.router.call(name, self.request.method or "GET", self.query_args(), body)
+        except DocraftError as exc:
+            self.send_error_for(exc)
+            return
+        self.write_json(response)
+
+
+class BulkInsertHandler(JSONHandler):
+    """``POST /_bulk/{model}`` with ``{"docs": [...]}``: one result per document."""
+
+    def initialize(self, router: Router) -> None:
+        self.router = router
+
+    async def post(self, model: str) -> None:
+        try:
+            body = self.json_body() or {}
+            docs = body.get("docs")
+            if not isinstance(docs, list):
+                raise BadRequest('the body must be {"docs": [ ...documents... ]}', param="docs")
+            results = await self.router.insert_batch(model, docs)
+        except DocraftError as exc:
+            self.send_error_for(exc)
+            return
+        self.write_json({"results": results})
+
+
+class ClusterHandler(JSONHandler):
+    """``GET /_admin/cluster``: shards, slot ranges, leaders and replica status."""
+
+    def initialize(self, router: Router) -> None:
+        self.router = router
+
+    async def get(self) -> None:
+        self.write_json({"shards": await self.router.cluster_status()})
+
+
+class ShardWriteHandler(JSONHandler):
+    """``POST /_shard/write``: propose a command on this replica (routers only)."""
+
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
+
+    async def post(self) -> None:
+        try:
+            self.write_json(await self.service.write(self.json_body() or {}))
+        except DocraftError as exc:
+            self.send_error_for(exc)
+
+
+class ShardReadHandler(JSONHandler):
+    """``POST /_shard/read``: run a query endpoint on this replica (routers only)."""
+
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
+
+    async def post(self) -> None:
+        try:
+            self.write_json(await self.service.read(self.json_body() or {}))
+        except DocraftError as exc:
+            self.send_error_for(exc)
+
+
+class ShardStatusHandler(JSONHandler):
+    """``GET /_shard/status``: this replica's role, term and indexes."""
+
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
+
+    def get(self) -> None:
+        self.write_json(self.service.status())
+
+
+class NotFoundHandler(JSONHandler):
+    """Every path no route matches."""
+
+    def prepare(self) -> None:
+        raise NotFound(f"no route {self.request.path!r}", path=self.request.path)
+
+
+ENDPOINT_ROUTE = r"/([A-Za-z_][A-Za-z0-9_]*)"
+
+
+def router_routes(router: Router) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
+    """Routes every router process serves: endpoints, bulk insert, cluster admin."""
+    deps = {"router": router}
+    return [
+        (r"/_admin/cluster", ClusterHandler, deps),
+        (r"/_bulk/([A-Za-z_][A-Za-z0-9_]*)", BulkInsertHandler, deps),
+        (ENDPOINT_ROUTE, EndpointHandler, deps),
+    ]
+
+
+def shard_routes(service: ShardService) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
+    """Internal routes of a replica, called by routers."""
+    deps = {"service": service}
+    return [
+        (r"/_shard/write", ShardWriteHandler, deps),
+        (r"/_shard/read", ShardReadHandler, deps),
+        (r"/_shard/status", ShardStatusHandler, deps),
+    ]

@@ -1,0 +1,190 @@
+"""``docraft up``: a local cluster of replica and dispatcher processes.
+
+The first run writes ``cluster.toml`` (with a fresh Raft secret) into the
+data directory and loads the app's sample data; later runs reuse the file and
+every replica's data. Each process is started as ``docraft node`` or
+``docraft dispatcher`` on that file, exactly as on separate hosts, with its
+output in ``DATA_DIR/logs/``. SIGINT or SIGTERM stops every process.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import ujson
+
+from node.config import ClusterConfig, load_config, render_config
+from node.loader import load_csv
+from query.app import App
+
+CONFIG_NAME = "cluster.toml"
+SAMPLE_MARKER = ".sample-loaded"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shape and ports of a new local cluster."""
+
+    shards: int = 2
+    replicas: int = 3
+    port: int = 8000
+    raft_port: int = 7100
+    host: str = "127.0.0.1"
+
+    def render(self, app: str) -> str:
+        shard_list = []
+        for s in range(self.shards):
+            members = []
+            for r in range(self.replicas):
+                n = s * self.replicas + r
+                rid = f"s{s}r{r}"
+                members.append(
+                    (rid, f"{self.host}:{self.raft_port + n}", f"{self.host}:{self.port + 100 + n}", rid)
+                )
+            shard_list.append((f"s{s}", members))
+        return render_config(secrets.token_hex(24), app, shard_list, [("d0", f"{self.host}:{self.port}")])
+
+
+class LocalCluster:
+    """The processes of one cluster file on this machine; ``stop`` ends them all."""
+
+    def __init__(
+        self, config: ClusterConfig, app_module: str, log_dir: Path, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        self.config = config
+        self.app_module = app_module
+        self.log_dir = log_dir
+        self.extra_args = extra_args
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _command(self, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "node.cli",
+            *args,
+            "--config",
+            str(self.config.path),
+            "--app",
+            self.app_module,
+        ]
+
+    def start_replica(self, replica_id: str) -> subprocess.Popen[bytes]:
+        """Start (or restart) one replica process."""
+        return self._spawn(replica_id, self._command("node", "--replica", replica_id, *self.extra_args))
+
+    def start_dispatcher(self, dispatcher_id: str) -> subprocess.Popen[bytes]:
+        return self._spawn(dispatcher_id, self._command("dispatcher", "--id", dispatcher_id))
+
+    def start_all(self) -> None:
+        for shard in self.config.shards:
+            for replica in shard.replicas:
+                self.start_replica(replica.id)
+        for dispatcher in self.config.dispatchers:
+            self.start_dispatcher(dispatcher.id)
+
+    def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every process, then SIGKILL what is still running after ``timeout``."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        end = time.monotonic() + timeout
+        for process in self.processes.values():
+            try:
+                process.wait(max(end - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def wait_ready(self, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Wait until the dispatcher reports a leader for every shard; return its status.
+
+        Raises ``TimeoutError`` naming the shards still without one.
+        """
+        url = f"http://{self.config.dispatcher(None).http}/_admin/cluster"
+        end = time.monotonic() + timeout
+        missing: list[str] = ["(dispatcher not answering)"]
+        while time.monotonic() < end:
+            exited = [name for name, p in self.processes.items() if p.poll() is not None]
+            if exited:
+                raise TimeoutError(f"{', '.join(exited)} exited early; see {self.log_dir}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    shards: list[dict[str, Any]] = ujson.loads(response.read())["shards"]
+            except OSError:
+                time.sleep(0.2)
+                continue
+            missing = [s["id"] for s in shards if s["leader"] is None]
+            if not missing:
+                return shards
+            time.sleep(0.2)
+        raise TimeoutError(f"no leader after {timeout:.0f}s for: {', '.join(missing)}")
+
+
+def up(
+    data_dir: Path, app: App, layout: Layout, load_sample: bool = True, extra_args: tuple[str, ...] = ()
+) -> int:
+    """Run a local cluster in the foreground until SIGINT/SIGTERM; returns an exit code."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config_path = data_dir / CONFIG_NAME
+    if not config_path.exists():
+        config_path.write_text(layout.render(app.module), encoding="utf-8")
+    config = load_config(config_path)
+    cluster = LocalCluster(config, app.module, data_dir / "logs", extra_args)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        cluster.start_all()
+        shards = cluster.wait_ready()
+        dispatcher_url = f"http://{config.dispatcher(None).http}"
+        marker = data_dir / SAMPLE_MARKER
+        if load_sample and app.sample_data and not marker.exists():
+            for model_name, csv_path in app.sample_data.items():
+                report = load_csv(
+                    csv_path, app.model(model_name), dispatcher_url, progress=sys.stderr.isatty()
+                )
+                print(f"sample {model_name}: {report.summary()}", flush=True)
+            marker.write_text("sample data loaded\n", encoding="utf-8")
+        print(f"docraft is up: dispatcher {dispatcher_url}  (data in {data_dir}, app {app.module})")
+        for shard in shards:
+            for replica in shard["replicas"]:
+                where = f"http://{replica['http']}  raft {replica['raft']}"
+                print(f"  shard {shard['id']}  {replica['id']}  {where}  {replica['role']}")
+        print(f"try: curl '{dispatcher_url}/get_user?country=United%20States&limit=3'", flush=True)
+        while not stopping.wait(0.5):
+            for name, process in cluster.processes.items():
+                if process.returncode is None and process.poll() is not None:
+                    print(
+                        f"process {name} exited with {process.returncode}; see {cluster.log_dir / name}.log",
+                        flush=True,
+                    )
+        return 0
+    except TimeoutError as exc:
+        print(f"docraft up failed: {exc}; logs in {cluster.log_dir}", file=sys.stderr)
+        return 1
+    finally:
+        cluster.stop()
+        print("docraft stopped", flush=True)

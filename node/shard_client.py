@@ -1,0 +1,83 @@
+"""How a router talks to replicas: HTTP with kept-alive connections, or in-process.
+
+Replica-to-replica and dispatcher-to-replica calls use Tornado's
+``CurlAsyncHTTPClient``: it keeps connections open, where the default
+``simple_httpclient`` opens one per request (FACTS.md: 2,100 req/s behind it
+falls to 550). A router embedded in a replica server calls its own replica's
+``ShardService`` directly instead of over the loopback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ujson
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from consensus.state_machine import Result
+from models.errors import DocraftError, ShardUnavailable, error_from_json
+from node.config import ReplicaConfig
+from node.shard_service import ShardService
+
+AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=256)
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class ShardClient:
+    """Calls ``/_shard/*`` on replicas; raises the ``DocraftError`` a replica answered with.
+
+    Connection failures and timeouts raise ``ShardUnavailable``.
+    """
+
+    def __init__(self, local: ShardService | None = None, timeout: float = 5.0) -> None:
+        self.local = local
+        self.timeout = timeout
+        self.http = AsyncHTTPClient()
+
+    def is_local(self, replica: ReplicaConfig) -> bool:
+        return self.local is not None and self.local.config.id == replica.id
+
+    async def write(self, replica: ReplicaConfig, command: dict[str, Any], timeout: float) -> Result:
+        if self.local is not None and self.is_local(replica):
+            return await self.local.write(command)
+        return await self._call(replica, "POST", "/_shard/write", command, timeout)
+
+    async def read(self, replica: ReplicaConfig, request: dict[str, Any], timeout: float) -> Result:
+        if self.local is not None and self.is_local(replica):
+            return await self.local.read(request)
+        return await self._call(replica, "POST", "/_shard/read", request, timeout)
+
+    async def status(self, replica: ReplicaConfig, timeout: float = 1.0) -> dict[str, Any]:
+        if self.local is not None and self.is_local(replica):
+            return self.local.status()
+        return await self._call(replica, "GET", "/_shard/status", None, timeout)
+
+    async def _call(
+        self, replica: ReplicaConfig, method: str, path: str, payload: Any, timeout: float
+    ) -> dict[str, Any]:
+        body = None if payload is None else ujson.dumps(payload)
+        try:
+            response = await self.http.fetch(
+                replica.http_url + path,
+                method=method,
+                body=body,
+                headers=JSON_HEADERS,
+                request_timeout=max(timeout, 0.05),
+                connect_timeout=min(max(timeout, 0.05), 1.0),
+                raise_error=False,
+            )
+        except (OSError, HTTPClientError) as exc:
+            raise ShardUnavailable(f"replica {replica.id} unreachable: {exc}", replica=replica.id) from None
+        if response.code == 599 or not response.body:
+            raise ShardUnavailable(f"replica {replica.id} unreachable: {response.error}", replica=replica.id)
+        try:
+            decoded: dict[str, Any] = ujson.loads(response.body)
+        except ValueError:
+            raise ShardUnavailable(
+                f"replica {replica.id} sent a body that is not JSON", replica=replica.id
+            ) from None
+        if response.code != 200:
+            error: DocraftError = error_from_json(decoded)
+            raise error
+        return decoded

@@ -1,0 +1,67 @@
+"""What one replica offers the routers: propose a write, run a read, report status.
+
+The replica server exposes these as ``/_shard/*`` routes, and a router inside
+the same process calls them directly, so both paths run the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from consensus.replica import Replica
+from consensus.state_machine import Result, StateMachine
+from models.errors import BadRequest
+from node.config import ReplicaConfig
+from node.consistency import Consistency
+
+
+class ShardService:
+    def __init__(self, replica: Replica, config: ReplicaConfig) -> None:
+        self.replica = replica
+        self.config = config
+
+    async def write(self, command: dict[str, Any]) -> Result:
+        """Propose ``command`` through Raft and return the state machine's result.
+
+        The leader stamps the wall-clock time into the command, so every
+        replica applies the same time. Raises ``NotLeader``, ``NoLeader`` or
+        ``OutcomeUnknown`` (see ``Replica.submit``).
+        """
+        if not isinstance(command, dict) or not isinstance(command.get("request_id"), str):
+            raise BadRequest("a shard write needs a JSON object with a string request_id")
+        return await self.replica.submit({**command, "time": time.time()})
+
+    async def read(self, request: dict[str, Any]) -> Result:
+        """Run a query endpoint here at the requested consistency.
+
+        ``request`` is ``{"endpoint", "args", "explain", "consistency"}``.
+        Raises ``NotLeader`` when a ``leader`` or ``linearizable`` read
+        reaches a follower.
+        """
+        consistency = Consistency.parse(request.get("consistency"))
+        if consistency is Consistency.LINEARIZABLE:
+            await self.replica.submit({"type": "noop"})
+        elif consistency is Consistency.LEADER:
+            self.replica.check_leader_read()
+        endpoint = str(request.get("endpoint"))
+        args = request.get("args") or {}
+        explain = bool(request.get("explain"))
+
+        def run(state: StateMachine) -> Result:
+            return state.query(endpoint, args, explain)
+
+        result = self.replica.read_locally(run)
+        result["served_by"] = {
+            "replica": self.config.id,
+            "consistency": consistency.value,
+            **self._position(),
+        }
+        return result
+
+    def _position(self) -> dict[str, Any]:
+        return {"term": self.replica._getTerm(), "applied_index": self.replica.raftLastApplied}
+
+    def status(self) -> dict[str, Any]:
+        """This replica's id, shard and Raft status."""
+        return {"id": self.config.id, "shard": self.config.shard, **self.replica.status()}

@@ -1,0 +1,76 @@
+"""One model's documents on one replica, with their sorted indexes.
+
+Documents are kept by primary key in a ``SortedDict``; every declared index
+is a ``SortedList`` of ``(value key, primary key)``. Mutating methods keep
+both in step; nothing here does I/O. Callers must pass documents already
+validated by the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from sortedcontainers import SortedDict, SortedList
+
+from models.model import Model
+from query.ordering import KEY_MAX, SortKey, value_key
+
+
+class Collection:
+    def __init__(self, model: type[Model]) -> None:
+        self.model = model
+        self.docs: SortedDict = SortedDict()
+        self.indexes: dict[str, SortedList] = {name: SortedList() for name in model.indexes}
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def get(self, key: Any) -> dict[str, Any] | None:
+        """The document with primary key ``key``, or ``None``. Do not mutate it."""
+        doc: dict[str, Any] | None = self.docs.get(value_key(key))
+        return doc
+
+    def put(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """Store ``doc`` (insert or replace); return the document it replaced."""
+        pk = value_key(doc[self.model.primary_key])
+        old: dict[str, Any] | None = self.docs.get(pk)
+        if old is not None:
+            self._unindex(old, pk)
+        self.docs[pk] = doc
+        for name, index in self.indexes.items():
+            index.add((value_key(doc[name]), pk))
+        return old
+
+    def remove(self, key: Any) -> dict[str, Any] | None:
+        """Delete the document with primary key ``key``; return it, or ``None``."""
+        pk = value_key(key)
+        old: dict[str, Any] | None = self.docs.pop(pk, None)
+        if old is not None:
+            self._unindex(old, pk)
+        return old
+
+    def _unindex(self, doc: dict[str, Any], pk: SortKey) -> None:
+        for name, index in self.indexes.items():
+            index.remove((value_key(doc[name]), pk))
+
+    def scan_keys(
+        self, low: SortKey | None = None, high: SortKey | None = None, reverse: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Documents in primary-key order, ``low`` to ``high`` inclusive (``None``: unbounded)."""
+        for pk in self.docs.irange(low, high, reverse=reverse):
+            yield self.docs[pk]
+
+    def scan_index(
+        self, field: str, low: SortKey | None, high: SortKey | None, reverse: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Documents whose ``field`` key lies in [low, high], in (field, primary key) order."""
+        index = self.indexes[field]
+        minimum = None if low is None else (low,)
+        maximum = None if high is None else (high, KEY_MAX)
+        for _, pk in index.irange(minimum, maximum, reverse=reverse):
+            yield self.docs[pk]
+
+    def all(self) -> list[dict[str, Any]]:
+        """Every document, in primary-key order."""
+        return list(self.docs.values())

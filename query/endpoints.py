@@ -1,0 +1,147 @@
+"""Declaring endpoints: ``@query`` for reads, ``@mutation`` for writes.
+
+    @query(shard_key="id")
+    def get_user(db: ReadView, id: int | None = None, country: str | None = None) -> Page: ...
+
+    @mutation(shard_key="id", methods=("GET", "POST"))
+    def insert_user(db: WriteView, id: int, first_name: str) -> dict: ...
+
+Parameters are typed by their annotations and parsed from the URL query
+string or a JSON body. ``shard_key`` names the parameter whose value decides
+the shard: a query given it reads one shard, a query without it reads every
+shard and the router merges; a mutation must always have it, because a write
+runs inside exactly one shard's state machine.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from models.errors import BadRequest
+from models.types import ListOf, ValueType, value_type_of
+
+RESERVED_PARAMS = frozenset({"explain", "consistency"})
+
+EndpointKind = Literal["query", "mutation"]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: ValueType
+    default: Any
+    required: bool
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A named, typed entry point of the app; immutable once declared."""
+
+    name: str
+    func: Callable[..., Any]
+    kind: EndpointKind
+    methods: tuple[str, ...]
+    params: dict[str, Param]
+    shard_key: str | None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def parse(self, query_args: Mapping[str, list[str]], body: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Typed arguments from the query string and an optional JSON body.
+
+        Raises ``BadRequest`` naming the parameter that is unknown, missing,
+        given twice or of the wrong type. Reserved parameters are skipped.
+        """
+        args: dict[str, Any] = {}
+        for name, texts in query_args.items():
+            if name in RESERVED_PARAMS:
+                continue
+            param = self._param(name)
+            try:
+                if isinstance(param.type, ListOf) and len(texts) > 1:
+                    args[name] = [param.type.item.parse(t) for t in texts]
+                else:
+                    args[name] = param.type.parse(texts[-1])
+            except ValueError as exc:
+                raise BadRequest(f"parameter {name!r}: {exc}", param=name) from None
+        for name, value in (body or {}).items():
+            if name in RESERVED_PARAMS:
+                continue
+            param = self._param(name)
+            if name in args:
+                raise BadRequest(f"parameter {name!r} given both in the URL and the body", param=name)
+            try:
+                args[name] = param.type.check(value)
+            except ValueError as exc:
+                raise BadRequest(f"parameter {name!r}: {exc}", param=name) from None
+        for name, param in self.params.items():
+            if name not in args:
+                if param.required:
+                    raise BadRequest(f"parameter {name!r} is required", param=name)
+                args[name] = param.default
+        return args
+
+    def _param(self, name: str) -> Param:
+        param = self.params.get(name)
+        if param is None:
+            known = ", ".join(sorted(self.params)) or "none"
+            raise BadRequest(f"{self.name} takes no parameter {name!r} (it takes: {known})", param=name)
+        return param
+
+    def shard_key_of(self, args: Mapping[str, Any]) -> Any:
+        """The value that picks the shard, or ``None`` for a scatter read."""
+        return None if self.shard_key is None else args.get(self.shard_key)
+
+
+def _declare(
+    func: Callable[..., Any], kind: EndpointKind, methods: tuple[str, ...], shard_key: str | None
+) -> Endpoint:
+    hints = typing.get_type_hints(func)
+    signature = inspect.signature(func)
+    params: dict[str, Param] = {}
+    for index, (name, p) in enumerate(signature.parameters.items()):
+        if index == 0:
+            continue  # the database view
+        if name in RESERVED_PARAMS:
+            raise TypeError(f"endpoint {func.__name__}: {name!r} is a reserved parameter name")
+        if name not in hints:
+            raise TypeError(f"endpoint {func.__name__}: parameter {name!r} needs a type annotation")
+        required = p.default is inspect.Parameter.empty
+        params[name] = Param(name, value_type_of(hints[name]), None if required else p.default, required)
+    if shard_key is not None and shard_key not in params:
+        raise TypeError(f"endpoint {func.__name__}: shard_key {shard_key!r} is not a parameter")
+    return Endpoint(func.__name__, func, kind, tuple(m.upper() for m in methods), params, shard_key)
+
+
+def query(
+    *, shard_key: str | None = None, methods: tuple[str, ...] = ("GET",)
+) -> Callable[[Callable[..., Any]], Endpoint]:
+    """Declare a read endpoint; it receives a ``ReadView`` and must not write."""
+
+    def wrap(func: Callable[..., Any]) -> Endpoint:
+        return _declare(func, "query", methods, shard_key)
+
+    return wrap
+
+
+def mutation(
+    *, shard_key: str, methods: tuple[str, ...] = ("POST",)
+) -> Callable[[Callable[..., Any]], Endpoint]:
+    """Declare a write endpoint; it runs inside the shard's state machine on a ``WriteView``.
+
+    It must be deterministic: use ``db.now`` and ``db.request_id``, never the
+    clock or randomness of the process.
+    """
+
+    def wrap(func: Callable[..., Any]) -> Endpoint:
+        endpoint = _declare(func, "mutation", methods, shard_key)
+        if endpoint.params[shard_key].required is False:
+            raise TypeError(f"mutation {func.__name__}: shard_key {shard_key!r} must be required")
+        return endpoint
+
+    return wrap
