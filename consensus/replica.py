@@ -103,6 +103,8 @@ class Replica(SyncObj):  # type: ignore[misc]
         # Reads are served as leader only once an entry of the leader's own
         # term is applied (Raft section 8): before that its state may lag.
         self._ready_term = -1
+        # Writes proposed in the same event-loop turn, sent as one Raft entry (group commit).
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[Result]]] = []
         data_dir.mkdir(parents=True, exist_ok=True)
         conf = SyncObjConf(
             password=password,
@@ -160,21 +162,34 @@ class Replica(SyncObj):  # type: ignore[misc]
     def submit(self, command: dict[str, Any]) -> asyncio.Future[Result]:
         """Propose ``command``; the future gets the state machine's result once committed.
 
-        Must be called on the event loop. The future fails with ``NotLeader``
-        when this replica does not lead (nothing was proposed), or with
-        ``OutcomeUnknown`` when leadership changed after proposing.
+        Must be called on the event loop. Commands submitted in the same loop
+        turn travel as one ``batch`` entry, so concurrent writes share a Raft
+        round while a lone write still leaves at once. The future fails with
+        ``NotLeader`` when this replica does not lead (nothing was proposed),
+        or with ``OutcomeUnknown`` when leadership changed after proposing.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         if not self._isLeader():
             future.set_exception(self.not_leader())
             return future
+        self._pending.append((command, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._propose_pending, loop)
+        return future
+
+    def _propose_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending, self._pending = self._pending, []
+        if len(pending) == 1:
+            entry = pending[0][0]
+        else:
+            entry = {"type": "batch", "commands": [command for command, _ in pending]}
+        futures = [future for _, future in pending]
 
         def done(result: Result | None, error: int) -> None:
-            loop.call_soon_threadsafe(_settle, future, result, error)
+            loop.call_soon_threadsafe(_settle, futures, result, error)
 
-        self.apply_command(ujson.dumps(command).encode(), callback=done)
-        return future
+        self.apply_command(ujson.dumps(entry).encode(), callback=done)
 
     def read_locally(self, reader: Callable[[StateMachine], Result]) -> Result:
         """Run ``reader`` against the local state, between applies."""
@@ -251,21 +266,24 @@ class Replica(SyncObj):  # type: ignore[misc]
         return _entry_from_json(raft["last"]), _entry_from_json(raft["previous"]), cluster
 
 
-def _settle(future: asyncio.Future[Result], result: Result | None, error: int) -> None:
-    if future.done():
-        return
+def _settle(futures: list[asyncio.Future[Result]], result: Result | None, error: int) -> None:
+    """Hand a committed entry's result (one per command of a batch) or its failure to the waiters."""
     if error == FAIL_REASON.SUCCESS and result is not None:
-        future.set_result(result)
-    elif error == FAIL_REASON.MISSING_LEADER:
-        future.set_exception(
-            NotLeader("no leader was known when the write was proposed; nothing was written")
-        )
+        results = result["ok"] if len(futures) > 1 else [result]
+        for future, one in zip(futures, results, strict=True):
+            if not future.done():
+                future.set_result(one)
+        return
+    failure: Exception
+    if error == FAIL_REASON.MISSING_LEADER:
+        failure = NotLeader("no leader was known when the write was proposed; nothing was written")
     elif error == FAIL_REASON.QUEUE_FULL:
-        future.set_exception(NoLeader("the replica's proposal queue is full; retry shortly", retry_after=0.5))
+        failure = NoLeader("the replica's proposal queue is full; retry shortly", retry_after=0.5)
     else:
-        future.set_exception(
-            OutcomeUnknown(f"leadership changed while the write was in flight (raft error {error})")
-        )
+        failure = OutcomeUnknown(f"leadership changed while the write was in flight (raft error {error})")
+    for future in futures:
+        if not future.done():
+            future.set_exception(failure)
 
 
 def _entry_to_json(entry: tuple[bytes, int, int]) -> list[Any]:

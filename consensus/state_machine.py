@@ -10,6 +10,7 @@ Commands are JSON objects:
     {"type": "mutation", "endpoint": NAME, "args": {...}, "request_id": ID, "time": T}
     {"type": "insert_batch", "model": NAME, "docs": [...], "request_id": ID, "time": T}
     {"type": "noop"}
+    {"type": "batch", "commands": [...]}   several commands in one log entry
 
 ``apply`` returns ``{"ok": value}`` or ``{"error": {...}}`` (the one error
 shape). A command whose ``request_id`` was applied before returns the first
@@ -68,6 +69,8 @@ class StateMachine:
             result = self._insert_batch(command)
         elif kind == "noop":
             result = {"ok": None}
+        elif kind == "batch":
+            return self._batch(command)
         else:
             result = BadRequest(f"unknown command type {kind!r}").to_json()
         if request_id is not None:
@@ -88,6 +91,15 @@ class StateMachine:
         except Exception as exc:  # a bug in app code: same on every replica, rolled back
             view.rollback()
             return EndpointFailed(f"{command.get('endpoint')} raised {type(exc).__name__}: {exc}").to_json()
+
+    def _batch(self, command: dict[str, Any]) -> Result:
+        """Apply each command in order, each with its own result and request id."""
+        commands = command.get("commands")
+        if not isinstance(commands, list) or any(
+            c.get("type") == "batch" for c in commands if isinstance(c, dict)
+        ):
+            return BadRequest("a batch holds a list of commands, none of them a batch").to_json()
+        return {"ok": [self.apply(c if isinstance(c, dict) else {}) for c in commands]}
 
     def _insert_batch(self, command: dict[str, Any]) -> Result:
         """Insert documents one by one; each gets its own result so one bad row spoils nothing."""

@@ -1,0 +1,227 @@
+"""Throughput and latency of a docraft cluster through its dispatcher.
+
+    python -m bench.throughput --start              # starts a `docraft up`-shaped cluster itself
+    python -m bench.throughput --url http://127.0.0.1:8000 --clients 32 --duration 10 --json out.json
+
+Runs, in order: a no-op Tornado endpoint in a separate process (the
+machine's baseline, measured in the same run), key-addressed writes
+(``insert_user``), reads by key (``get_user?id=``) and the scatter query
+(``get_user?country=``), each with N concurrent clients for D seconds, plus
+writes with one client for the lone-write latency. Prints ops/s and p50/p99
+latency, and each throughput as a ratio to the no-op baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import ujson
+
+from tornado.httpclient import AsyncHTTPClient
+
+# Kept-alive connections, one per client: the load generator must not pay a TCP handshake per request.
+AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=512)
+
+
+@dataclass
+class Result:
+    name: str
+    clients: int
+    ops: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    ratio_to_noop: float | None = None
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def line(self) -> str:
+        ratio = "" if self.ratio_to_noop is None else f"  {self.ratio_to_noop:5.2f}x no-op"
+        return (
+            f"{self.name:<24} {self.clients:>3} clients  {self.ops_per_s:8.0f} ops/s  "
+            f"p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms  errors {self.errors}{ratio}"
+        )
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(int(fraction * len(sorted_values)), len(sorted_values) - 1)]
+
+
+async def drive(
+    name: str, base_url: str, clients: int, seconds: float, next_path: Callable[[], str]
+) -> Result:
+    """``clients`` connections each sending GET ``next_path()`` back to back for ``seconds``."""
+    latencies: list[float] = []
+    errors = 0
+    end = time.perf_counter() + seconds
+
+    http = AsyncHTTPClient()
+
+    async def client() -> None:
+        nonlocal errors
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            response = await http.fetch(base_url + next_path(), raise_error=False)
+            if response.code == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - began
+    latencies.sort()
+    return Result(
+        name,
+        clients,
+        len(latencies),
+        errors,
+        elapsed,
+        percentile(latencies, 0.5) * 1e3,
+        percentile(latencies, 0.99) * 1e3,
+    )
+
+
+def user_paths(first_id: int) -> tuple[Callable[[], str], list[int]]:
+    """Insert paths with fresh ids; the list collects the ids handed out."""
+    counter = itertools.count(first_id)
+    issued: list[int] = []
+    countries = ["United States", "Australia", "Canada", "France", "Japan"]
+
+    def next_path() -> str:
+        uid = next(counter)
+        issued.append(uid)
+        query = urllib.parse.urlencode(
+            {
+                "id": uid,
+                "first_name": "Bench",
+                "last_name": f"User{uid}",
+                "country": countries[uid % len(countries)],
+                "address": "1 Main St.",
+                "city": "Town",
+            }
+        )
+        return f"/insert_user?{query}"
+
+    return next_path, issued
+
+
+def cycle_paths(paths: list[str]) -> Callable[[], str]:
+    iterator: Iterator[str] = itertools.cycle(paths)
+    return lambda: next(iterator)
+
+
+def wait_until_up(url: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing answers at {url}")
+
+
+async def run(args: argparse.Namespace, cluster_url: str) -> list[Result]:
+    results: list[Result] = []
+    noop = subprocess.Popen([sys.executable, "-m", "bench.noop_server", "--port", str(args.noop_port)])
+    try:
+        noop_url = f"http://127.0.0.1:{args.noop_port}"
+        wait_until_up(noop_url + "/noop")
+        baseline = await drive(
+            "no-op tornado endpoint", noop_url, args.clients, args.duration, lambda: "/noop"
+        )
+        results.append(baseline)
+        print(baseline.line(), flush=True)
+    finally:
+        noop.terminate()
+        noop.wait()
+
+    first_id = 10_000_000 + random.randrange(10_000) * 100_000
+    write_path, written = user_paths(first_id)
+    steps: list[tuple[str, int, Callable[[], str]]] = [("write (insert_user)", args.clients, write_path)]
+    lone_path, _ = user_paths(first_id + 50_000)
+    steps.append(("write, one client", 1, lone_path))
+    for name, clients, path in steps:
+        result = await drive(name, cluster_url, clients, args.duration, path)
+        results.append(result)
+        print(result.line(), flush=True)
+    keys = written[: min(len(written), 5000)] or [1001]
+    random.shuffle(keys)
+    read_steps = [
+        ("read by key (get_user)", cycle_paths([f"/get_user?id={k}" for k in keys])),
+        (
+            "scatter (get_user?country)",
+            cycle_paths(
+                [f"/get_user?country={c}&limit=10" for c in ("United%20States", "Australia", "Japan")]
+            ),
+        ),
+    ]
+    for name, path in read_steps:
+        result = await drive(name, cluster_url, args.clients, args.duration, path)
+        results.append(result)
+        print(result.line(), flush=True)
+    for result in results[1:]:
+        result.ratio_to_noop = result.ops_per_s / baseline.ops_per_s if baseline.ops_per_s else None
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="dispatcher URL of a running cluster")
+    parser.add_argument(
+        "--start", action="store_true", help="start a 2x3 cluster (docraft up defaults) first"
+    )
+    parser.add_argument("--port", type=int, default=8600, help="dispatcher port of the --start cluster")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per workload")
+    parser.add_argument("--noop-port", type=int, default=8599)
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+
+    cluster = None
+    url = args.url
+    if args.start:
+        from node.config import load_config
+        from node.launcher import Layout, LocalCluster
+
+        folder = Path(tempfile.mkdtemp(prefix="docraft-bench-"))
+        (folder / "cluster.toml").write_text(
+            Layout(port=args.port, raft_port=args.port - 500).render("examples.people")
+        )
+        cluster = LocalCluster(load_config(folder / "cluster.toml"), "examples.people", folder / "logs")
+        cluster.start_all()
+        cluster.wait_ready()
+        url = f"http://127.0.0.1:{args.port}"
+        print(f"started a 2x3 cluster in {folder}", flush=True)
+    try:
+        wait_until_up(url + "/_admin/cluster")
+        results = asyncio.run(run(args, url))
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    summary = [{**asdict(r), "ops_per_s": round(r.ops_per_s, 1)} for r in results]
+    if args.json:
+        Path(args.json).write_text(ujson.dumps(summary, indent=2))
+    return 0 if all(r.errors == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
