@@ -149,3 +149,26 @@ def test_csv_loader_stores_good_rows_and_reports_bad_ones(cluster_factory, tmp_p
     assert "already exists" in report.rejected[1][1]
     code, body = cluster.get("/get_user", country="Japan", limit=1000)
     assert code == 200 and len(body["items"]) == 500
+
+
+def test_followers_never_truncate_applied_entries_under_concurrent_writes(cluster_factory) -> None:
+    """PySyncObj 0.3.17's leader moves a follower's next index backwards on each ack, making the
+    follower delete entries it already applied (FACTS.md). consensus.replica keeps it monotonic.
+    Without that fix this workload made followers truncate (seen: 2 and 9 times in one run)."""
+    cluster = cluster_factory(shards=1)
+    errors: list[Any] = []
+
+    def writer(base: int) -> None:
+        for uid in range(base, base + 300):
+            code, body = cluster.post("/insert_user", {**user(uid), "first_name": "a" * 2000})
+            if code != 200:
+                errors.append(body)
+
+    threads = [threading.Thread(target=writer, args=(100_000 * (i + 1),)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    replicas = cluster.status()[0]["replicas"]
+    assert [(r["id"], r["raft_truncations"]) for r in replicas] == [(r["id"], 0) for r in replicas]
