@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import ujson
-
 from tornado.httpclient import AsyncHTTPClient
 
 # Kept-alive connections, one per client: the load generator must not pay a TCP handshake per request.
