@@ -57,11 +57,22 @@ class StateMachine:
 
     # -- writes -------------------------------------------------------------
 
-    def apply(self, command: dict[str, Any]) -> Result:
-        """Apply one committed command and return its result; never raises for bad input."""
+    def apply(self, command: Any) -> Result:
+        """Apply one committed command and return its result; never raises for bad input.
+
+        Results hold nothing process-specific (no reprs, addresses or hash
+        orders), so every replica stores and returns the same bytes.
+        """
+        if not isinstance(command, dict):
+            return BadRequest("a command must be a JSON object").to_json()
         request_id = command.get("request_id")
+        if request_id is not None and not isinstance(request_id, str):
+            return BadRequest("request_id must be a string").to_json()
         if request_id is not None and request_id in self.recent:
             return self.recent[request_id]
+        stamp = command.get("time", 0.0)
+        if not isinstance(stamp, int | float) or isinstance(stamp, bool):
+            return BadRequest("time must be a number").to_json()
         kind = command.get("type")
         if kind == "mutation":
             result = self._mutation(command)
@@ -74,23 +85,30 @@ class StateMachine:
         else:
             result = BadRequest(f"unknown command type {kind!r}").to_json()
         if request_id is not None:
-            self._remember(str(request_id), result)
+            self._remember(request_id, result)
         return result
 
+    def _view(self, command: dict[str, Any]) -> WriteView:
+        return WriteView(self.collection, float(command.get("time", 0.0)), command.get("request_id") or "")
+
     def _mutation(self, command: dict[str, Any]) -> Result:
-        view = WriteView(self.collection, float(command.get("time", 0.0)), str(command.get("request_id", "")))
+        view = self._view(command)
+        name = str(command.get("endpoint"))
         try:
-            endpoint = self.app.endpoint(str(command.get("endpoint")))
+            endpoint = self.app.endpoint(name)
             if endpoint.kind != "mutation":
                 raise BadRequest(f"{endpoint.name} is a query, not a mutation")
-            value = endpoint(view, **command.get("args", {}))
-            return {"ok": value}
+            args = command.get("args", {})
+            if not isinstance(args, dict) or set(args) - set(endpoint.params):
+                raise BadRequest(f"{name} takes the arguments {sorted(endpoint.params)}")
+            return {"ok": endpoint(view, **args)}
         except DocraftError as exc:
             view.rollback()
             return exc.to_json()
-        except Exception as exc:  # a bug in app code: same on every replica, rolled back
+        except Exception as exc:  # a bug in app code: rolled back, reported the same on every replica
             view.rollback()
-            return EndpointFailed(f"{command.get('endpoint')} raised {type(exc).__name__}: {exc}").to_json()
+            # Only the type name: an exception's text may hold reprs with process-specific addresses.
+            return EndpointFailed(f"{name} raised {type(exc).__name__}").to_json()
 
     def _batch(self, command: dict[str, Any]) -> Result:
         """Apply each command in order, each with its own result and request id."""
@@ -99,7 +117,7 @@ class StateMachine:
             c.get("type") == "batch" for c in commands if isinstance(c, dict)
         ):
             return BadRequest("a batch holds a list of commands, none of them a batch").to_json()
-        return {"ok": [self.apply(c if isinstance(c, dict) else {}) for c in commands]}
+        return {"ok": [self.apply(c) for c in commands]}
 
     def _insert_batch(self, command: dict[str, Any]) -> Result:
         """Insert documents one by one; each gets its own result so one bad row spoils nothing."""
@@ -110,7 +128,7 @@ class StateMachine:
         docs = command.get("docs")
         if not isinstance(docs, list):
             return ValidationError("insert_batch needs a list of documents").to_json()
-        view = WriteView(self.collection, float(command.get("time", 0.0)), str(command.get("request_id", "")))
+        view = self._view(command)
         results: list[Result] = []
         for doc in docs:
             try:

@@ -13,6 +13,7 @@ a document lives on) defaults to the primary key.
 
 from __future__ import annotations
 
+import inspect
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -61,11 +62,14 @@ class Model:
         cls, *, indexes: tuple[str, ...] = (), partition_key: str | None = None, **kwargs: Any
     ) -> None:
         super().__init_subclass__(**kwargs)
-        cls.name = cls.__name__
         hints = typing.get_type_hints(cls)
-        specs: dict[str, FieldSpec] = {}
-        for name, annotation in hints.items():
-            if typing.get_origin(annotation) is ClassVar or name in Model.__annotations__:
+        parent = next((b for b in cls.__mro__[1:] if issubclass(b, Model) and b is not Model), None)
+        specs: dict[str, FieldSpec] = dict(parent.fields) if parent else {}
+        # Only this class's own annotations: a field may share a name with the
+        # metadata below (``name`` is a common field), and parents' fields are inherited.
+        for name in inspect.get_annotations(cls):
+            annotation = hints[name]
+            if typing.get_origin(annotation) is ClassVar:
                 continue
             declared = cls.__dict__.get(name, _MISSING)
             options = declared if isinstance(declared, FieldOptions) else FieldOptions(declared, False)
@@ -74,12 +78,14 @@ class Model:
             if default is _MISSING and isinstance(value_type, Optional):
                 default = None
             specs[name] = FieldSpec(name, value_type, default, options.primary_key)
+        cls.name = cls.__name__
         keys = [s.name for s in specs.values() if s.primary_key]
         if len(keys) != 1:
             raise TypeError(f"model {cls.name} must declare exactly one primary key, found {keys}")
         cls.fields = specs
         cls.primary_key = keys[0]
-        cls.partition_key = partition_key or keys[0]
+        cls.partition_key = partition_key or (parent.partition_key if parent else keys[0])
+        indexes = indexes or (parent.indexes if parent else ())
         for name in (*indexes, cls.partition_key):
             if name not in specs:
                 raise TypeError(f"model {cls.name}: {name!r} is not a field")

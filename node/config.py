@@ -115,6 +115,14 @@ def _text(table: dict[str, Any], key: str, what: str) -> str:
     return value
 
 
+def _tables(table: dict[str, Any], key: str, what: str) -> list[dict[str, Any]]:
+    """``table[key]`` as a list of tables (``[[key]]`` in TOML); missing means none."""
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ConfigError(f"{what}: {key} must be a list of tables ([[{key}]] in TOML)")
+    return value
+
+
 def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
     """Validate parsed TOML; raises ``ConfigError``."""
     base = path.parent
@@ -123,13 +131,13 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
         raise ConfigError("the cluster secret must be at least 16 characters")
     shards: list[ShardConfig] = []
     seen: set[str] = set()
-    for i, table in enumerate(data.get("shards") or []):
+    for i, table in enumerate(_tables(data, "shards", "the cluster")):
         shard_id = _text(table, "id", f"shards[{i}]")
         slots = table.get("slots")
         if not (isinstance(slots, list) and len(slots) == 2 and all(isinstance(s, int) for s in slots)):
             raise ConfigError(f"shard {shard_id} needs slots = [first, last]")
         replicas = []
-        for j, entry in enumerate(table.get("replicas") or []):
+        for j, entry in enumerate(_tables(table, "replicas", f"shard {shard_id}")):
             what = f"shard {shard_id} replicas[{j}]"
             replica_id = _text(entry, "id", what)
             data_dir = Path(_text(entry, "data_dir", what))
@@ -166,8 +174,12 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
         DispatcherConfig(
             _text(t, "id", f"dispatchers[{i}]"), _address(t.get("http"), f"dispatchers[{i}] http")
         )
-        for i, t in enumerate(data.get("dispatchers") or [])
+        for i, t in enumerate(_tables(data, "dispatchers", "the cluster"))
     )
+    for dispatcher in dispatchers:
+        if dispatcher.id in seen:
+            raise ConfigError(f"id {dispatcher.id!r} is used twice")
+        seen.add(dispatcher.id)
     addresses += [d.http for d in dispatchers]
     duplicated = sorted({a for a in addresses if addresses.count(a) > 1})
     if duplicated:
@@ -175,7 +187,10 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
     app = data.get("app", "examples.people")
     if not isinstance(app, str):
         raise ConfigError("app must be a module name")
-    return ClusterConfig(secret, app, tuple(shards), dispatchers, path, _timings(data.get("raft") or {}))
+    raft = data.get("raft", {})
+    if not isinstance(raft, dict):
+        raise ConfigError("[raft] must be a table")
+    return ClusterConfig(secret, app, tuple(shards), dispatchers, path, _timings(raft))
 
 
 def _timings(table: dict[str, Any]) -> RaftTimings:

@@ -22,10 +22,10 @@ class Consistency(enum.Enum):
     LINEARIZABLE = "linearizable"
 
     @classmethod
-    def parse(cls, text: object) -> Consistency:
-        """``None`` means the default (``leader``); anything unknown is a ``BadRequest``."""
+    def parse(cls, text: object, default: str = "leader") -> Consistency:
+        """The level ``text`` names; ``None`` or empty means ``default``; unknown is a ``BadRequest``."""
         if text is None or text == "":
-            return cls.LEADER
+            return cls(default)
         for level in cls:
             if level.value == text:
                 return level

@@ -59,12 +59,19 @@ class LocalCluster:
     """The processes of one cluster file on this machine; ``stop`` ends them all."""
 
     def __init__(
-        self, config: ClusterConfig, app_module: str, log_dir: Path, extra_args: tuple[str, ...] = ()
+        self,
+        config: ClusterConfig,
+        app_module: str,
+        log_dir: Path,
+        extra_args: tuple[str, ...] = (),
+        prefixes: dict[str, list[str]] | None = None,
     ) -> None:
+        """``prefixes`` maps a process name to a command prefix (``ip netns exec NS``, say)."""
         self.config = config
         self.app_module = app_module
         self.log_dir = log_dir
         self.extra_args = extra_args
+        self.prefixes = prefixes or {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def _command(self, *args: str) -> list[str]:
@@ -96,7 +103,12 @@ class LocalCluster:
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                self.prefixes.get(name, []) + command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes[name] = process
         return process
 

@@ -86,7 +86,7 @@ class Router:
             shard = self.shard_map.shard_for_key(endpoint.shard_key_of(args))
             command = {"type": "mutation", "endpoint": name, "args": args, "request_id": new_request_id()}
             return {"result": _unwrap(await self.write(shard, command))}
-        consistency = Consistency.parse(_single(query_args, body, "consistency"))
+        consistency = Consistency.parse(_single(query_args, body, "consistency"), endpoint.consistency)
         request = {"endpoint": name, "args": args, "explain": explain, "consistency": consistency.value}
         key = endpoint.shard_key_of(args)
         shards = self.config.shards if key is None else (self.shard_map.shard_for_key(key),)

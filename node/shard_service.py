@@ -52,15 +52,16 @@ class ShardService:
             return state.query(endpoint, args, explain)
 
         result = self.replica.read_locally(run)
+        status = self.replica.status()
         result["served_by"] = {
+            "shard": self.config.shard,
             "replica": self.config.id,
+            "role": status["role"],
+            "term": status["term"],
+            "applied_index": status["applied_index"],
             "consistency": consistency.value,
-            **self._position(),
         }
         return result
-
-    def _position(self) -> dict[str, Any]:
-        return {"term": self.replica._getTerm(), "applied_index": self.replica.raftLastApplied}
 
     def status(self) -> dict[str, Any]:
         """This replica's id, shard and Raft status."""

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.errors import BadRequest
-from models.types import ListOf, ValueType, value_type_of
+from models.types import ListOf, Optional, ValueType, value_type_of
 
 RESERVED_PARAMS = frozenset({"explain", "consistency"})
+CONSISTENCY_LEVELS = ("stale", "leader", "linearizable")
 
 EndpointKind = Literal["query", "mutation"]
 
@@ -47,6 +48,7 @@ class Endpoint:
     methods: tuple[str, ...]
     params: dict[str, Param]
     shard_key: str | None
+    consistency: str = "leader"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
@@ -62,9 +64,10 @@ class Endpoint:
             if name in RESERVED_PARAMS:
                 continue
             param = self._param(name)
+            list_type = param.type.inner if isinstance(param.type, Optional) else param.type
             try:
-                if isinstance(param.type, ListOf) and len(texts) > 1:
-                    args[name] = [param.type.item.parse(t) for t in texts]
+                if isinstance(list_type, ListOf) and len(texts) > 1:
+                    args[name] = [list_type.item.parse(t) for t in texts]
                 else:
                     args[name] = param.type.parse(texts[-1])
             except ValueError as exc:
@@ -99,7 +102,11 @@ class Endpoint:
 
 
 def _declare(
-    func: Callable[..., Any], kind: EndpointKind, methods: tuple[str, ...], shard_key: str | None
+    func: Callable[..., Any],
+    kind: EndpointKind,
+    methods: tuple[str, ...],
+    shard_key: str | None,
+    consistency: str = "leader",
 ) -> Endpoint:
     hints = typing.get_type_hints(func)
     signature = inspect.signature(func)
@@ -115,16 +122,26 @@ def _declare(
         params[name] = Param(name, value_type_of(hints[name]), None if required else p.default, required)
     if shard_key is not None and shard_key not in params:
         raise TypeError(f"endpoint {func.__name__}: shard_key {shard_key!r} is not a parameter")
-    return Endpoint(func.__name__, func, kind, tuple(m.upper() for m in methods), params, shard_key)
+    if consistency not in CONSISTENCY_LEVELS:
+        raise TypeError(
+            f"endpoint {func.__name__}: consistency must be one of {', '.join(CONSISTENCY_LEVELS)}"
+        )
+    return Endpoint(
+        func.__name__, func, kind, tuple(m.upper() for m in methods), params, shard_key, consistency
+    )
 
 
 def query(
-    *, shard_key: str | None = None, methods: tuple[str, ...] = ("GET",)
+    *, shard_key: str | None = None, methods: tuple[str, ...] = ("GET",), consistency: str = "leader"
 ) -> Callable[[Callable[..., Any]], Endpoint]:
-    """Declare a read endpoint; it receives a ``ReadView`` and must not write."""
+    """Declare a read endpoint; it receives a ``ReadView`` and must not write.
+
+    ``consistency`` is the default level (``stale``, ``leader`` or
+    ``linearizable``) when a request does not name one.
+    """
 
     def wrap(func: Callable[..., Any]) -> Endpoint:
-        return _declare(func, "query", methods, shard_key)
+        return _declare(func, "query", methods, shard_key, consistency)
 
     return wrap
 
@@ -140,8 +157,11 @@ def mutation(
 
     def wrap(func: Callable[..., Any]) -> Endpoint:
         endpoint = _declare(func, "mutation", methods, shard_key)
-        if endpoint.params[shard_key].required is False:
-            raise TypeError(f"mutation {func.__name__}: shard_key {shard_key!r} must be required")
+        key = endpoint.params[shard_key]
+        if not key.required or isinstance(key.type, Optional):
+            raise TypeError(
+                f"mutation {func.__name__}: shard_key {shard_key!r} must be required and not optional"
+            )
         return endpoint
 
     return wrap

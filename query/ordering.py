@@ -14,6 +14,7 @@ from typing import Any
 import ujson
 
 from models.errors import BadRequest
+from models.types import ValueType
 
 SortKey = tuple[Any, ...]
 
@@ -37,11 +38,18 @@ def encode_cursor(doc: dict[str, Any], order_by: str, primary_key: str) -> str:
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[SortKey, SortKey]:
-    """The position a cursor names; raises ``BadRequest`` for a cursor docraft did not make."""
+def decode_cursor(cursor: str, order_type: ValueType, key_type: ValueType) -> tuple[SortKey, SortKey]:
+    """The position a cursor names, for a query ordered by a field of ``order_type``.
+
+    Raises ``BadRequest`` for a cursor docraft did not make for such a query.
+    """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         value, key = ujson.loads(base64.urlsafe_b64decode(padded.encode()))
+        value = None if value is None else order_type.check(value)
+        key = key_type.check(key)
     except (ValueError, TypeError) as exc:
-        raise BadRequest(f"cursor {cursor!r} is not a cursor docraft returned", param="cursor") from exc
+        raise BadRequest(
+            f"cursor {cursor!r} is not a cursor docraft returned for this query", param="cursor"
+        ) from exc
     return (value_key(value), value_key(key))

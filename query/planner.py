@@ -183,7 +183,7 @@ def find(
     if plan.sort:
         matching = iter(sorted(matching, key=lambda d: position(d, order_by, pk), reverse=descending))
     if after is not None:
-        start = decode_cursor(after)
+        start = decode_cursor(after, model.fields[order_by].type, model.fields[pk].type)
         if descending:
             matching = (d for d in matching if position(d, order_by, pk) < start)
         else:

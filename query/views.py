@@ -65,7 +65,7 @@ class WriteView(ReadView):
 
     def insert(self, model: type[Model], doc: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and store a new document; raises ``DuplicateKey`` if its key is taken."""
-        clean = model.validate(dict(doc))
+        clean = model.validate(doc)
         collection = self._collection_of(model)
         key = clean[model.primary_key]
         if collection.get(key) is not None:
@@ -79,7 +79,7 @@ class WriteView(ReadView):
 
     def put(self, model: type[Model], doc: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and store a document, replacing any with the same key."""
-        clean = model.validate(dict(doc))
+        clean = model.validate(doc)
         self._store(self._collection_of(model), clean)
         return clean
 

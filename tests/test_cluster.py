@@ -172,3 +172,16 @@ def test_followers_never_truncate_applied_entries_under_concurrent_writes(cluste
     assert not errors
     replicas = cluster.status()[0]["replicas"]
     assert [(r["id"], r["raft_truncations"]) for r in replicas] == [(r["id"], 0) for r in replicas]
+
+
+def test_a_lone_write_survives_sigkill_of_every_replica(cluster_factory) -> None:
+    cluster = cluster_factory(shards=1)
+    code, body = cluster.post("/insert_user", user(777))
+    assert code == 200, body
+    for replica_id in cluster.replica_ids("s0"):
+        cluster.kill(replica_id, signal.SIGKILL)
+    for replica_id in cluster.replica_ids("s0"):
+        cluster.restart(replica_id)
+    cluster.leader_of("s0", timeout=15)
+    code, body = cluster.get("/get_user", id=777, consistency="linearizable")
+    assert code == 200 and body["items"] == [{**user(777), "address": ""}], body

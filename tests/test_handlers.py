@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ujson
 from hypothesis import HealthCheck, given, settings
@@ -26,7 +26,13 @@ APP = load_app("examples.people")
 
 def two_shard_config() -> ClusterConfig:
     shards = [
-        (f"s{s}", [(f"s{s}r{r}", f"127.0.0.1:{7000 + 3 * s + r}", f"127.0.0.1:{9000 + 3 * s + r}", ".") for r in range(3)])
+        (
+            f"s{s}",
+            [
+                (f"s{s}r{r}", f"127.0.0.1:{7000 + 3 * s + r}", f"127.0.0.1:{9000 + 3 * s + r}", ".")
+                for r in range(3)
+            ],
+        )
         for s in range(2)
     ]
     import tomllib
@@ -145,7 +151,10 @@ class DispatcherTest(FakeClusterCase):
         assert code == 200
         results = body["results"]
         assert results[0] == {"ok": 1}
-        assert results[1]["error"]["code"] == "validation_failed" and results[1]["error"]["details"]["field"] == "id"
+        assert (
+            results[1]["error"]["code"] == "validation_failed"
+            and results[1]["error"]["details"]["field"] == "id"
+        )
         assert results[2]["error"]["code"] == "duplicate_key"
         assert results[3]["error"]["details"]["field"] == "nickname"
 
@@ -175,7 +184,7 @@ class DispatcherTest(FakeClusterCase):
 class ErrorShapeTest(FakeClusterCase):
     """Every non-2xx answer has the one error shape and the documented status."""
 
-    CASES = [
+    CASES: ClassVar[list[tuple[str, str, bytes | None, int, str]]] = [
         ("GET", "/no_such_endpoint", None, 404, "not_found"),
         ("GET", "/_no/such/route", None, 404, "not_found"),
         ("GET", "/get_user?id=abc", None, 400, "bad_request"),
@@ -220,10 +229,15 @@ class ErrorShapeTest(FakeClusterCase):
         ),
         body=st.one_of(st.none(), st.binary(max_size=30), st.just(b'{"docs": [{"id": []}]}')),
     )
-    def test_malformed_requests_never_answer_500(self, name: str, query: list[tuple[str, str]], body: bytes | None) -> None:
+    def test_malformed_requests_never_answer_500(
+        self, name: str, query: list[tuple[str, str]], body: bytes | None
+    ) -> None:
         method = "GET" if body is None else "POST"
         response = self.fetch(
-            f"/{name}?{urllib.parse.urlencode(query)}", method=method, body=body, allow_nonstandard_methods=True
+            f"/{name}?{urllib.parse.urlencode(query)}",
+            method=method,
+            body=body,
+            allow_nonstandard_methods=True,
         )
         assert response.code < 500, response.body
         if response.code >= 400:
