@@ -85,7 +85,8 @@ class Router:
         if endpoint.kind == "mutation":
             shard = self.shard_map.shard_for_key(endpoint.shard_key_of(args))
             command = {"type": "mutation", "endpoint": name, "args": args, "request_id": new_request_id()}
-            return {"result": _unwrap(await self.write(shard, command))}
+            outcome = await self.write(shard, command)
+            return {"result": _unwrap(outcome), "served_by": [outcome.get("served_by")]}
         consistency = Consistency.parse(_single(query_args, body, "consistency"), endpoint.consistency)
         request = {"endpoint": name, "args": args, "explain": explain, "consistency": consistency.value}
         key = endpoint.shard_key_of(args)

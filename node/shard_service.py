@@ -30,7 +30,8 @@ class ShardService:
         """
         if not isinstance(command, dict) or not isinstance(command.get("request_id"), str):
             raise BadRequest("a shard write needs a JSON object with a string request_id")
-        return await self.replica.submit({**command, "time": time.time()})
+        result = await self.replica.submit({**command, "time": time.time()})
+        return {**result, "served_by": self._served_by(None)}
 
     async def read(self, request: dict[str, Any]) -> Result:
         """Run a query endpoint here at the requested consistency.
@@ -52,16 +53,22 @@ class ShardService:
             return state.query(endpoint, args, explain)
 
         result = self.replica.read_locally(run)
+        result["served_by"] = self._served_by(consistency)
+        return result
+
+    def _served_by(self, consistency: Consistency | None) -> dict[str, Any]:
+        """Who answered: replica, role, term and applied index (and the read's consistency)."""
         status = self.replica.status()
-        result["served_by"] = {
+        served = {
             "shard": self.config.shard,
             "replica": self.config.id,
             "role": status["role"],
             "term": status["term"],
             "applied_index": status["applied_index"],
-            "consistency": consistency.value,
         }
-        return result
+        if consistency is not None:
+            served["consistency"] = consistency.value
+        return served
 
     def status(self) -> dict[str, Any]:
         """This replica's id, shard and Raft status."""
