@@ -1,0 +1,1 @@
+"""Small app modules that tests load with ``query.app.load_app``."""
