@@ -19,6 +19,7 @@ result again without changing anything, so a retried write is applied once.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any
 
@@ -71,8 +72,8 @@ class StateMachine:
         if request_id is not None and request_id in self.recent:
             return self.recent[request_id]
         stamp = command.get("time", 0.0)
-        if not isinstance(stamp, int | float) or isinstance(stamp, bool):
-            return BadRequest("time must be a number").to_json()
+        if not isinstance(stamp, int | float) or isinstance(stamp, bool) or not _finite(stamp):
+            return BadRequest("time must be a finite number").to_json()
         kind = command.get("type")
         if kind == "mutation":
             result = self._mutation(command)
@@ -185,3 +186,10 @@ class StateMachine:
 
     def document_count(self) -> dict[str, int]:
         return {name: len(c) for name, c in self.collections.items()}
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:
+        return False

@@ -63,7 +63,10 @@ class Model:
     ) -> None:
         super().__init_subclass__(**kwargs)
         hints = typing.get_type_hints(cls)
-        parent = next((b for b in cls.__mro__[1:] if issubclass(b, Model) and b is not Model), None)
+        parents = [b for b in cls.__bases__ if issubclass(b, Model) and b is not Model]
+        if len(parents) > 1:
+            raise TypeError(f"model {cls.__name__} may extend one model, not {[p.__name__ for p in parents]}")
+        parent = parents[0] if parents else None
         specs: dict[str, FieldSpec] = dict(parent.fields) if parent else {}
         # Only this class's own annotations: a field may share a name with the
         # metadata below (``name`` is a common field), and parents' fields are inherited.

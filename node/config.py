@@ -134,7 +134,11 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
     for i, table in enumerate(_tables(data, "shards", "the cluster")):
         shard_id = _text(table, "id", f"shards[{i}]")
         slots = table.get("slots")
-        if not (isinstance(slots, list) and len(slots) == 2 and all(isinstance(s, int) for s in slots)):
+        if not (
+            isinstance(slots, list)
+            and len(slots) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in slots)
+        ):
             raise ConfigError(f"shard {shard_id} needs slots = [first, last]")
         replicas = []
         for j, entry in enumerate(_tables(table, "replicas", f"shard {shard_id}")):

@@ -16,6 +16,10 @@ from node.config import ReplicaConfig
 from node.consistency import Consistency
 
 
+# Commands a router may propose; batches are made by the replica itself.
+ROUTED_COMMANDS = ("mutation", "insert_batch")
+
+
 class ShardService:
     def __init__(self, replica: Replica, config: ReplicaConfig) -> None:
         self.replica = replica
@@ -30,6 +34,8 @@ class ShardService:
         """
         if not isinstance(command, dict) or not isinstance(command.get("request_id"), str):
             raise BadRequest("a shard write needs a JSON object with a string request_id")
+        if command.get("type") not in ROUTED_COMMANDS:
+            raise BadRequest(f"a shard write carries one of {', '.join(ROUTED_COMMANDS)}")
         result = await self.replica.submit({**command, "time": time.time()})
         return {**result, "served_by": self._served_by(None)}
 
