@@ -46,6 +46,8 @@ AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_cli
 NEMESES = ("kill", "pause", "partition", "restart-all")
 APP = "bench.register_app"
 RECOVERY_LIMIT = 5.0
+# Alerts that would be false under these faults: replicas lose no data, they only stop or lag.
+FALSE_ALARMS = ("divergence", "no_majority", "code_mismatch")
 
 
 @dataclass
@@ -94,9 +96,7 @@ class Harness:
                     members.append((name, f"127.0.0.1:{port + 200 + n}", f"127.0.0.1:{port + 100 + n}", name))
             layout.append((f"s{s}", members))
         config_path = root / "cluster.toml"
-        config_path.write_text(
-            render_config("fault-benchmark-secret-0", APP, layout, [("d0", f"127.0.0.1:{port}")])
-        )
+        config_path.write_text(render_config("fault-benchmark-secret-0", APP, layout, [("d0", f"127.0.0.1:{port}")]))
         self.config = load_config(config_path)
         prefixes = {name: self.network.prefix(name) for name in names} if self.network else {}
         self.cluster = LocalCluster(self.config, APP, root / "logs", prefixes=prefixes)
@@ -108,9 +108,7 @@ class Harness:
         return [r.id for r in self.config.shard(shard).replicas]
 
     async def leader(self, shard: str = "s0") -> str | None:
-        response = await AsyncHTTPClient().fetch(
-            self.url + "/_admin/cluster", raise_error=False, request_timeout=3
-        )
+        response = await AsyncHTTPClient().fetch(self.url + "/_admin/cluster", raise_error=False, request_timeout=3)
         if response.code != 200:
             return None
         for entry in ujson.loads(response.body)["shards"]:
@@ -157,9 +155,7 @@ class Harness:
 # -- the workload -------------------------------------------------------------------------
 
 
-async def client(
-    process: int, harness: Harness, run: Run, keys: int, rng: random.Random, until: float
-) -> None:
+async def client(process: int, harness: Harness, run: Run, keys: int, rng: random.Random, until: float) -> None:
     http = AsyncHTTPClient()
     counter = 0
     last_seen: dict[int, int | None] = {}
@@ -272,10 +268,7 @@ def lost_writes(run: Run, final: dict[int, Any]) -> list[dict[str, Any]]:
         if op.kind != "write" or op.complete is None or final.get(op.key) == op.value:
             continue
         followed = any(
-            other.key == op.key
-            and other.kind in ("write", "cas")
-            and other is not op
-            and other.end > op.invoke
+            other.key == op.key and other.kind in ("write", "cas") and other is not op and other.end > op.invoke
             for other in run.ops
         )
         if not followed:
@@ -288,13 +281,28 @@ async def first_success(harness: Harness, run: Run, limit: float) -> float | Non
     start = run.now()
     http = AsyncHTTPClient()
     while run.now() - start < limit:
-        response = await http.fetch(
-            harness.url + "/reg_write?key=999999&value=1", raise_error=False, request_timeout=2
-        )
+        response = await http.fetch(harness.url + "/reg_write?key=999999&value=1", raise_error=False, request_timeout=2)
         if response.code == 200:
             return run.now() - start
         await asyncio.sleep(0.05)
     return None
+
+
+async def integrity_alerts(harness: Harness) -> list[dict[str, Any]]:
+    """Every alert the dispatcher's monitor raised, after it has seen the healed cluster agree."""
+    http = AsyncHTTPClient()
+
+    async def alerts() -> dict[str, Any]:
+        response = await http.fetch(harness.url + "/_admin/alerts", raise_error=False, request_timeout=5)
+        body: dict[str, Any] = ujson.loads(response.body) if response.code == 200 else {"active": [], "recent": []}
+        return body
+
+    for _ in range(40):  # the healed cluster must look healthy within ~10 s: no unreachable replica left
+        if not (await alerts())["active"]:
+            break
+        await asyncio.sleep(0.25)
+    recent: list[dict[str, Any]] = (await alerts())["recent"]
+    return recent
 
 
 async def final_reads(harness: Harness, run: Run, keys: int) -> dict[int, Any]:
@@ -303,9 +311,7 @@ async def final_reads(harness: Harness, run: Run, keys: int) -> dict[int, Any]:
     for key in range(keys):
         for _ in range(20):
             invoke = run.now()
-            response = await http.fetch(
-                f"{harness.url}/reg_read?key={key}", raise_error=False, request_timeout=15
-            )
+            response = await http.fetch(f"{harness.url}/reg_read?key={key}", raise_error=False, request_timeout=15)
             if response.code == 200:
                 final[key] = ujson.loads(response.body)["result"]
                 run.ops.append(Op(-1, key, "read", None, final[key], invoke, run.now()))
@@ -360,15 +366,15 @@ def plot(run: Run, path: Path, duration: float) -> None:
 async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> dict[str, Any]:
     rng = random.Random(args.seed)
     until = run.now() + args.duration
-    workers = [
-        client(p, harness, run, args.keys, random.Random(rng.random()), until) for p in range(args.clients)
-    ]
+    workers = [client(p, harness, run, args.keys, random.Random(rng.random()), until) for p in range(args.clients)]
     await asyncio.gather(nemesis(harness, run, args.nemesis, random.Random(rng.random()), until), *workers)
     harness.heal()
     healed_at = run.now()
     recovery = await first_success(harness, run, RECOVERY_LIMIT)
     final = await final_reads(harness, run, args.keys)
+    alerts = await integrity_alerts(harness)
     verdicts = check_history(run.ops)
+
     lost = lost_writes(run, final)
     failover_times = sorted(failovers(run))
     anomalies = [v for v in verdicts if v.linearizable is not True]
@@ -377,7 +383,9 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> dic
         "no_lost_writes": not lost,
         "recovered_within_5s": recovery is not None,
         "final_reads": len(final) == args.keys,
+        "no_false_integrity_alarm": not [a for a in alerts if a["kind"] in FALSE_ALARMS],
     }
+
     return {
         "args": {k: v for k, v in vars(args).items() if k != "report"},
         "checks": checks,
@@ -401,6 +409,7 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> dic
             for v in verdicts
         ],
         "lost_writes": lost,
+        "alerts": alerts,
         "notes": run.notes,
     }
 
@@ -410,15 +419,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of workload under faults")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--keys", type=int, default=5)
-    parser.add_argument(
-        "--nemesis", default="kill,pause,partition,restart-all", help=f"comma list of {NEMESES}"
-    )
+    parser.add_argument("--nemesis", default="kill,pause,partition,restart-all", help=f"comma list of {NEMESES}")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--replicas", type=int, default=3)
-    parser.add_argument(
-        "--port", type=int, default=8700, help="dispatcher port (loopback replicas use port+100..)"
-    )
+    parser.add_argument("--port", type=int, default=8700, help="dispatcher port (loopback replicas use port+100..)")
     parser.add_argument("--report", default="fault-report.json", help="JSON report; the PNG goes beside it")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.nemesis.split(",") if k.strip()]

@@ -63,9 +63,7 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[min(int(fraction * len(sorted_values)), len(sorted_values) - 1)]
 
 
-async def drive(
-    name: str, base_url: str, clients: int, seconds: float, next_path: Callable[[], str]
-) -> Result:
+async def drive(name: str, base_url: str, clients: int, seconds: float, next_path: Callable[[], str]) -> Result:
     """``clients`` connections each sending GET ``next_path()`` back to back for ``seconds``."""
     latencies: list[float] = []
     errors = 0
@@ -144,9 +142,7 @@ async def run(args: argparse.Namespace, cluster_url: str) -> list[Result]:
     try:
         noop_url = f"http://127.0.0.1:{args.noop_port}"
         wait_until_up(noop_url + "/noop")
-        baseline = await drive(
-            "no-op tornado endpoint", noop_url, args.clients, args.duration, lambda: "/noop"
-        )
+        baseline = await drive("no-op tornado endpoint", noop_url, args.clients, args.duration, lambda: "/noop")
         results.append(baseline)
         print(baseline.line(), flush=True)
     finally:
@@ -168,9 +164,7 @@ async def run(args: argparse.Namespace, cluster_url: str) -> list[Result]:
         ("read by key (get_user)", cycle_paths([f"/get_user?id={k}" for k in keys])),
         (
             "scatter (get_user?country)",
-            cycle_paths(
-                [f"/get_user?country={c}&limit=10" for c in ("United%20States", "Australia", "Japan")]
-            ),
+            cycle_paths([f"/get_user?country={c}&limit=10" for c in ("United%20States", "Australia", "Japan")]),
         ),
     ]
     for name, path in read_steps:
@@ -185,14 +179,18 @@ async def run(args: argparse.Namespace, cluster_url: str) -> list[Result]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="dispatcher URL of a running cluster")
-    parser.add_argument(
-        "--start", action="store_true", help="start a 2x3 cluster (docraft up defaults) first"
-    )
+    parser.add_argument("--start", action="store_true", help="start a 2x3 cluster (docraft up defaults) first")
     parser.add_argument("--port", type=int, default=8600, help="dispatcher port of the --start cluster")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per workload")
     parser.add_argument("--noop-port", type=int, default=8599)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--no-digests",
+        action="store_true",
+        help="with --start: replicas keep no state digests (to measure their cost)",
+    )
+
     args = parser.parse_args(argv)
 
     cluster = None
@@ -203,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
         folder = Path(tempfile.mkdtemp(prefix="docraft-bench-"))
         (folder / "cluster.toml").write_text(
-            Layout(port=args.port, raft_port=args.port - 500).render("examples.people")
+            Layout(port=args.port, raft_port=args.port - 500).render(
+                "examples.people", {"integrity": {"digests": not args.no_digests}}
+            )
         )
         cluster = LocalCluster(load_config(folder / "cluster.toml"), "examples.people", folder / "logs")
         cluster.start_all()

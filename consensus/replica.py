@@ -49,11 +49,11 @@ class RaftTimings:
     a deposed leader stops serving ``leader`` reads that long after a partition.
     """
 
-    election_min: float = 0.4
-    election_max: float = 1.0
-    leader_fallback: float = 1.5
-    heartbeat: float = 0.1
-    connection_retry: float = 0.5
+    election_min: float = 0.3
+    election_max: float = 0.7
+    leader_fallback: float = 1.0
+    heartbeat: float = 0.05
+    connection_retry: float = 0.1
     compaction_min_entries: int = 20_000
     compaction_min_seconds: float = 300.0
 
@@ -131,8 +131,10 @@ class Replica(SyncObj):  # type: ignore[misc]
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_command(self, command: bytes) -> Result:
+        # PySyncObj counts an entry as applied after this returns: its index is one more.
+        index = self.raftLastApplied + 1
         with self._lock:
-            return self.state_machine.apply(ujson.loads(command))
+            return self.state_machine.apply(ujson.loads(command), index)
 
     # -- PySyncObj fix: keep the leader's pipeline from moving backwards -----
 
@@ -209,7 +211,11 @@ class Replica(SyncObj):  # type: ignore[misc]
         return NotLeader("this replica does not lead its group", leader_raft=hint)
 
     def _on_state_changed(self, old: int, new: int) -> None:
-        """Raft thread: on becoming leader, commit a no-op of the new term before serving reads."""
+        """Raft thread: on becoming leader, commit an entry of the new term before serving reads.
+
+        The entry also records this process's code fingerprint as the
+        cluster's, if none is recorded yet (the cluster's first leader).
+        """
         if new != 2:  # pysyncobj _RAFT_STATE.LEADER
             return
         term = self._getTerm()
@@ -218,7 +224,11 @@ class Replica(SyncObj):  # type: ignore[misc]
             if error == FAIL_REASON.SUCCESS and self._getTerm() == term:
                 self._ready_term = term
 
-        self.apply_command(ujson.dumps({"type": "noop"}).encode(), callback=committed)
+        fingerprint = self.state_machine.local_fingerprint
+        entry: dict[str, Any] = {"type": "noop"}
+        if fingerprint is not None:
+            entry = {"type": "set_fingerprint", "fingerprint": fingerprint, "initial": True}
+        self.apply_command(ujson.dumps(entry).encode(), callback=committed)
 
     # -- status ---------------------------------------------------------------
 

@@ -11,28 +11,41 @@ Commands are JSON objects:
     {"type": "insert_batch", "model": NAME, "docs": [...], "request_id": ID, "time": T}
     {"type": "noop"}
     {"type": "batch", "commands": [...]}   several commands in one log entry
+    {"type": "set_fingerprint", "fingerprint": F, "initial": bool}
 
 ``apply`` returns ``{"ok": value}`` or ``{"error": {...}}`` (the one error
 shape). A command whose ``request_id`` was applied before returns the first
 result again without changing anything, so a retried write is applied once.
+
+Integrity: ``digest()`` combines a running hash of every applied command and
+its result with a hash of the current contents; ``checkpoints`` records the
+digest at every ``checkpoint_interval``-th log index. Replicas fed the same
+log have equal digests at equal indexes, so comparing them finds a replica
+whose state changed outside the log. The cluster's code fingerprint is part of
+the state: a machine whose local fingerprint differs applies nothing but
+``set_fingerprint`` and answers ``code_mismatch``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
-from models.errors import BadRequest, DocraftError, EndpointFailed, ValidationError
+import ujson
+
+from models.errors import BadRequest, CodeMismatch, DocraftError, EndpointFailed, NotFound, ValidationError
 from models.model import Model
 from query.app import App
-from query.collection import Collection
+from query.collection import HASH_MODULUS, Collection
 from query.planner import Page
 from query.views import ReadView, WriteView
 
 Result = dict[str, Any]
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
+CHECKPOINTS_KEPT = 64
 
 
 class StateMachine:
@@ -42,9 +55,19 @@ class StateMachine:
     reads run on the same thread or between applies.
     """
 
-    def __init__(self, app: App, remembered_requests: int = 100_000) -> None:
+    def __init__(
+        self,
+        app: App,
+        remembered_requests: int = 100_000,
+        local_fingerprint: str | None = None,
+        checkpoint_interval: int = 50,
+        digests: bool = True,
+    ) -> None:
         self.app = app
         self.remembered_requests = remembered_requests
+        self.local_fingerprint = local_fingerprint
+        self.checkpoint_interval = checkpoint_interval
+        self.digests = digests
         self.collections: dict[str, Collection] = {}
         self.recent: OrderedDict[str, Result] = OrderedDict()
         self._reset()
@@ -52,18 +75,62 @@ class StateMachine:
     def _reset(self) -> None:
         self.collections = {name: Collection(model) for name, model in sorted(self.app.models.items())}
         self.recent = OrderedDict()
+        self.log_hash = bytes(16)
+        self.applied_index = 0
+        self.next_checkpoint = self.checkpoint_interval
+        self.checkpoints: deque[tuple[int, str]] = deque(maxlen=CHECKPOINTS_KEPT)
+        self.fingerprint: str | None = None
+
+    @property
+    def code_ok(self) -> bool:
+        """False when the cluster's recorded code fingerprint is not this process's."""
+        return self.fingerprint is None or self.local_fingerprint in (None, self.fingerprint)
 
     def collection(self, model: type[Model]) -> Collection:
         return self.collections[model.name]
 
     # -- writes -------------------------------------------------------------
 
-    def apply(self, command: Any) -> Result:
+    def apply(self, command: Any, index: int | None = None) -> Result:
         """Apply one committed command and return its result; never raises for bad input.
 
-        Results hold nothing process-specific (no reprs, addresses or hash
-        orders), so every replica stores and returns the same bytes.
+        ``index`` is the command's Raft log index (checkpoints are kept by
+        index). Results hold nothing process-specific (no reprs, addresses or
+        hash orders), so every replica stores and returns the same bytes.
         """
+        if index is not None:
+            self._checkpoint_before(index)
+        result = self._apply(command)
+        if self.digests:
+            entry = ujson.dumps([command, result], sort_keys=True, escape_forward_slashes=False)
+            self.log_hash = hashlib.blake2b(self.log_hash + entry.encode(), digest_size=16).digest()
+        if index is not None:
+            self.applied_index = index
+        return result
+
+    def _checkpoint_before(self, index: int) -> None:
+        if self.next_checkpoint >= index:
+            return
+        digest = self.digest()
+        while self.next_checkpoint < index:
+            self.checkpoints.append((self.next_checkpoint, digest))
+            self.next_checkpoint += self.checkpoint_interval
+
+    def digest(self) -> str:
+        """Hex digest of everything applied so far and of the current contents."""
+        contents = sum(c.content_hash for c in self.collections.values()) % HASH_MODULUS
+        return hashlib.blake2b(self.log_hash + contents.to_bytes(16, "big"), digest_size=16).hexdigest()
+
+    def integrity(self) -> dict[str, Any]:
+        """What the integrity monitor compares: current digest, checkpoints, code fingerprints."""
+        return {
+            "applied_index": self.applied_index,
+            "digest": self.digest(),
+            "checkpoints": [list(c) for c in self.checkpoints],
+            "fingerprint": {"cluster": self.fingerprint, "local": self.local_fingerprint, "ok": self.code_ok},
+        }
+
+    def _apply(self, command: Any) -> Result:
         if not isinstance(command, dict):
             return BadRequest("a command must be a JSON object").to_json()
         request_id = command.get("request_id")
@@ -75,6 +142,14 @@ class StateMachine:
         if not isinstance(stamp, int | float) or isinstance(stamp, bool) or not _finite(stamp):
             return BadRequest("time must be a finite number").to_json()
         kind = command.get("type")
+        if kind == "set_fingerprint":
+            return self._set_fingerprint(command)
+        if kind not in ("noop", "batch") and not self.code_ok:
+            return CodeMismatch(
+                "this replica runs app code other than the cluster's; it applies nothing until fixed",
+                cluster=self.fingerprint,
+                local=self.local_fingerprint,
+            ).to_json()
         if kind == "mutation":
             result = self._mutation(command)
         elif kind == "insert_batch":
@@ -114,11 +189,29 @@ class StateMachine:
     def _batch(self, command: dict[str, Any]) -> Result:
         """Apply each command in order, each with its own result and request id."""
         commands = command.get("commands")
-        if not isinstance(commands, list) or any(
-            c.get("type") == "batch" for c in commands if isinstance(c, dict)
-        ):
+        if not isinstance(commands, list) or any(c.get("type") == "batch" for c in commands if isinstance(c, dict)):
             return BadRequest("a batch holds a list of commands, none of them a batch").to_json()
-        return {"ok": [self.apply(c) for c in commands]}
+        return {"ok": [self._apply(c) for c in commands]}
+
+    def _set_fingerprint(self, command: dict[str, Any]) -> Result:
+        """Record the cluster's code fingerprint; ``initial`` ones never replace a recorded one."""
+        fingerprint = command.get("fingerprint")
+        if not isinstance(fingerprint, str) or not fingerprint:
+            return BadRequest("set_fingerprint needs a fingerprint string").to_json()
+        if not (command.get("initial") and self.fingerprint is not None):
+            self.fingerprint = fingerprint
+        return {"ok": self.fingerprint}
+
+    def corrupt(self, collection: str, key: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        """Fault injection for tests: change a document outside the log. Raises ``NotFound``."""
+        model = self.app.model(collection)
+        store = self.collections[model.name]
+        current = store.get(key)
+        if current is None:
+            raise NotFound(f"no {collection} with key {key!r} on this replica", key=key)
+        changed = {**current, **fields}
+        store.put(changed)
+        return changed
 
     def _insert_batch(self, command: dict[str, Any]) -> Result:
         """Insert documents one by one; each gets its own result so one bad row spoils nothing."""
@@ -168,6 +261,13 @@ class StateMachine:
             "format": SNAPSHOT_FORMAT,
             "collections": {name: c.all() for name, c in self.collections.items()},
             "recent_requests": [[rid, result] for rid, result in self.recent.items()],
+            "integrity": {
+                "log_hash": self.log_hash.hex(),
+                "applied_index": self.applied_index,
+                "next_checkpoint": self.next_checkpoint,
+                "checkpoints": [list(c) for c in self.checkpoints],
+                "fingerprint": self.fingerprint,
+            },
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -183,6 +283,12 @@ class StateMachine:
                 collection.put(doc)
         for rid, result in snapshot["recent_requests"]:
             self.recent[rid] = result
+        integrity = snapshot["integrity"]
+        self.log_hash = bytes.fromhex(integrity["log_hash"])
+        self.applied_index = integrity["applied_index"]
+        self.next_checkpoint = integrity["next_checkpoint"]
+        self.checkpoints.extend((index, digest) for index, digest in integrity["checkpoints"])
+        self.fingerprint = integrity["fingerprint"]
 
     def document_count(self) -> dict[str, int]:
         return {name: len(c) for name, c in self.collections.items()}

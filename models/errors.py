@@ -104,6 +104,20 @@ class EndpointFailed(DocraftError):
     code = "endpoint_failed"
 
 
+class CodeMismatch(DocraftError):
+    """This replica runs app code other than the code the cluster was created with."""
+
+    status = 503
+    code = "code_mismatch"
+
+
+class ReplicaFlagged(DocraftError):
+    """The replica that would answer is flagged by the integrity monitor (divergent or wrong code)."""
+
+    status = 503
+    code = "replica_flagged"
+
+
 class ShardUnavailable(DocraftError):
     """A replica could not be reached or answered with something unusable."""
 
@@ -124,6 +138,8 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         NoLeader,
         OutcomeUnknown,
         EndpointFailed,
+        CodeMismatch,
+        ReplicaFlagged,
         ShardUnavailable,
     )
 }

@@ -34,7 +34,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from node.launcher import Layout, up
 
     layout = Layout(shards=args.shards, replicas=args.replicas, port=args.port, raft_port=args.raft_port)
-    return up(Path(args.data_dir), _app(args.app), layout, load_sample=not args.no_sample)
+    extra = ("--unsafe-fault-injection",) if args.unsafe_fault_injection else ()
+    return up(Path(args.data_dir), _app(args.app), layout, load_sample=not args.no_sample, extra_args=extra)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -42,7 +43,7 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     config = load_config(Path(args.config))
     _logging(args.replica)
-    run_replica(config, args.replica, _app(args.app, config.app))
+    run_replica(config, args.replica, _app(args.app, config.app), fault_injection=args.unsafe_fault_injection)
     return 0
 
 
@@ -68,6 +69,19 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0 if not report.rejected else 1
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from node.admin import repair
+
+    return repair(load_config(Path(args.config)), args.replica, args.timeout)
+
+
+def cmd_accept_code(args: argparse.Namespace) -> int:
+    from node.admin import accept_code
+
+    config = load_config(Path(args.config))
+    return accept_code(config, _app(args.app, config.app), args.url)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="docraft", description="A sharded, Raft-replicated document database.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -80,13 +94,29 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8000, help="dispatcher port; replicas use port+100 upward")
     up.add_argument("--raft-port", type=int, default=7100, help="first Raft port")
     up.add_argument("--no-sample", action="store_true", help="do not load the app's sample data")
+    up.add_argument("--unsafe-fault-injection", action="store_true", help="replicas accept /_admin/fault/*")
     up.set_defaults(run=cmd_up)
 
     node = commands.add_parser("node", help="run one replica process from a cluster file")
     node.add_argument("--config", required=True)
     node.add_argument("--replica", required=True, help="replica id in the cluster file")
     node.add_argument("--app", help="app module (default: the cluster file's)")
+    node.add_argument(
+        "--unsafe-fault-injection", action="store_true", help="accept POST /_admin/fault/corrupt (tests only)"
+    )
     node.set_defaults(run=cmd_node)
+
+    repair = commands.add_parser("repair", help="discard a replica's state and resync it from its group")
+    repair.add_argument("--config", required=True)
+    repair.add_argument("--replica", required=True)
+    repair.add_argument("--timeout", type=float, default=60.0, help="seconds to wait until its digest agrees")
+    repair.set_defaults(run=cmd_repair)
+
+    accept = commands.add_parser("accept-code", help="record the app code of --app as the cluster's (an upgrade)")
+    accept.add_argument("--config", required=True)
+    accept.add_argument("--app", help="app module (default: the cluster file's)")
+    accept.add_argument("--url", help="dispatcher URL (default: the cluster file's first dispatcher)")
+    accept.set_defaults(run=cmd_accept_code)
 
     dispatcher = commands.add_parser("dispatcher", help="run one dispatcher process from a cluster file")
     dispatcher.add_argument("--config", required=True)

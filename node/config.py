@@ -19,6 +19,12 @@
     [raft]                          # optional; see consensus.replica.RaftTimings
     election_min = 0.4
 
+    [integrity]                     # optional; see IntegrityConfig
+    monitor_interval = 1.0
+
+    [alerts]                        # optional
+    webhooks = ["http://ops.example/hook"]
+
 ``load_config`` validates everything and raises ``ConfigError`` with a
 sentence that names the offending entry; nothing is checked by assert.
 """
@@ -27,9 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from consensus.replica import RaftTimings
 
@@ -68,6 +75,21 @@ class DispatcherConfig:
 
 
 @dataclass(frozen=True)
+class IntegrityConfig:
+    """Divergence detection: digests on replicas, the monitor in the dispatcher.
+
+    ``digests`` off is for measuring their cost only: the monitor then has
+    nothing to compare. A replica is ``replica_unreachable`` after
+    ``unreachable_after`` seconds without an answer.
+    """
+
+    digests: bool = True
+    checkpoint_interval: int = 50
+    monitor_interval: float = 1.0
+    unreachable_after: float = 3.0
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     secret: str
     app: str
@@ -75,6 +97,8 @@ class ClusterConfig:
     dispatchers: tuple[DispatcherConfig, ...]
     path: Path
     timings: RaftTimings = dataclasses.field(default_factory=RaftTimings)
+    integrity: IntegrityConfig = dataclasses.field(default_factory=IntegrityConfig)
+    webhooks: tuple[str, ...] = ()
 
     def replica(self, replica_id: str) -> ReplicaConfig:
         """The replica called ``replica_id``; raises ``ConfigError`` listing the known ones."""
@@ -175,9 +199,7 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
         raise ConfigError(f"shard slots end at {expected - 1}, they must reach {SLOT_COUNT - 1}")
     addresses = [a for s in shards for r in s.replicas for a in (r.raft, r.http)]
     dispatchers = tuple(
-        DispatcherConfig(
-            _text(t, "id", f"dispatchers[{i}]"), _address(t.get("http"), f"dispatchers[{i}] http")
-        )
+        DispatcherConfig(_text(t, "id", f"dispatchers[{i}]"), _address(t.get("http"), f"dispatchers[{i}] http"))
         for i, t in enumerate(_tables(data, "dispatchers", "the cluster"))
     )
     for dispatcher in dispatchers:
@@ -191,24 +213,37 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
     app = data.get("app", "examples.people")
     if not isinstance(app, str):
         raise ConfigError("app must be a module name")
-    raft = data.get("raft", {})
-    if not isinstance(raft, dict):
-        raise ConfigError("[raft] must be a table")
-    return ClusterConfig(secret, app, tuple(shards), dispatchers, path, _timings(raft))
+    timings = _settings(data, "raft", RaftTimings)
+    integrity = _settings(data, "integrity", IntegrityConfig)
+    alerts = data.get("alerts", {})
+    webhooks = alerts.get("webhooks", []) if isinstance(alerts, dict) else None
+    if not isinstance(webhooks, list) or not all(isinstance(u, str) and u.startswith("http") for u in webhooks):
+        raise ConfigError("[alerts] webhooks must be a list of http(s) URLs")
+    return ClusterConfig(secret, app, tuple(shards), dispatchers, path, timings, integrity, tuple(webhooks))
 
 
-def _timings(table: dict[str, Any]) -> RaftTimings:
-    known = {f.name: f.type for f in dataclasses.fields(RaftTimings)}
+SettingsT = TypeVar("SettingsT")
+
+
+def _settings(data: dict[str, Any], section: str, kind: Callable[..., SettingsT]) -> SettingsT:
+    """The ``[section]`` table as a ``kind`` dataclass: known names, positive numbers or booleans."""
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    known = {f.name: f.type for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
     unknown = sorted(set(table) - set(known))
     if unknown:
-        raise ConfigError(f"[raft] has no setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise ConfigError(f"[{section}] has no setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
     for name, value in table.items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"[raft] {name} must be a positive number, got {value!r}")
+        if known[name] == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"[{section}] {name} must be true or false, got {value!r}")
+        elif not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"[{section}] {name} must be a positive number, got {value!r}")
     try:
-        return RaftTimings(**table)
+        return kind(**table)
     except ValueError as exc:
-        raise ConfigError(f"[raft]: {exc}") from None
+        raise ConfigError(f"[{section}]: {exc}") from None
 
 
 def load_config(path: Path) -> ClusterConfig:
@@ -228,7 +263,7 @@ def render_config(
     app: str,
     shards: list[tuple[str, list[tuple[str, str, str, str]]]],
     dispatchers: list[tuple[str, str]],
-    raft: dict[str, float] | None = None,
+    sections: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """TOML text for a cluster; shards get equal slot ranges in the order given.
 
@@ -251,6 +286,16 @@ def render_config(
             ]
     for dispatcher_id, http in dispatchers:
         lines += ["[[dispatchers]]", f'id = "{dispatcher_id}"', f'http = "{http}"', ""]
-    if raft:
-        lines += ["[raft]", *(f"{name} = {value}" for name, value in raft.items()), ""]
+    for section, values in (sections or {}).items():
+        lines += [f"[{section}]", *(f"{name} = {_toml(value)}" for name, value in values.items()), ""]
     return "\n".join(lines)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(value)

@@ -29,6 +29,4 @@ class Consistency(enum.Enum):
         for level in cls:
             if level.value == text:
                 return level
-        raise BadRequest(
-            f"consistency must be one of stale, leader, linearizable; got {text!r}", param="consistency"
-        )
+        raise BadRequest(f"consistency must be one of stale, leader, linearizable; got {text!r}", param="consistency")

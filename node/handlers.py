@@ -9,12 +9,14 @@ and 405 and any unexpected exception, has the body
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import ujson
 from tornado.web import HTTPError, RequestHandler
 
 from models.errors import BadRequest, DocraftError, MethodNotAllowed, NoLeader, NotFound
+from node.alerts import AlertBook
 from node.router import Router
 from node.shard_service import ShardService
 
@@ -126,6 +128,66 @@ class ClusterHandler(JSONHandler):
         self.write_json({"shards": await self.router.cluster_status()})
 
 
+class AlertsHandler(JSONHandler):
+    """``GET /_admin/alerts``: active and recent integrity alerts."""
+
+    def initialize(self, alerts: AlertBook) -> None:
+        self.alerts = alerts
+
+    def get(self) -> None:
+        self.write_json(self.alerts.to_json())
+
+
+class FingerprintHandler(JSONHandler):
+    """``POST /_admin/fingerprint`` with ``{"fingerprint": F}``: accept new app code on every shard."""
+
+    def initialize(self, router: Router) -> None:
+        self.router = router
+
+    async def post(self) -> None:
+        try:
+            fingerprint = (self.json_body() or {}).get("fingerprint")
+            if not isinstance(fingerprint, str) or len(fingerprint) != 64:
+                raise BadRequest('the body must be {"fingerprint": <64 hex characters>}', param="fingerprint")
+            self.write_json({"shards": await self.router.set_fingerprint(fingerprint)})
+        except DocraftError as exc:
+            self.send_error_for(exc)
+
+
+class DigestHandler(JSONHandler):
+    """``GET /_admin/digest``: this replica's digest, recent checkpoints and code fingerprints."""
+
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
+
+    def get(self) -> None:
+        self.write_json(self.service.integrity())
+
+
+class CorruptHandler(JSONHandler):
+    """``POST /_admin/fault/corrupt``: change local state outside Raft; only with --unsafe-fault-injection."""
+
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
+
+    def post(self) -> None:
+        try:
+            self.write_json({"corrupted": self.service.corrupt(self.json_body() or {})})
+        except DocraftError as exc:
+            self.send_error_for(exc)
+
+
+class RepairHandler(JSONHandler):
+    """``POST /_admin/repair``: discard this replica's state and resynchronise it from its group."""
+
+    def initialize(self, repair: Callable[[], None]) -> None:
+        self.repair = repair
+
+    def post(self) -> None:
+        self.write_json({"repairing": True}, status=202)
+        self.repair()
+
+
 class ShardWriteHandler(JSONHandler):
     """``POST /_shard/write``: propose a command on this replica (routers only)."""
 
@@ -172,21 +234,35 @@ class NotFoundHandler(JSONHandler):
 ENDPOINT_ROUTE = r"/([A-Za-z_][A-Za-z0-9_]*)"
 
 
-def router_routes(router: Router) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
+Routes = list[tuple[str, type[RequestHandler], dict[str, Any]]]
+
+
+def router_routes(router: Router) -> Routes:
     """Routes every router process serves: endpoints, bulk insert, cluster admin."""
     deps = {"router": router}
     return [
         (r"/_admin/cluster", ClusterHandler, deps),
+        (r"/_admin/fingerprint", FingerprintHandler, deps),
         (r"/_bulk/([A-Za-z_][A-Za-z0-9_]*)", BulkInsertHandler, deps),
         (ENDPOINT_ROUTE, EndpointHandler, deps),
     ]
 
 
-def shard_routes(service: ShardService) -> list[tuple[str, type[RequestHandler], dict[str, Any]]]:
-    """Internal routes of a replica, called by routers."""
+def shard_routes(service: ShardService, repair: Callable[[], None], fault_injection: bool) -> Routes:
+    """Routes of a replica: internal ones for routers, its digest, repair and the fault hook."""
     deps = {"service": service}
-    return [
+    routes: Routes = [
         (r"/_shard/write", ShardWriteHandler, deps),
         (r"/_shard/read", ShardReadHandler, deps),
         (r"/_shard/status", ShardStatusHandler, deps),
+        (r"/_admin/digest", DigestHandler, deps),
+        (r"/_admin/repair", RepairHandler, {"repair": repair}),
     ]
+    if fault_injection:
+        routes.append((r"/_admin/fault/corrupt", CorruptHandler, deps))
+    return routes
+
+
+def alert_routes(alerts: AlertBook) -> Routes:
+    """The dispatcher's alert route."""
+    return [(r"/_admin/alerts", AlertsHandler, {"alerts": alerts})]

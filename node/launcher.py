@@ -41,18 +41,19 @@ class Layout:
     raft_port: int = 7100
     host: str = "127.0.0.1"
 
-    def render(self, app: str) -> str:
+    def render(self, app: str, sections: dict[str, dict[str, Any]] | None = None) -> str:
+        """The cluster file's text; ``sections`` adds tables such as ``[integrity]``."""
+
         shard_list = []
         for s in range(self.shards):
             members = []
             for r in range(self.replicas):
                 n = s * self.replicas + r
                 rid = f"s{s}r{r}"
-                members.append(
-                    (rid, f"{self.host}:{self.raft_port + n}", f"{self.host}:{self.port + 100 + n}", rid)
-                )
+                members.append((rid, f"{self.host}:{self.raft_port + n}", f"{self.host}:{self.port + 100 + n}", rid))
             shard_list.append((f"s{s}", members))
-        return render_config(secrets.token_hex(24), app, shard_list, [("d0", f"{self.host}:{self.port}")])
+        dispatchers = [("d0", f"{self.host}:{self.port}")]
+        return render_config(secrets.token_hex(24), app, shard_list, dispatchers, sections)
 
 
 class LocalCluster:
@@ -150,9 +151,7 @@ class LocalCluster:
         raise TimeoutError(f"no leader after {timeout:.0f}s for: {', '.join(missing)}")
 
 
-def up(
-    data_dir: Path, app: App, layout: Layout, load_sample: bool = True, extra_args: tuple[str, ...] = ()
-) -> int:
+def up(data_dir: Path, app: App, layout: Layout, load_sample: bool = True, extra_args: tuple[str, ...] = ()) -> int:
     """Run a local cluster in the foreground until SIGINT/SIGTERM; returns an exit code."""
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -175,9 +174,7 @@ def up(
         marker = data_dir / SAMPLE_MARKER
         if load_sample and app.sample_data and not marker.exists():
             for model_name, csv_path in app.sample_data.items():
-                report = load_csv(
-                    csv_path, app.model(model_name), dispatcher_url, progress=sys.stderr.isatty()
-                )
+                report = load_csv(csv_path, app.model(model_name), dispatcher_url, progress=sys.stderr.isatty())
                 print(f"sample {model_name}: {report.summary()}", flush=True)
             marker.write_text("sample data loaded\n", encoding="utf-8")
         print(f"docraft is up: dispatcher {dispatcher_url}  (data in {data_dir}, app {app.module})")

@@ -25,6 +25,7 @@ from models.errors import (
     NoLeader,
     NotLeader,
     OutcomeUnknown,
+    ReplicaFlagged,
     ShardUnavailable,
     error_from_json,
 )
@@ -58,8 +59,10 @@ class Router:
         self.deadline = deadline
         self.shard_map = ShardMap(config)
         self.leaders: dict[str, ReplicaConfig | None] = {s.id: None for s in config.shards}
+        # Replicas the integrity monitor flagged (divergent or wrong code): nothing is read from them.
+        self.flagged: set[str] = set()
         self._by_raft = {r.raft: r for s in config.shards for r in s.replicas}
-        self._round_robin = {s.id: itertools.cycle(s.replicas) for s in config.shards}
+        self._stale_turns = {s.id: itertools.count() for s in config.shards}
 
     # -- public entry points ---------------------------------------------------
 
@@ -127,6 +130,16 @@ class Router:
 
         await asyncio.gather(*(store(shard_id, positions) for shard_id, positions in groups.items()))
         return [r for r in results if r is not None]
+
+    async def set_fingerprint(self, fingerprint: str) -> dict[str, Any]:
+        """Record ``fingerprint`` as the cluster's app code on every shard (a deliberate upgrade)."""
+
+        async def one(shard: ShardConfig) -> Any:
+            command = {"type": "set_fingerprint", "fingerprint": fingerprint, "request_id": new_request_id()}
+            return _unwrap(await self.write(shard, command))
+
+        results = await asyncio.gather(*(one(shard) for shard in self.config.shards))
+        return {shard.id: result for shard, result in zip(self.config.shards, results, strict=True)}
 
     async def cluster_status(self) -> list[dict[str, Any]]:
         """Every shard with its slot range, leader and each replica's status."""
@@ -196,18 +209,20 @@ class Router:
     async def _stale_read(self, shard: ShardConfig, request: dict[str, Any]) -> Result:
         """Any replica will do: this process's own first, then the others in turn."""
         local = [r for r in shard.replicas if self.client.is_local(r)]
-        others = [next(self._round_robin[shard.id]) for _ in shard.replicas]
+        turn = next(self._stale_turns[shard.id]) % len(shard.replicas)
+        others = [r for r in shard.replicas[turn:] + shard.replicas[:turn] if r not in local]
+
         last_error: DocraftError = NoLeader(f"shard {shard.id}: no replica answered", shard=shard.id)
         for replica in local + others:
+            if replica.id in self.flagged:
+                continue
             try:
                 return await self.client.read(replica, request, self.attempt_timeout)
             except ShardUnavailable as exc:
                 last_error = exc
         raise last_error
 
-    async def _with_leader(
-        self, shard: ShardConfig, attempt: Callable[[ReplicaConfig, float], Awaitable[T]]
-    ) -> T:
+    async def _with_leader(self, shard: ShardConfig, attempt: Callable[[ReplicaConfig, float], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.deadline
         while True:
             remaining = deadline - time.monotonic()
@@ -220,6 +235,13 @@ class Router:
             if leader is None:
                 await asyncio.sleep(min(RETRY_PAUSE, remaining))
                 continue
+            if leader.id in self.flagged:
+                raise ReplicaFlagged(
+                    f"the leader of shard {shard.id}, {leader.id}, is flagged by the integrity monitor "
+                    "(see /_admin/alerts); repair it with docraft repair",
+                    shard=shard.id,
+                    replica=leader.id,
+                )
             try:
                 return await attempt(leader, min(remaining, self.attempt_timeout))
             except NotLeader as exc:

@@ -1,52 +1,94 @@
 """The two Tornado processes: a shard replica server and a dispatcher.
 
 Both embed the same ``Router``, so any of them accepts any endpoint request.
-A replica server also serves the internal ``/_shard/*`` routes and drives
-its own ``Replica``. Both stop cleanly on SIGTERM or SIGINT.
+A replica server also serves the internal ``/_shard/*`` routes, its digest
+and repair routes, and drives its own ``Replica``. A dispatcher also runs the
+integrity monitor and serves its alerts. Both stop cleanly on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import signal
-from pathlib import Path
+import sys
+from dataclasses import dataclass
 
 from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
-from consensus.replica import RaftTimings, Replica
+from consensus.replica import Replica
 from consensus.state_machine import StateMachine
+from node.alerts import AlertBook
 from node.config import ClusterConfig, ReplicaConfig
-from node.handlers import NotFoundHandler, router_routes, shard_routes
+from node.handlers import NotFoundHandler, alert_routes, router_routes, shard_routes
+from node.monitor import IntegrityMonitor
 from node.router import Router
 from node.shard_client import ShardClient
 from node.shard_service import ShardService
 from query.app import App
+from query.fingerprint import app_fingerprint
 
 log = logging.getLogger("docraft.server")
 
 
-def dispatcher_application(config: ClusterConfig, app: App, client: ShardClient | None = None) -> Application:
-    """The dispatcher's Tornado application: routing only, no local state."""
-    router = Router(config, app, client or ShardClient())
-    return Application(router_routes(router), default_handler_class=NotFoundHandler)
+@dataclass
+class Dispatcher:
+    application: Application
+    router: Router
+    monitor: IntegrityMonitor
+    alerts: AlertBook
 
 
-def replica_application(config: ClusterConfig, app: App, service: ShardService) -> Application:
-    """A replica's Tornado application: internal shard routes plus the embedded router."""
+def dispatcher(config: ClusterConfig, app: App, client: ShardClient | None = None) -> Dispatcher:
+    """The dispatcher's application, router, alert book and (not yet started) monitor."""
+    client = client or ShardClient()
+    router = Router(config, app, client)
+    alerts = AlertBook(config.webhooks)
+    monitor = IntegrityMonitor(config, client, alerts, router.flagged)
+    application = Application(router_routes(router) + alert_routes(alerts), default_handler_class=NotFoundHandler)
+    return Dispatcher(application, router, monitor, alerts)
+
+
+def replica_application(config: ClusterConfig, app: App, service: ShardService, fault_injection: bool) -> Application:
+    """A replica's Tornado application: shard and admin routes plus the embedded router."""
     router = Router(config, app, ShardClient(local=service))
-    return Application(shard_routes(service) + router_routes(router), default_handler_class=NotFoundHandler)
+
+    def repair() -> None:
+        asyncio.get_running_loop().call_later(0.2, restart_empty, service)
+
+    routes = shard_routes(service, repair, fault_injection) + router_routes(router)
+    return Application(routes, default_handler_class=NotFoundHandler)
 
 
-def start_replica(
-    config: ClusterConfig, replica: ReplicaConfig, app: App, timings: RaftTimings
-) -> ShardService:
+def start_replica(config: ClusterConfig, replica: ReplicaConfig, app: App) -> ShardService:
     """Start the Raft member for ``replica``; its thread runs until ``destroy()``."""
     shard = config.shard(replica.shard)
     peers = [r.raft for r in shard.replicas if r.id != replica.id]
-    member = Replica(replica.raft, peers, StateMachine(app), replica.data_dir, config.secret, timings)
+    state = StateMachine(
+        app,
+        local_fingerprint=app_fingerprint(app),
+        checkpoint_interval=config.integrity.checkpoint_interval,
+        digests=config.integrity.digests,
+    )
+    member = Replica(replica.raft, peers, state, replica.data_dir, config.secret, config.timings)
     return ShardService(member, replica)
+
+
+def restart_empty(service: ShardService) -> None:
+    """Repair: stop Raft, delete this replica's journal and snapshot, and restart the process.
+
+    The restarted replica has an empty log; its leader sends it the log or a
+    snapshot, so it holds exactly what the group agreed on. The process keeps
+    its pid (``exec``), so supervisors see no exit.
+    """
+    log.warning("repair: discarding local state in %s and restarting", service.config.data_dir)
+    service.replica.destroy_synchronous()
+    shutil.rmtree(service.config.data_dir, ignore_errors=True)
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, "-m", "node.cli", *sys.argv[1:]])
 
 
 async def serve(application: Application, address: str) -> None:
@@ -63,15 +105,17 @@ async def serve(application: Application, address: str) -> None:
     server.stop()
 
 
-def run_replica(config: ClusterConfig, replica_id: str, app: App) -> None:
-    """Run one replica process: Raft member, internal routes and router, until signalled."""
+def run_replica(config: ClusterConfig, replica_id: str, app: App, fault_injection: bool = False) -> None:
+    """Run one replica process: Raft member, routes and router, until signalled."""
     replica = config.replica(replica_id)
-    Path(replica.data_dir).mkdir(parents=True, exist_ok=True)
+    replica.data_dir.mkdir(parents=True, exist_ok=True)
 
     async def main() -> None:
-        service = start_replica(config, replica, app, config.timings)
+        service = start_replica(config, replica, app)
+        if fault_injection:
+            log.warning("UNSAFE: fault injection routes are enabled on this replica")
         try:
-            await serve(replica_application(config, app, service), replica.http)
+            await serve(replica_application(config, app, service, fault_injection), replica.http)
         finally:
             service.replica.destroy()
 
@@ -79,10 +123,15 @@ def run_replica(config: ClusterConfig, replica_id: str, app: App) -> None:
 
 
 def run_dispatcher(config: ClusterConfig, dispatcher_id: str | None, app: App) -> None:
-    """Run one dispatcher process until signalled."""
-    dispatcher = config.dispatcher(dispatcher_id)
+    """Run one dispatcher process, with its integrity monitor, until signalled."""
+    address = config.dispatcher(dispatcher_id).http
 
     async def main() -> None:
-        await serve(dispatcher_application(config, app), dispatcher.http)
+        parts = dispatcher(config, app)
+        monitoring = asyncio.get_running_loop().create_task(parts.monitor.run())
+        try:
+            await serve(parts.application, address)
+        finally:
+            monitoring.cancel()
 
     asyncio.run(main())

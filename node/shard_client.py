@@ -53,6 +53,11 @@ class ShardClient:
             return self.local.status()
         return await self._call(replica, "GET", "/_shard/status", None, timeout)
 
+    async def integrity(self, replica: ReplicaConfig, timeout: float = 1.0) -> dict[str, Any]:
+        if self.local is not None and self.is_local(replica):
+            return self.local.integrity()
+        return await self._call(replica, "GET", "/_admin/digest", None, timeout)
+
     async def _call(
         self, replica: ReplicaConfig, method: str, path: str, payload: Any, timeout: float
     ) -> dict[str, Any]:
@@ -74,9 +79,7 @@ class ShardClient:
         try:
             decoded: dict[str, Any] = ujson.loads(response.body)
         except ValueError:
-            raise ShardUnavailable(
-                f"replica {replica.id} sent a body that is not JSON", replica=replica.id
-            ) from None
+            raise ShardUnavailable(f"replica {replica.id} sent a body that is not JSON", replica=replica.id) from None
         if response.code != 200:
             error: DocraftError = error_from_json(decoded)
             raise error

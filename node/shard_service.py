@@ -11,13 +11,12 @@ from typing import Any
 
 from consensus.replica import Replica
 from consensus.state_machine import Result, StateMachine
-from models.errors import BadRequest
+from models.errors import BadRequest, CodeMismatch
 from node.config import ReplicaConfig
 from node.consistency import Consistency
 
-
 # Commands a router may propose; batches are made by the replica itself.
-ROUTED_COMMANDS = ("mutation", "insert_batch")
+ROUTED_COMMANDS = ("mutation", "insert_batch", "set_fingerprint")
 
 
 class ShardService:
@@ -47,6 +46,8 @@ class ShardService:
         reaches a follower.
         """
         consistency = Consistency.parse(request.get("consistency"))
+        if not self.replica.state_machine.code_ok:
+            raise CodeMismatch(f"replica {self.config.id} runs app code other than the cluster's; it serves no data")
         if consistency is Consistency.LINEARIZABLE:
             await self.replica.submit({"type": "noop"})
         elif consistency is Consistency.LEADER:
@@ -75,6 +76,18 @@ class ShardService:
         if consistency is not None:
             served["consistency"] = consistency.value
         return served
+
+    def integrity(self) -> dict[str, Any]:
+        """Digest, checkpoints and code fingerprints, read between applies."""
+        report = self.replica.read_locally(lambda state: state.integrity())
+        return {"replica": self.config.id, "shard": self.config.shard, **report}
+
+    def corrupt(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Fault injection: change one local document without Raft (``--unsafe-fault-injection``)."""
+        collection, key, fields = request.get("collection"), request.get("id"), request.get("fields")
+        if not isinstance(collection, str) or key is None or not isinstance(fields, dict):
+            raise BadRequest('corrupt takes {"collection": MODEL, "id": KEY, "fields": {...}}')
+        return self.replica.read_locally(lambda state: state.corrupt(collection, key, fields))
 
     def status(self) -> dict[str, Any]:
         """This replica's id, shard and Raft status."""

@@ -8,20 +8,37 @@ validated by the model.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
+import ujson
 from sortedcontainers import SortedDict, SortedList
 
 from models.model import Model
 from query.ordering import KEY_MAX, SortKey, value_key
 
+HASH_MODULUS = 2**128
+
+
+def document_hash(collection: str, doc: dict[str, Any]) -> int:
+    """A 128-bit hash of one document's canonical JSON, tagged with its collection."""
+    text = collection + "\0" + ujson.dumps(doc, sort_keys=True, escape_forward_slashes=False)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=16).digest(), "big")
+
 
 class Collection:
+    """Documents and indexes; ``content_hash`` is the sum of every document's hash.
+
+    The sum is order-independent and updated on each change, so equal contents
+    give equal hashes however they were reached, at O(1) cost per write.
+    """
+
     def __init__(self, model: type[Model]) -> None:
         self.model = model
         self.docs: SortedDict = SortedDict()
         self.indexes: dict[str, SortedList] = {name: SortedList() for name in model.indexes}
+        self.content_hash = 0
 
     def __len__(self) -> int:
         return len(self.docs)
@@ -40,6 +57,7 @@ class Collection:
         self.docs[pk] = doc
         for name, index in self.indexes.items():
             index.add((value_key(doc[name]), pk))
+        self.content_hash = (self.content_hash + document_hash(self.model.name, doc)) % HASH_MODULUS
         return old
 
     def remove(self, key: Any) -> dict[str, Any] | None:
@@ -53,6 +71,7 @@ class Collection:
     def _unindex(self, doc: dict[str, Any], pk: SortKey) -> None:
         for name, index in self.indexes.items():
             index.remove((value_key(doc[name]), pk))
+        self.content_hash = (self.content_hash - document_hash(self.model.name, doc)) % HASH_MODULUS
 
     def scan_keys(
         self, low: SortKey | None = None, high: SortKey | None = None, reverse: bool = False

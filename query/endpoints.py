@@ -123,12 +123,8 @@ def _declare(
     if shard_key is not None and shard_key not in params:
         raise TypeError(f"endpoint {func.__name__}: shard_key {shard_key!r} is not a parameter")
     if consistency not in CONSISTENCY_LEVELS:
-        raise TypeError(
-            f"endpoint {func.__name__}: consistency must be one of {', '.join(CONSISTENCY_LEVELS)}"
-        )
-    return Endpoint(
-        func.__name__, func, kind, tuple(m.upper() for m in methods), params, shard_key, consistency
-    )
+        raise TypeError(f"endpoint {func.__name__}: consistency must be one of {', '.join(CONSISTENCY_LEVELS)}")
+    return Endpoint(func.__name__, func, kind, tuple(m.upper() for m in methods), params, shard_key, consistency)
 
 
 def query(
@@ -146,9 +142,7 @@ def query(
     return wrap
 
 
-def mutation(
-    *, shard_key: str, methods: tuple[str, ...] = ("POST",)
-) -> Callable[[Callable[..., Any]], Endpoint]:
+def mutation(*, shard_key: str, methods: tuple[str, ...] = ("POST",)) -> Callable[[Callable[..., Any]], Endpoint]:
     """Declare a write endpoint; it runs inside the shard's state machine on a ``WriteView``.
 
     It must be deterministic: use ``db.now`` and ``db.request_id``, never the
@@ -159,9 +153,7 @@ def mutation(
         endpoint = _declare(func, "mutation", methods, shard_key)
         key = endpoint.params[shard_key]
         if not key.required or isinstance(key.type, Optional):
-            raise TypeError(
-                f"mutation {func.__name__}: shard_key {shard_key!r} must be required and not optional"
-            )
+            raise TypeError(f"mutation {func.__name__}: shard_key {shard_key!r} must be required and not optional")
         return endpoint
 
     return wrap

@@ -49,7 +49,5 @@ def decode_cursor(cursor: str, order_type: ValueType, key_type: ValueType) -> tu
         value = None if value is None else order_type.check(value)
         key = key_type.check(key)
     except (ValueError, TypeError) as exc:
-        raise BadRequest(
-            f"cursor {cursor!r} is not a cursor docraft returned for this query", param="cursor"
-        ) from exc
+        raise BadRequest(f"cursor {cursor!r} is not a cursor docraft returned for this query", param="cursor") from exc
     return (value_key(value), value_key(key))

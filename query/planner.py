@@ -130,9 +130,7 @@ def choose_plan(model: type[Model], where: Mapping[str, Condition], order_by: st
     return make("full_scan", None, (pk,))
 
 
-def _candidates(
-    collection: Collection, plan: Plan, where: Mapping[str, Condition]
-) -> Iterator[dict[str, Any]]:
+def _candidates(collection: Collection, plan: Plan, where: Mapping[str, Condition]) -> Iterator[dict[str, Any]]:
     reverse = plan.descending and not plan.sort
     on = plan.field or collection.model.primary_key
     if plan.access == "primary_key_lookup":

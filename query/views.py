@@ -55,9 +55,7 @@ class WriteView(ReadView):
     leader into the command, so every replica sees the same values.
     """
 
-    def __init__(
-        self, collection_of: Callable[[type[Model]], Collection], now: float, request_id: str
-    ) -> None:
+    def __init__(self, collection_of: Callable[[type[Model]], Collection], now: float, request_id: str) -> None:
         super().__init__(collection_of)
         self.now = now
         self.request_id = request_id
@@ -88,9 +86,7 @@ class WriteView(ReadView):
         collection = self._collection_of(model)
         current = collection.get(key)
         if current is None:
-            raise DocumentNotFound(
-                f"no {model.name} with {model.primary_key}={key!r}", model=model.name, key=key
-            )
+            raise DocumentNotFound(f"no {model.name} with {model.primary_key}={key!r}", model=model.name, key=key)
         clean = model.validate({**current, **changes, model.primary_key: key})
         self._store(collection, clean)
         return clean
@@ -100,9 +96,7 @@ class WriteView(ReadView):
         collection = self._collection_of(model)
         old = collection.remove(key)
         if old is None:
-            raise DocumentNotFound(
-                f"no {model.name} with {model.primary_key}={key!r}", model=model.name, key=key
-            )
+            raise DocumentNotFound(f"no {model.name} with {model.primary_key}={key!r}", model=model.name, key=key)
         self.undo.append((collection, key, old))
         return old
 

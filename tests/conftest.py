@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,8 +15,8 @@ def cluster_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     and their logs are printed when the test failed."""
     started: list[Cluster] = []
 
-    def make(shards: int = 2, replicas: int = 3, raft: dict[str, float] | None = None) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(started)}", shards, replicas, raft)
+    def make(shards: int = 2, replicas: int = 3, **options: Any) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(started)}", shards, replicas, **options)
         started.append(cluster)
         return cluster.start()
 

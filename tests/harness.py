@@ -62,9 +62,7 @@ def free_ports(count: int) -> list[int]:
 def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
     """One HTTP call; returns (status, decoded JSON body) for any status."""
     data = None if body is None else ujson.dumps(body).encode()
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, ujson.loads(response.read())
@@ -74,11 +72,20 @@ def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tupl
 
 class Cluster:
     def __init__(
-        self, root: Path, shards: int = 2, replicas: int = 3, raft: dict[str, float] | None = None
+        self,
+        root: Path,
+        shards: int = 2,
+        replicas: int = 3,
+        raft: dict[str, float] | None = None,
+        sections: dict[str, dict[str, Any]] | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
+        """``sections`` adds cluster-file tables (``integrity``, ``alerts``); replicas get ``extra_args``."""
         self.root = root
         self.shape = (shards, replicas)
-        self.raft = {**FAST_RAFT, **(raft or {})}
+        self.sections = {"raft": {**FAST_RAFT, **(raft or {})}, **(sections or {})}
+        self.extra_args = extra_args
+        self.prefixes: dict[str, list[str]] = {}
         self.local: LocalCluster | None = None
 
     @property
@@ -90,7 +97,7 @@ class Cluster:
         for attempt in range(attempts):
             self._write_config()
             config = load_config(self.root / "cluster.toml")
-            self.local = LocalCluster(config, config.app, self.root / "logs")
+            self.local = LocalCluster(config, config.app, self.root / "logs", self.extra_args, self.prefixes)
             try:
                 self.local.start_all()
                 self.local.wait_ready(timeout=30)
@@ -117,7 +124,7 @@ class Cluster:
             "examples.people",
             layout,
             [("d0", f"127.0.0.1:{ports[-1]}")],
-            self.raft,
+            self.sections,
         )
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "cluster.toml").write_text(text)

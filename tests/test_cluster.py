@@ -40,16 +40,12 @@ def test_notes_examples_through_dispatcher_and_any_replica(cluster_factory) -> N
     )
     assert code == 200, body
     assert body["result"]["address"] == "78 Leaf St."
-    for base in [cluster.url] + [
-        cluster.replica_url(r) for s in ("s0", "s1") for r in cluster.replica_ids(s)
-    ]:
+    for base in [cluster.url] + [cluster.replica_url(r) for s in ("s0", "s1") for r in cluster.replica_ids(s)]:
         code, body = cluster.get("/get_user", base=base, id=321)
         assert code == 200 and body["items"][0]["first_name"] == "Mary", (base, body)
     # '+' and '%20' both mean a space in a query string
     for encoded in ("United+States", "United%20States"):
-        cluster.get(
-            "/insert_user", id=400 + len(encoded), first_name="A", last_name="B", country="United States"
-        )
+        cluster.get("/insert_user", id=400 + len(encoded), first_name="A", last_name="B", country="United States")
         code, body = http("GET", f"{cluster.url}/get_user?country={encoded}")
         assert code == 200 and body["items"], body
         assert {u["country"] for u in body["items"]} == {"United States"}

@@ -67,7 +67,7 @@ def test_rendered_config_round_trips(tmp_path: Path, shards: int, replicas: int)
         "leader_fallback": 1.0,
         "heartbeat": 0.05,
     }
-    path = write(tmp_path, render_config(SECRET, "my.app", layout(shards, replicas), DISPATCHERS, raft))
+    path = write(tmp_path, render_config(SECRET, "my.app", layout(shards, replicas), DISPATCHERS, {"raft": raft}))
     config = load_config(path)
     assert config.secret == SECRET
     assert config.app == "my.app"
@@ -199,7 +199,7 @@ INVALID: list[tuple[str, Any, str]] = [
     ("raft negative", set_raft(leader_fallback=-1.0), "leader_fallback must be a positive number"),
     ("heartbeat too slow", set_raft(heartbeat=0.2), "\\[raft\\]: need 0 < 3 \\* heartbeat < election_min"),
     ("election window empty", set_raft(election_min=1.0, election_max=1.0), "election_min < election_max"),
-    ("fallback too short", set_raft(leader_fallback=0.4), "leader_fallback must be longer than election_min"),
+    ("fallback too short", set_raft(leader_fallback=0.3), "leader_fallback must be longer than election_min"),
 ]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from consensus.replica import RaftTimings
 from models.errors import ERROR_CLASSES
 from node.cli import parser
+from node.config import IntegrityConfig
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -23,12 +24,27 @@ def test_every_raft_setting_is_documented() -> None:
         assert f"{setting.name} =" in README, f"[raft] {setting.name} undocumented"
 
 
+def test_every_integrity_setting_is_documented() -> None:
+    for setting in dataclasses.fields(IntegrityConfig):
+        assert f"{setting.name} =" in README, f"[integrity] {setting.name} undocumented"
+
+
 def test_every_cli_command_is_documented() -> None:
+
     commands = parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     for name in commands:
         assert f"docraft {name}" in README, f"docraft {name} undocumented"
 
 
 def test_every_route_is_documented() -> None:
-    for route in ("/_bulk/", "/_admin/cluster", "/_shard/write", "/_shard/read", "/_shard/status"):
+    routes = (
+        "/_bulk/",
+        "/_admin/cluster",
+        "/_shard/write",
+        "/_shard/read",
+        "/_shard/status",
+        "/_admin/alerts",
+    )
+    routes += ("/_admin/fingerprint", "/_admin/digest", "/_admin/repair", "/_admin/fault/corrupt")
+    for route in routes:
         assert route in README, f"{route} undocumented"

@@ -139,12 +139,8 @@ def test_mutation_shard_key_must_be_required() -> None:
 def test_mutation_shard_key_must_not_be_optional(annotation: str) -> None:
     # required (no default) but optional-typed: a null key could not be routed to a shard
     namespace: dict[str, Any] = {"Any": Any, "mutation": mutation, "typing": typing}
-    source = (
-        f"@mutation(shard_key='id')\ndef optional_key(db: Any, id: {annotation}) -> Any:\n    return None\n"
-    )
-    with pytest.raises(
-        TypeError, match="mutation optional_key: shard_key 'id' must be required and not optional"
-    ):
+    source = f"@mutation(shard_key='id')\ndef optional_key(db: Any, id: {annotation}) -> Any:\n    return None\n"
+    with pytest.raises(TypeError, match="mutation optional_key: shard_key 'id' must be required and not optional"):
         exec(source, namespace)
 
 
@@ -228,9 +224,7 @@ def test_repeated_scalar_parameter_takes_the_last_value() -> None:
         ({"ranks": ["1,two"]}, "ranks", "expected int, got 'two'"),
     ],
 )
-def test_bad_query_string_value_names_the_parameter(
-    url: dict[str, list[str]], param: str, message: str
-) -> None:
+def test_bad_query_string_value_names_the_parameter(url: dict[str, list[str]], param: str, message: str) -> None:
     with pytest.raises(BadRequest, match=f"parameter '{param}': {message}") as info:
         parse(search, url)
     assert info.value.details == {"param": param}
@@ -247,9 +241,7 @@ def test_missing_required_parameter_names_it() -> None:
 
 
 def test_unknown_parameter_is_rejected_listing_the_known_ones() -> None:
-    with pytest.raises(
-        BadRequest, match=r"rename takes no parameter 'nmae' \(it takes: id, name, note\)"
-    ) as info:
+    with pytest.raises(BadRequest, match=r"rename takes no parameter 'nmae' \(it takes: id, name, note\)") as info:
         parse(rename, {"id": ["1"], "nmae": ["x"]})
     assert info.value.details == {"param": "nmae"}
     with pytest.raises(BadRequest, match="takes no parameter 'db'") as info:

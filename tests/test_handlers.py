@@ -18,7 +18,7 @@ from tornado.testing import AsyncHTTPTestCase
 from consensus.state_machine import StateMachine
 from models.errors import NoLeader, NotLeader
 from node.config import ClusterConfig, ReplicaConfig, parse_config, render_config
-from node.servers import dispatcher_application
+from node.servers import dispatcher
 from query.app import App, load_app
 
 APP = load_app("examples.people")
@@ -28,10 +28,7 @@ def two_shard_config() -> ClusterConfig:
     shards = [
         (
             f"s{s}",
-            [
-                (f"s{s}r{r}", f"127.0.0.1:{7000 + 3 * s + r}", f"127.0.0.1:{9000 + 3 * s + r}", ".")
-                for r in range(3)
-            ],
+            [(f"s{s}r{r}", f"127.0.0.1:{7000 + 3 * s + r}", f"127.0.0.1:{9000 + 3 * s + r}", ".") for r in range(3)],
         )
         for s in range(2)
     ]
@@ -89,7 +86,8 @@ class FakeClusterCase(AsyncHTTPTestCase):
     def get_app(self) -> Any:
         self.config = two_shard_config()
         self.shards = FakeShards(self.config, self.app)
-        return dispatcher_application(self.config, self.app, self.shards)  # type: ignore[arg-type]
+        self.parts = dispatcher(self.config, self.app, self.shards)  # type: ignore[arg-type]
+        return self.parts.application
 
     def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
         data = raw if raw is not None else (None if body is None else ujson.dumps(body).encode())
@@ -151,17 +149,13 @@ class DispatcherTest(FakeClusterCase):
         assert code == 200
         results = body["results"]
         assert results[0] == {"ok": 1}
-        assert (
-            results[1]["error"]["code"] == "validation_failed"
-            and results[1]["error"]["details"]["field"] == "id"
-        )
+        assert results[1]["error"]["code"] == "validation_failed" and results[1]["error"]["details"]["field"] == "id"
         assert results[2]["error"]["code"] == "duplicate_key"
         assert results[3]["error"]["details"]["field"] == "nickname"
 
     def test_no_leader_is_503_with_retry_after(self) -> None:
         self.shards.no_leader = True
-        for router in self._routers():
-            router.deadline = 0.3
+        self.parts.router.deadline = 0.3
         response = self.fetch("/get_user?id=5")
         assert response.code == 503
         assert response.headers["Retry-After"] == "1"
@@ -175,10 +169,6 @@ class DispatcherTest(FakeClusterCase):
             ("s1", "s1r0", [8192, 16383]),
         ]
         assert [r["role"] for r in body["shards"][0]["replicas"]] == ["leader", "follower", "follower"]
-
-    def _routers(self) -> list[Any]:
-        rules = self._app.wildcard_router.rules
-        return [rule.target_kwargs["router"] for rule in rules if "router" in rule.target_kwargs]
 
 
 class ErrorShapeTest(FakeClusterCase):

@@ -345,9 +345,7 @@ def test_from_text_parses_each_type() -> None:
 
 @pytest.mark.parametrize(("text", "expected"), [("true", True), ("YES", True), ("1", True), ("off", False)])
 def test_from_text_parses_booleans(text: str, expected: bool) -> None:
-    assert (
-        Person.from_text({"id": "1", "first_name": "A", "country": "B", "active": text})["active"] is expected
-    )
+    assert Person.from_text({"id": "1", "first_name": "A", "country": "B", "active": text})["active"] is expected
 
 
 def test_from_text_empty_cell_takes_the_default() -> None:

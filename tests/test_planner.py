@@ -37,9 +37,7 @@ def collection_of(docs: list[dict[str, Any]]) -> Collection:
 # -- choose_plan ---------------------------------------------------------------
 
 
-def plan_of(
-    where: Mapping[str, Condition], order_by: str = "id", descending: bool = False
-) -> tuple[Any, ...]:
+def plan_of(where: Mapping[str, Condition], order_by: str = "id", descending: bool = False) -> tuple[Any, ...]:
     plan = choose_plan(Item, where, order_by, descending)
     return plan.access, plan.field, plan.sort
 
@@ -113,9 +111,7 @@ def test_index_order(where: dict[str, Condition], order_by: str, expected: tuple
         ({"label": Range(gte="a")}, "label", ("full_scan", None, True)),
     ],
 )
-def test_primary_key_range_and_full_scan(
-    where: dict[str, Condition], order_by: str, expected: tuple[Any, ...]
-) -> None:
+def test_primary_key_range_and_full_scan(where: dict[str, Condition], order_by: str, expected: tuple[Any, ...]) -> None:
     assert plan_of(where, order_by) == expected
 
 

@@ -110,9 +110,7 @@ def with_request_id(command: dict[str, Any], request_id: str | None) -> dict[str
 @st.composite
 def commands(draw: st.DrawFn) -> tuple[dict[str, Any], Any]:
     """A command and its expectation: ("insert", fault, args), ("batch", model, [(fault, doc)]) or a code."""
-    kind = draw(
-        st.sampled_from(["mutation", "mutation", "batch", "noop", "unknown", "wrong_endpoint", "malformed"])
-    )
+    kind = draw(st.sampled_from(["mutation", "mutation", "batch", "noop", "unknown", "wrong_endpoint", "malformed"]))
     request_id = draw(REQUEST_IDS)
     time = draw(TIMES)
     if kind == "mutation":
@@ -234,9 +232,7 @@ def populated() -> StateMachine:
     for i in range(12):
         machine.apply(insert_user(user(i, ["FR", "DE", "JP"][i % 3]), request_id=f"req-{i}", time=10.0 + i))
     machine.apply(insert_user(user(3), request_id="dup"))  # remembered error
-    machine.apply(
-        {"type": "insert_batch", "model": "User", "docs": [user(40), {"id": "x"}], "request_id": "b"}
-    )
+    machine.apply({"type": "insert_batch", "model": "User", "docs": [user(40), {"id": "x"}], "request_id": "b"})
     return machine
 
 
@@ -526,9 +522,12 @@ def test_bad_documents_in_a_batch_fail_alone() -> None:
 @pytest.mark.parametrize("command", [None, [], [{"type": "noop"}], "noop", 5, 1.5, True])
 def test_command_that_is_not_an_object_is_bad_request(command: Any) -> None:
     machine = StateMachine(PEOPLE)
-    before = dumps(machine.snapshot())
+    before = machine.snapshot()
     assert summary(machine.apply(command)) == ("error", "bad_request")
-    assert dumps(machine.snapshot()) == before
+    after = machine.snapshot()
+    # contents and remembered requests are untouched; the running log hash records the command
+    assert dumps({**after, "integrity": None}) == dumps({**before, "integrity": None})
+    assert after["integrity"]["log_hash"] != before["integrity"]["log_hash"]
 
 
 def test_batch_answers_each_malformed_command_alone() -> None:
@@ -580,9 +579,7 @@ def test_mutation_with_undeclared_arguments_runs_nothing() -> None:
 def test_error_results_hold_no_process_specific_text() -> None:
     machine = StateMachine(ROLLBACK)
     result = call(machine, "crash_with_an_address", "r", id=1)
-    assert result == {
-        "error": {"code": "endpoint_failed", "message": "crash_with_an_address raised TypeError"}
-    }
+    assert result == {"error": {"code": "endpoint_failed", "message": "crash_with_an_address raised TypeError"}}
     for args in ([1], "id=1", None):
         result = machine.apply({"type": "mutation", "endpoint": "add_thing", "args": args})
         assert result["error"]["code"] == "bad_request"
@@ -620,10 +617,7 @@ def test_error_results_are_the_same_in_every_process() -> None:
         for seed in ("1", "2")
     ]
     assert outputs[0] == outputs[1]
-    assert (
-        '"t0",{"error":{"code":"endpoint_failed","message":"crash_with_an_address raised TypeError"}}'
-        in outputs[0]
-    )
+    assert '"t0",{"error":{"code":"endpoint_failed","message":"crash_with_an_address raised TypeError"}}' in outputs[0]
 
 
 def test_query_errors_raise_docraft_errors() -> None:
@@ -702,9 +696,7 @@ def test_state_machine_and_what_it_imports_do_no_io() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    sorted(
-        str(p.relative_to(ROOT)) for package in ("query", "models") for p in (ROOT / package).glob("*.py")
-    ),
+    sorted(str(p.relative_to(ROOT)) for package in ("query", "models") for p in (ROOT / package).glob("*.py")),
 )
 def test_query_and_models_modules_do_no_io(path: str) -> None:
     assert forbidden_in(imports_of(ROOT / path)) == set()
@@ -712,9 +704,7 @@ def test_query_and_models_modules_do_no_io(path: str) -> None:
 
 def test_import_checker_sees_forbidden_imports(tmp_path: Path) -> None:
     source = tmp_path / "impure.py"
-    source.write_text(
-        "import os\nimport time as clock\nfrom random import choice\nfrom socket import socket\n"
-    )
+    source.write_text("import os\nimport time as clock\nfrom random import choice\nfrom socket import socket\n")
     assert forbidden_in(imports_of(source)) == {"time", "random", "random.choice", "socket", "socket.socket"}
 
 

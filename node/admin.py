@@ -1,0 +1,77 @@
+"""Admin commands that act on a running cluster: ``docraft repair`` and ``docraft accept-code``."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import ujson
+
+from node.config import ClusterConfig
+from node.monitor import judge
+from query.app import App
+from query.fingerprint import app_fingerprint
+
+
+def _call(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    data = None if body is None else ujson.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, ujson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, ujson.loads(exc.read() or b"null")
+
+
+def agrees(config: ClusterConfig, replica_id: str) -> bool:
+    """Whether ``replica_id``'s digest matches its group's majority right now."""
+    shard = config.shard(config.replica(replica_id).shard)
+    reports = {}
+    for replica in shard.replicas:
+        try:
+            status, report = _call("GET", f"{replica.http_url}/_admin/digest", timeout=2.0)
+        except OSError:
+            continue
+        if status == 200:
+            reports[replica.id] = report
+    return replica_id in judge(reports, len(shard.replicas)).agreeing
+
+
+def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
+    """Make a replica discard its state and resync; wait until its digest agrees. Exit code."""
+    replica = config.replica(replica_id)
+    try:
+        status, body = _call("POST", f"{replica.http_url}/_admin/repair")
+    except OSError as exc:
+        print(f"docraft repair: {replica_id} at {replica.http} is unreachable: {exc}")
+        return 2
+    if status != 202:
+        print(f"docraft repair: {replica_id} refused: {body}")
+        return 2
+    print(f"{replica_id} is discarding its state and resynchronising from shard {replica.shard}...", flush=True)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        time.sleep(0.5)  # the replica restarts; poll until it is back and agrees
+        try:
+            if agrees(config, replica_id):
+                print(f"{replica_id} agrees with its group again")
+                return 0
+        except OSError:
+            continue
+    print(f"docraft repair: {replica_id} did not agree with its group within {timeout:.0f}s")
+    return 1
+
+
+def accept_code(config: ClusterConfig, app: App, url: str | None) -> int:
+    """Record ``app``'s fingerprint as the cluster's on every shard. Exit code."""
+    base = url or f"http://{config.dispatcher(None).http}"
+    fingerprint = app_fingerprint(app)
+    status, body = _call("POST", f"{base}/_admin/fingerprint", {"fingerprint": fingerprint}, timeout=30)
+    if status != 200:
+        print(f"docraft accept-code: {body}")
+        return 1
+    shards = ", ".join(body["shards"])
+    print(f"the cluster now runs app code {fingerprint[:12]}… ({app.module}) on shards {shards}")
+    return 0
