@@ -15,7 +15,9 @@ from query.app import App
 from query.fingerprint import app_fingerprint
 
 
-def _call(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+def http_json(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    """One blocking HTTP call with a JSON body; (status, decoded JSON) for any status. Raises ``OSError``."""
+
     data = None if body is None else ujson.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
@@ -31,7 +33,7 @@ def agrees(config: ClusterConfig, replica_id: str) -> bool:
     reports = {}
     for replica in shard.replicas:
         try:
-            status, report = _call("GET", f"{replica.http_url}/_admin/digest", timeout=2.0)
+            status, report = http_json("GET", f"{replica.http_url}/_admin/digest", timeout=2.0)
         except OSError:
             continue
         if status == 200:
@@ -43,7 +45,7 @@ def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
     """Make a replica discard its state and resync; wait until its digest agrees. Exit code."""
     replica = config.replica(replica_id)
     try:
-        status, body = _call("POST", f"{replica.http_url}/_admin/repair")
+        status, body = http_json("POST", f"{replica.http_url}/_admin/repair")
     except OSError as exc:
         print(f"docraft repair: {replica_id} at {replica.http} is unreachable: {exc}")
         return 2
@@ -68,7 +70,7 @@ def accept_code(config: ClusterConfig, app: App, url: str | None) -> int:
     """Record ``app``'s fingerprint as the cluster's on every shard. Exit code."""
     base = url or f"http://{config.dispatcher(None).http}"
     fingerprint = app_fingerprint(app)
-    status, body = _call("POST", f"{base}/_admin/fingerprint", {"fingerprint": fingerprint}, timeout=30)
+    status, body = http_json("POST", f"{base}/_admin/fingerprint", {"fingerprint": fingerprint}, timeout=30)
     if status != 200:
         print(f"docraft accept-code: {body}")
         return 1

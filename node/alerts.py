@@ -95,16 +95,21 @@ class AlertBook:
         http = AsyncHTTPClient()
         delay = 0.5
         for attempt in range(1, self.attempts + 1):
-            response = await http.fetch(
-                url,
-                method="POST",
-                body=ujson.dumps(body),
-                headers={"Content-Type": "application/json"},
-                request_timeout=5,
-                raise_error=False,
-            )
-            if 200 <= response.code < 300:
+            try:
+                response = await http.fetch(
+                    url,
+                    method="POST",
+                    body=ujson.dumps(body),
+                    headers={"Content-Type": "application/json"},
+                    request_timeout=5,
+                    raise_error=False,
+                )
+                delivered = 200 <= response.code < 300
+            except Exception:  # refused, reset, timed out: Tornado raises these even with raise_error=False
+                delivered = False
+            if delivered:
                 return
+
             if attempt < self.attempts:
                 await asyncio.sleep(delay)
                 delay *= 2

@@ -46,9 +46,13 @@ def judge(reports: dict[str, dict[str, Any]], group_size: int) -> Judgement:
     """Compare digests at common indexes, newest first; the majority of the group decides.
 
     ``reports`` maps replica id to its ``/_admin/digest`` answer. Each replica
-    is judged at the newest index where it and a majority share a digest or
-    where a majority outvotes it; a replica with no such index is left unjudged.
+    is judged at the newest index it reports: agreeing or divergent when a
+    majority of the group shares one digest there; left unjudged when the
+    reporters there disagree with no majority (an older index where they
+    happened to agree must not clear it), or when it reports no index a
+    majority shares.
     """
+
     points: dict[int, dict[str, str]] = {}
     for replica, report in reports.items():
         for index, digest in [*report["checkpoints"], [report["applied_index"], report["digest"]]]:
@@ -69,8 +73,11 @@ def judge(reports: dict[str, dict[str, Any]], group_size: int) -> Judgement:
                     verdict.agreeing.add(replica)
                 else:
                     verdict.divergent[replica] = (index, dict(seen))
-        elif len(seen) == group_size and verdict.no_majority is None:
-            verdict.no_majority = (index, dict(seen))
+        elif len(set(seen.values())) > 1:
+            judged.update(pending)  # a disagreement nobody can settle yet: judge these later
+            if len(seen) == group_size and verdict.no_majority is None:
+                verdict.no_majority = (index, dict(seen))
+
     return verdict
 
 

@@ -12,15 +12,12 @@ import os
 import signal
 import socket
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import ujson
-
+from node.admin import http_json
 from node.config import load_config, render_config
 from node.launcher import LocalCluster
 
@@ -61,13 +58,8 @@ def free_ports(count: int) -> list[int]:
 
 def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
     """One HTTP call; returns (status, decoded JSON body) for any status."""
-    data = None if body is None else ujson.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, ujson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, ujson.loads(exc.read())
+    status, decoded = http_json(method, url, body, timeout)
+    return status, decoded
 
 
 class Cluster:
