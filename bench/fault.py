@@ -247,15 +247,29 @@ async def nemesis(harness: Harness, run: Run, kinds: list[str], rng: random.Rand
 # -- checks and report ------------------------------------------------------------------------
 
 
+def per_second(run: Run) -> dict[str, list[int]]:
+    """Completed operations in each second of the run, by outcome."""
+    seconds = int(max((t for t, _, _ in run.completions), default=0)) + 1
+    series = {name: [0] * seconds for name in ("ok", "fail", "unknown", "error")}
+    for t, _, outcome in run.completions:
+        series[outcome][int(t)] += 1
+    return series
+
+
 def failovers(run: Run) -> list[float]:
-    """For each fault that took the leader away: seconds to the next successful write."""
-    writes = sorted(t for t, kind, outcome in run.completions if kind != "read" and outcome == "ok")
+    """For each fault that took the leader away: seconds to the next successful write.
+
+    Only writes invoked after the fault count: one already in flight may have
+    committed just before the kill and complete just after it.
+    """
+    writes = [op for op in run.ops if op.kind != "read" and op.complete is not None and op.process >= 0]
     times = []
     for fault in run.faults:
         if not fault.leader:
             continue
-        after = next((t for t in writes if t > fault.start), None)
+        after = min((op.end for op in writes if op.invoke >= fault.start), default=None)
         fault.failover = None if after is None else after - fault.start
+
         if fault.kind == "kill" and fault.failover is not None:
             times.append(fault.failover)
     return times
@@ -320,17 +334,16 @@ async def final_reads(harness: Harness, run: Run, keys: int) -> dict[int, Any]:
     return final
 
 
-def plot(run: Run, path: Path, duration: float) -> None:
+def plot(run: Run, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    seconds = int(max(duration, max((t for t, _, _ in run.completions), default=0))) + 1
-    series: dict[str, list[int]] = {name: [0] * seconds for name in ("ok", "fail", "unknown", "error")}
-    for t, _, outcome in run.completions:
-        series[outcome][min(int(t), seconds - 1)] += 1
+    series = per_second(run)
+    seconds = len(series["ok"])
+
     colours = {
         "kill": "tab:red",
         "pause": "tab:orange",
@@ -391,6 +404,7 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> dic
         "checks": checks,
         "passed": all(checks.values()),
         "operations": dict(sorted(run.outcomes.items())),
+        "throughput_per_second": per_second(run),
         "recovery_seconds": recovery,
         "healed_at": healed_at,
         "failover_seconds": {
@@ -460,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         harness.close()
     report_path = Path(args.report)
     report_path.write_text(ujson.dumps(report, indent=2))
-    plot(run, report_path.with_suffix(".png"), args.duration)
+    plot(run, report_path.with_suffix(".png"))
     print(summary(report, report_path))
     return 0 if report["passed"] else 1
 
