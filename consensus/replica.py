@@ -22,6 +22,7 @@ import base64
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,11 @@ class Replica(SyncObj):  # type: ignore[misc]
         # Reads are served as leader only once an entry of the leader's own
         # term is applied (Raft section 8): before that its state may lag.
         self._ready_term = -1
+        # The log index the newest snapshot.json covers, and a signal when one is written.
+        self._snapshot_index = 0
+        self._snapshot_written = threading.Event()
         # Writes proposed in the same event-loop turn, sent as one Raft entry (group commit).
+
         self._pending: list[tuple[dict[str, Any], asyncio.Future[Result]]] = []
         data_dir.mkdir(parents=True, exist_ok=True)
         conf = SyncObjConf(
@@ -230,6 +235,24 @@ class Replica(SyncObj):  # type: ignore[misc]
             entry = {"type": "set_fingerprint", "fingerprint": fingerprint, "initial": True}
         self.apply_command(ujson.dumps(entry).encode(), callback=committed)
 
+    def snapshot_now(self, timeout: float = 5.0) -> bool:
+        """Write ``snapshot.json`` covering everything applied so far; False if it did not happen in time.
+
+        Called before a graceful stop, so a restart loads this state instead of
+        replaying the log, possibly under newer app code. Blocks the caller,
+        never the Raft thread.
+        """
+        target = self.raftLastApplied
+        deadline = time.monotonic() + timeout
+        while self._snapshot_index < target:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._snapshot_written.clear()
+            self.forceLogCompaction()
+            self._snapshot_written.wait(min(remaining, 0.5))
+        return True
+
     # -- status ---------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -264,6 +287,8 @@ class Replica(SyncObj):  # type: ignore[misc]
         }
         with open(path, "w", encoding="utf-8") as out:
             ujson.dump(document, out, escape_forward_slashes=False)
+        self._snapshot_index = last[1]
+        self._snapshot_written.set()
 
     def _read_snapshot(self, path: str) -> tuple[Any, Any, Any]:
         """Load ``snapshot.json`` into the state machine; return PySyncObj's anchors."""
@@ -272,7 +297,9 @@ class Replica(SyncObj):  # type: ignore[misc]
         with self._lock:
             self.state_machine.restore(document["state"])
         raft = document["raft"]
+        self._snapshot_index = int(raft["last"][1])
         cluster = {TCPNode(address) for address in raft["cluster"]}
+
         return _entry_from_json(raft["last"]), _entry_from_json(raft["previous"]), cluster
 
 

@@ -35,10 +35,21 @@ from typing import Any
 
 import ujson
 
-from models.errors import BadRequest, CodeMismatch, DocraftError, EndpointFailed, NotFound, ValidationError
+from models.errors import (
+    BadRequest,
+    CodeMismatch,
+    DocraftError,
+    EndpointFailed,
+    MigrationPending,
+    MigrationRefused,
+    NotFound,
+    ValidationError,
+)
+from models.migrations import steps_between
 from models.model import Model
 from query.app import App
 from query.collection import HASH_MODULUS, Collection
+from query.ordering import value_key
 from query.planner import Page
 from query.views import ReadView, WriteView
 
@@ -80,6 +91,9 @@ class StateMachine:
         self.next_checkpoint = self.checkpoint_interval
         self.checkpoints: deque[tuple[int, str]] = deque(maxlen=CHECKPOINTS_KEPT)
         self.fingerprint: str | None = None
+        # The model version each collection's documents were written with; a
+        # migration rewrites a whole collection in one command, so one per collection.
+        self.versions = {name: model.version for name, model in sorted(self.app.models.items())}
 
     @property
     def code_ok(self) -> bool:
@@ -150,8 +164,13 @@ class StateMachine:
                 cluster=self.fingerprint,
                 local=self.local_fingerprint,
             ).to_json()
+        if kind in ("mutation", "insert_batch") and (pending := self._pending_migration()):
+            return pending.to_json()
+        if kind == "migrate":
+            return self._migrate(command)
         if kind == "mutation":
             result = self._mutation(command)
+
         elif kind == "insert_batch":
             result = self._insert_batch(command)
         elif kind == "noop":
@@ -192,6 +211,80 @@ class StateMachine:
         if not isinstance(commands, list) or any(c.get("type") == "batch" for c in commands if isinstance(c, dict)):
             return BadRequest("a batch holds a list of commands, none of them a batch").to_json()
         return {"ok": [self._apply(c) for c in commands]}
+
+    # -- migrations -----------------------------------------------------------
+
+    def _pending_migration(self) -> MigrationPending | None:
+        behind = [name for name, model in self.app.models.items() if self.versions.get(name) != model.version]
+        if not behind:
+            return None
+        name = sorted(behind)[0]
+        return MigrationPending(
+            f"{name} documents here are version {self.versions.get(name)}, the code's are version "
+            f"{self.app.models[name].version}: run docraft migrate",
+            model=name,
+        )
+
+    def migration_plan(self, model_name: str, target: int, most: int = 50) -> Result:
+        """What migrating ``model_name`` to ``target`` would do here, changing nothing.
+
+        ``{"model", "from", "to", "documents", "failures": [{"key", "error"}]}``;
+        raises ``BadRequest`` when the code does not define version ``target``.
+        """
+        model = self.app.model(model_name)
+        if target != model.version:
+            raise BadRequest(f"the running code defines {model_name} version {model.version}, not {target}")
+        stored = self.versions.get(model.name, 1)
+        if stored > target:
+            raise BadRequest(f"{model_name} documents are already version {stored}; downgrades are not supported")
+        migrated, failures = self._migrated_documents(model, stored, target)
+        return {
+            "model": model.name,
+            "from": stored,
+            "to": target,
+            "documents": len(migrated) if stored != target else 0,
+            "failures": failures[:most],
+            "failure_count": len(failures),
+        }
+
+    def _migrated_documents(
+        self, model: type[Model], stored: int, target: int
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        steps = steps_between(model.migrations, stored, target)
+        migrated, failures = [], []
+        for doc in self.collections[model.name].all():
+            key = doc.get(model.primary_key)
+            try:
+                new = doc
+                for step in steps:
+                    new = step.apply(new)
+                migrated.append(model.validate(new))
+            except DocraftError as exc:
+                failures.append({"key": key, "error": exc.message})
+            except (ValueError, TypeError, KeyError) as exc:
+                failures.append({"key": key, "error": f"{type(exc).__name__} in a migration step"})
+        return migrated, failures
+
+    def _migrate(self, command: dict[str, Any]) -> Result:
+        """Rewrite every document of a model to the code's version in this one command, or none."""
+        try:
+            plan = self.migration_plan(str(command.get("model")), int(command.get("to", 0)))
+        except DocraftError as exc:
+            return exc.to_json()
+        except (TypeError, ValueError):
+            return BadRequest("migrate needs a model name and an integer version").to_json()
+        if plan["failure_count"]:
+            return MigrationRefused(
+                f"{plan['failure_count']} {plan['model']} documents would fail validation", **plan
+            ).to_json()
+        model = self.app.model(plan["model"])
+        if plan["from"] != plan["to"]:
+            collection = self.collections[model.name]
+            migrated, _ = self._migrated_documents(model, plan["from"], plan["to"])
+            for doc in migrated:
+                collection.put(doc)
+            self.versions[model.name] = plan["to"]
+        return {"ok": {"model": model.name, "from": plan["from"], "to": plan["to"], "documents": plan["documents"]}}
 
     def _set_fingerprint(self, command: dict[str, Any]) -> Result:
         """Record the cluster's code fingerprint; ``initial`` ones never replace a recorded one."""
@@ -238,8 +331,32 @@ class StateMachine:
 
     # -- reads --------------------------------------------------------------
 
+    def lookup(self, model_name: str, field: str, values: Any) -> Result:
+        """Documents of ``model_name`` whose ``field`` is one of ``values``, in primary-key order.
+
+        Used to include related documents. Raises ``NotFound``/``BadRequest``.
+        """
+        if pending := self._pending_migration():
+            raise pending
+        model = self.app.model(model_name)
+        if field not in model.fields or not isinstance(values, list):
+            raise BadRequest(f"lookup needs a field of {model_name} and a list of values", field=field)
+        collection = self.collections[model.name]
+        wanted = {ujson.dumps(v) for v in values}
+        if field == model.primary_key:
+            found = [d for d in (collection.get(v) for v in values) if d is not None]
+        elif field in model.indexes:
+            found = [d for v in values for d in collection.scan_index(field, value_key(v), value_key(v))]
+        else:
+            found = [d for d in collection.all() if wanted & {ujson.dumps(v) for v in _as_list(d.get(field))}]
+
+        unique = {ujson.dumps(d[model.primary_key]): d for d in found}
+        return {"kind": "docs", "items": sorted(unique.values(), key=lambda d: value_key(d[model.primary_key]))}
+
     def query(self, endpoint_name: str, args: dict[str, Any], explain: bool = False) -> Result:
         """Run a query endpoint on the local state; returns a page or a value as JSON."""
+        if pending := self._pending_migration():
+            raise pending
         endpoint = self.app.endpoint(endpoint_name)
         if endpoint.kind != "query":
             raise BadRequest(f"{endpoint_name} is a mutation, not a query")
@@ -268,6 +385,7 @@ class StateMachine:
                 "checkpoints": [list(c) for c in self.checkpoints],
                 "fingerprint": self.fingerprint,
             },
+            "versions": dict(self.versions),
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -289,12 +407,18 @@ class StateMachine:
         self.next_checkpoint = integrity["next_checkpoint"]
         self.checkpoints.extend((index, digest) for index, digest in integrity["checkpoints"])
         self.fingerprint = integrity["fingerprint"]
+        self.versions.update(snapshot.get("versions", {}))
 
     def document_count(self) -> dict[str, int]:
         return {name: len(c) for name, c in self.collections.items()}
 
 
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
 def _finite(number: float) -> bool:
+
     try:
         return math.isfinite(float(number))
     except OverflowError:

@@ -118,6 +118,20 @@ class ReplicaFlagged(DocraftError):
     code = "replica_flagged"
 
 
+class MigrationPending(DocraftError):
+    """Stored documents are of an older model version than the code; run ``docraft migrate``."""
+
+    status = 503
+    code = "migration_pending"
+
+
+class MigrationRefused(DocraftError):
+    """A migration would leave documents that fail validation; ``details`` lists them."""
+
+    status = 409
+    code = "migration_refused"
+
+
 class ShardUnavailable(DocraftError):
     """A replica could not be reached or answered with something unusable."""
 
@@ -140,6 +154,8 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         EndpointFailed,
         CodeMismatch,
         ReplicaFlagged,
+        MigrationPending,
+        MigrationRefused,
         ShardUnavailable,
     )
 }

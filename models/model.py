@@ -13,13 +13,15 @@ a document lives on) defaults to the primary key.
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from models.errors import ValidationError
-from models.types import Optional, ValueType, value_type_of
+from models.migrations import Step
+from models.types import Optional, Reference, ValueType, references_of, value_type_of
 
 _MISSING: Any = object()
 
@@ -27,14 +29,28 @@ _MISSING: Any = object()
 class FieldOptions:
     """A field's declared options; the type comes from the annotation."""
 
-    def __init__(self, default: Any, primary_key: bool) -> None:
+    def __init__(self, default: Any, primary_key: bool, related_name: str | None = None) -> None:
         self.default = default
         self.primary_key = primary_key
+        self.related_name = related_name
 
 
-def field(default: Any = _MISSING, *, primary_key: bool = False) -> Any:
-    """Declare a field's default or mark it as the primary key (``id: int = field(primary_key=True)``)."""
-    return FieldOptions(default, primary_key)
+def field(default: Any = _MISSING, *, primary_key: bool = False, related_name: str | None = None) -> Any:
+    """Declare a field's default, mark it as the primary key, or name a reference's reverse relation.
+
+    ``id: int = field(primary_key=True)``; ``user_id: Ref[User] = field(related_name="orders")``
+    lets ``include=orders`` on a ``User`` query embed each user's orders.
+    """
+    return FieldOptions(default, primary_key, related_name)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """``model.field`` references the model this relation is declared on."""
+
+    name: str
+    model: type[Model]
+    field: str
 
 
 @dataclass(frozen=True)
@@ -43,24 +59,49 @@ class FieldSpec:
     type: ValueType
     default: Any
     primary_key: bool
+    related_name: str | None = None
 
     @property
     def required(self) -> bool:
         return self.default is _MISSING
 
+    @property
+    def references(self) -> builtins.type[Model] | None:
+        """The model this field references, if it is a ``Ref`` (or a list or optional of one)."""
+        reference = references_of(self.type)
+        target: builtins.type[Model] | None = None if reference is None else reference.target
+        return target
+
 
 class Model:
-    """Base class of every model. Subclass keywords: ``indexes``, ``partition_key``."""
+    """Base class of every model. Subclass keywords: ``indexes``, ``partition_key``, ``version``.
+
+    A model whose partition key is a ``Ref`` to another model is co-located
+    with it: a child lives on its parent's shard, so one mutation can write
+    both atomically and the reference can be checked there. Scalar ``Ref``
+    fields are indexed automatically. ``relations`` lists the reverse
+    relations other models declared with ``related_name``.
+    """
 
     name: ClassVar[str]
     fields: ClassVar[dict[str, FieldSpec]]
     primary_key: ClassVar[str]
     partition_key: ClassVar[str]
     indexes: ClassVar[tuple[str, ...]]
+    version: ClassVar[int]
+    migrations: ClassVar[dict[int, list[Step]]]
+    relations: ClassVar[dict[str, Relation]]
 
     def __init_subclass__(
-        cls, *, indexes: tuple[str, ...] = (), partition_key: str | None = None, **kwargs: Any
+        cls,
+        *,
+        indexes: tuple[str, ...] = (),
+        partition_key: str | None = None,
+        version: int | None = None,
+        migrations: dict[int, list[Step]] | None = None,
+        **kwargs: Any,
     ) -> None:
+
         super().__init_subclass__(**kwargs)
         hints = typing.get_type_hints(cls)
         parents = [b for b in cls.__bases__ if issubclass(b, Model) and b is not Model]
@@ -80,7 +121,8 @@ class Model:
             value_type = value_type_of(annotation)
             if default is _MISSING and isinstance(value_type, Optional):
                 default = None
-            specs[name] = FieldSpec(name, value_type, default, options.primary_key)
+            specs[name] = FieldSpec(name, value_type, default, options.primary_key, options.related_name)
+
         cls.name = cls.__name__
         keys = [s.name for s in specs.values() if s.primary_key]
         if len(keys) != 1:
@@ -92,7 +134,31 @@ class Model:
         for name in (*indexes, cls.partition_key):
             if name not in specs:
                 raise TypeError(f"model {cls.name}: {name!r} is not a field")
-        cls.indexes = tuple(indexes)
+        scalar_refs = [s.name for s in specs.values() if isinstance(s.type, Reference)]
+        cls.indexes = tuple(dict.fromkeys([*indexes, *scalar_refs]))
+        cls.version = version if version is not None else (parent.version if parent else 1)
+        if cls.version < 1:
+            raise TypeError(f"model {cls.name}: version must be 1 or more")
+        cls.migrations = dict(migrations) if migrations is not None else (dict(parent.migrations) if parent else {})
+        strays = sorted(set(cls.migrations) - set(range(2, cls.version + 1)))
+        if strays:
+            raise TypeError(f"model {cls.name}: migrations lead to versions 2..{cls.version}, not {strays}")
+
+        cls.relations = {}
+        for spec in specs.values():
+            target = spec.references
+            if spec.related_name is None:
+                continue
+            if target is None:
+                raise TypeError(f"model {cls.name}: related_name on {spec.name!r}, which is not a Ref")
+            if spec.related_name in target.fields or spec.related_name in target.relations:
+                raise TypeError(f"model {target.name} already has a field or relation {spec.related_name!r}")
+            target.relations[spec.related_name] = Relation(spec.related_name, cls, spec.name)
+
+    @classmethod
+    def co_located_with(cls, target: type[Model]) -> bool:
+        """Whether every document of ``cls`` lives on the shard of the ``target`` it references."""
+        return cls.fields[cls.partition_key].references is target and target.partition_key == target.primary_key
 
     @classmethod
     def validate(cls, doc: Any) -> dict[str, Any]:

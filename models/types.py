@@ -91,6 +91,32 @@ class ListOf(ValueType):
         return [self.item.parse(part) for part in text.split(",")]
 
 
+class Reference(ValueType):
+    """A reference to a document of another model: holds that document's primary key."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target  # a Model subclass (models.model imports this module)
+        self.key = target.fields[target.primary_key].type
+        self.name = f"Ref[{target.name}]"
+
+    def check(self, value: Any) -> Any:
+        return self.key.check(value)
+
+    def parse(self, text: str) -> Any:
+        return self.key.parse(text)
+
+
+ModelT = typing.TypeVar("ModelT")
+
+
+class Ref(typing.Generic[ModelT]):
+    """Annotation for a field that references another model: ``user_id: Ref[User]``.
+
+    The stored value is the referenced document's primary key; ``list[Ref[X]]``
+    holds several. Never instantiated.
+    """
+
+
 _SCALARS = (str, int, float, bool)
 
 
@@ -109,4 +135,15 @@ def value_type_of(annotation: Any) -> ValueType:
             return Optional(value_type_of(rest[0]))
     if origin is list and len(args) == 1:
         return ListOf(value_type_of(args[0]))
-    raise TypeError(f"unsupported field type {annotation!r}: use str, int, float, bool, X | None or list[X]")
+    if origin is Ref and len(args) == 1:
+        return Reference(args[0])
+    raise TypeError(
+        f"unsupported field type {annotation!r}: use str, int, float, bool, Ref[Model], X | None or list[X]"
+    )
+
+
+def references_of(value_type: ValueType) -> Reference | None:
+    """The reference inside ``Ref[X]``, ``Ref[X] | None`` or ``list[Ref[X]]``, if any."""
+    while isinstance(value_type, Optional | ListOf):
+        value_type = value_type.inner if isinstance(value_type, Optional) else value_type.item
+    return value_type if isinstance(value_type, Reference) else None

@@ -77,3 +77,27 @@ def accept_code(config: ClusterConfig, app: App, url: str | None) -> int:
     shards = ", ".join(body["shards"])
     print(f"the cluster now runs app code {fingerprint[:12]}… ({app.module}) on shards {shards}")
     return 0
+
+
+def migrate(app: App, target: int, only: str | None, dry_run: bool, url: str) -> int:
+    """Migrate (or plan migrating) every model of ``app`` at version ``target``. Exit code."""
+    models = [m for m in app.models.values() if m.version == target and only in (None, m.name)]
+    if not models:
+        print(f"docraft migrate: {app.module} has no model{' ' + only if only else ''} at version {target}")
+        return 2
+    code = 0
+    for model in models:
+        body = {"model": model.name, "to": target, "dry_run": dry_run}
+        status, answer = http_json("POST", f"{url}/_admin/migrate", body, timeout=120)
+        if status != 200:
+            error = answer.get("error", {})
+            print(f"{model.name}: {error.get('message', answer)}")
+            for shard, plan in (error.get("details", {}).get("shards") or {}).items():
+                for failure in plan["failures"]:
+                    print(f"  shard {shard}: {model.name} {failure['key']!r}: {failure['error']}")
+            code = 1
+            continue
+        verb = "would migrate" if dry_run else "migrated"
+        for shard, result in answer["shards"].items():
+            print(f"{model.name} shard {shard}: {verb} {result['documents']} documents, v{result['from']} -> v{target}")
+    return code

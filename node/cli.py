@@ -82,7 +82,16 @@ def cmd_accept_code(args: argparse.Namespace) -> int:
     return accept_code(config, _app(args.app, config.app), args.url)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from node.admin import migrate
+
+    app = _app(args.app)
+    url = args.url or (f"http://{load_config(Path(args.config)).dispatcher(None).http}" if args.config else None)
+    return migrate(app, args.to, args.model, args.dry_run, url or "http://127.0.0.1:8000")
+
+
 def parser() -> argparse.ArgumentParser:
+
     top = argparse.ArgumentParser(prog="docraft", description="A sharded, Raft-replicated document database.")
     commands = top.add_subparsers(dest="command", required=True)
 
@@ -117,6 +126,15 @@ def parser() -> argparse.ArgumentParser:
     accept.add_argument("--app", help="app module (default: the cluster file's)")
     accept.add_argument("--url", help="dispatcher URL (default: the cluster file's first dispatcher)")
     accept.set_defaults(run=cmd_accept_code)
+
+    migrate = commands.add_parser("migrate", help="migrate stored documents to the app's model version")
+    migrate.add_argument("--app", help=f"app module with the new model versions (default {DEFAULT_APP})")
+    migrate.add_argument("--to", type=int, required=True, help="target version")
+    migrate.add_argument("--model", help="only this model (default: every model of version --to)")
+    migrate.add_argument("--dry-run", action="store_true", help="report what would change; change nothing")
+    migrate.add_argument("--config", help="cluster file (its first dispatcher is used)")
+    migrate.add_argument("--url", help="dispatcher URL (default http://127.0.0.1:8000)")
+    migrate.set_defaults(run=cmd_migrate)
 
     dispatcher = commands.add_parser("dispatcher", help="run one dispatcher process from a cluster file")
     dispatcher.add_argument("--config", required=True)

@@ -154,6 +154,23 @@ class FingerprintHandler(JSONHandler):
             self.send_error_for(exc)
 
 
+class MigrateHandler(JSONHandler):
+    """``POST /_admin/migrate`` with ``{"model", "to", "dry_run"}``: migrate a model on every shard."""
+
+    def initialize(self, router: Router) -> None:
+        self.router = router
+
+    async def post(self) -> None:
+        try:
+            body = self.json_body() or {}
+            model, target, dry_run = body.get("model"), body.get("to"), body.get("dry_run", False)
+            if not isinstance(model, str) or not isinstance(target, int) or not isinstance(dry_run, bool):
+                raise BadRequest('the body must be {"model": NAME, "to": VERSION, "dry_run": BOOL}')
+            self.write_json(await self.router.migrate(model, target, dry_run))
+        except DocraftError as exc:
+            self.send_error_for(exc)
+
+
 class DigestHandler(JSONHandler):
     """``GET /_admin/digest``: this replica's digest, recent checkpoints and code fingerprints."""
 
@@ -243,6 +260,7 @@ def router_routes(router: Router) -> Routes:
     return [
         (r"/_admin/cluster", ClusterHandler, deps),
         (r"/_admin/fingerprint", FingerprintHandler, deps),
+        (r"/_admin/migrate", MigrateHandler, deps),
         (r"/_bulk/([A-Za-z_][A-Za-z0-9_]*)", BulkInsertHandler, deps),
         (ENDPOINT_ROUTE, EndpointHandler, deps),
     ]

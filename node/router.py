@@ -17,11 +17,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+import ujson
+
 from consensus.state_machine import Result
 from models.errors import (
     BadRequest,
     DocraftError,
     MethodNotAllowed,
+    MigrationRefused,
     NoLeader,
     NotLeader,
     OutcomeUnknown,
@@ -29,12 +32,14 @@ from models.errors import (
     ShardUnavailable,
     error_from_json,
 )
+from models.model import Model
 from node.config import ClusterConfig, ReplicaConfig, ShardConfig
 from node.consistency import Consistency
 from node.shard_client import ShardClient
 from node.shard_map import ShardMap
 from query.app import App
 from query.merge import merge_pages, merge_values
+from query.ordering import value_key
 
 T = TypeVar("T")
 
@@ -95,7 +100,55 @@ class Router:
         key = endpoint.shard_key_of(args)
         shards = self.config.shards if key is None else (self.shard_map.shard_for_key(key),)
         results = await asyncio.gather(*(self.read(shard, request, consistency) for shard in shards))
-        return self._response(results, explain)
+        includes = [n for n in str(_single(query_args, body, "include") or "").split(",") if n]
+        model_name = results[0].get("model")
+        response = self._response(results, explain)
+        if includes:
+            if "items" not in response:
+                raise BadRequest(f"{name} does not return documents, so include= cannot apply", param="include")
+            await self._include(self.app.model(str(model_name)), response["items"], includes, consistency)
+        return response
+
+    async def _include(
+        self, model: type[Model], items: list[dict[str, Any]], names: list[str], consistency: Consistency
+    ) -> None:
+        """Embed each item's related documents under each relation name, in the related model's key order.
+
+        Children co-located with their parent are read from the parent's shard
+        only; other relations are looked up on every shard.
+        """
+        for name in names:
+            relation = model.relations.get(name)
+            if relation is None:
+                known = ", ".join(sorted(model.relations)) or "none"
+                raise BadRequest(f"{model.name} has no relation {name!r} (it has: {known})", param="include")
+            child, field = relation.model, relation.field
+            keys = [item[model.primary_key] for item in items]
+            groups: dict[str, list[Any]] = {}
+            for key in keys:
+                owners = [self.shard_map.shard_for_key(key)] if child.co_located_with(model) else self.config.shards
+                for shard in owners:
+                    groups.setdefault(shard.id, []).append(key)
+            lookups = [
+                self.read(
+                    self.config.shard(shard_id),
+                    {
+                        "lookup": {"model": child.name, "field": field, "values": values},
+                        "consistency": consistency.value,
+                    },
+                    consistency,
+                )
+                for shard_id, values in groups.items()
+            ]
+            children: dict[str, list[dict[str, Any]]] = {}
+            for result in await asyncio.gather(*lookups):
+                for doc in result["items"]:
+                    refs = doc[field] if isinstance(doc[field], list) else [doc[field]]
+                    for ref in refs:
+                        children.setdefault(ujson.dumps(ref), []).append(doc)
+            for item in items:
+                related = children.get(ujson.dumps(item[model.primary_key]), [])
+                item[name] = sorted(related, key=lambda d: value_key(d[child.primary_key]))
 
     async def insert_batch(self, model_name: str, docs: list[Any]) -> list[Result]:
         """Validate and store many documents; one result per document, in order.
@@ -140,6 +193,37 @@ class Router:
 
         results = await asyncio.gather(*(one(shard) for shard in self.config.shards))
         return {shard.id: result for shard, result in zip(self.config.shards, results, strict=True)}
+
+    async def migrate(self, model_name: str, target: int, dry_run: bool) -> dict[str, Any]:
+        """Migrate ``model_name`` to version ``target`` on every shard, or only plan it.
+
+        Every shard first checks that each document would validate after the
+        change; if any would not, nothing starts and ``MigrationRefused`` lists
+        them. Then each shard migrates in one replicated command, atomically.
+        """
+        model = self.app.model(model_name)
+        request = {"migration_plan": {"model": model.name, "to": target}, "consistency": "linearizable"}
+
+        plans = await asyncio.gather(*(self.read(s, request, Consistency.LINEARIZABLE) for s in self.config.shards))
+        by_shard = {
+            shard.id: {k: v for k, v in plan.items() if k != "served_by"}
+            for shard, plan in zip(self.config.shards, plans, strict=True)
+        }
+        failing = sum(plan["failure_count"] for plan in by_shard.values())
+        if failing:
+            raise MigrationRefused(
+                f"{failing} {model.name} documents would fail validation as version {target}; nothing changed",
+                shards=by_shard,
+            )
+        if dry_run:
+            return {"dry_run": True, "shards": by_shard}
+
+        async def one(shard: ShardConfig) -> Any:
+            command = {"type": "migrate", "model": model.name, "to": target, "request_id": new_request_id()}
+            return _unwrap(await self.write(shard, command))
+
+        results = await asyncio.gather(*(one(shard) for shard in self.config.shards))
+        return {"dry_run": False, "shards": dict(zip([s.id for s in self.config.shards], results, strict=True))}
 
     async def cluster_status(self) -> list[dict[str, Any]]:
         """Every shard with its slot range, leader and each replica's status."""

@@ -117,6 +117,8 @@ def run_replica(config: ClusterConfig, replica_id: str, app: App, fault_injectio
         try:
             await serve(replica_application(config, app, service, fault_injection), replica.http)
         finally:
+            if not service.replica.snapshot_now():
+                log.warning("no snapshot before stopping: the restart will replay the log")
             service.replica.destroy()
 
     asyncio.run(main())

@@ -16,7 +16,7 @@ from node.config import ReplicaConfig
 from node.consistency import Consistency
 
 # Commands a router may propose; batches are made by the replica itself.
-ROUTED_COMMANDS = ("mutation", "insert_batch", "set_fingerprint")
+ROUTED_COMMANDS = ("mutation", "insert_batch", "set_fingerprint", "migrate")
 
 
 class ShardService:
@@ -41,7 +41,12 @@ class ShardService:
     async def read(self, request: dict[str, Any]) -> Result:
         """Run a query endpoint here at the requested consistency.
 
-        ``request`` is ``{"endpoint", "args", "explain", "consistency"}``.
+        ``request`` is ``{"endpoint", "args", "explain", "consistency"}``, or
+        ``{"lookup": {"model", "field", "values"}, "consistency"}`` to fetch
+        related documents, or ``{"migration_plan": {"model", "to"}}`` for a
+        migration's dry run here.
+
+
         Raises ``NotLeader`` when a ``leader`` or ``linearizable`` read
         reaches a follower.
         """
@@ -55,8 +60,14 @@ class ShardService:
         endpoint = str(request.get("endpoint"))
         args = request.get("args") or {}
         explain = bool(request.get("explain"))
+        lookup = request.get("lookup")
+        plan = request.get("migration_plan")
 
         def run(state: StateMachine) -> Result:
+            if isinstance(plan, dict):
+                return state.migration_plan(str(plan.get("model")), int(plan.get("to") or 0))
+            if isinstance(lookup, dict):
+                return state.lookup(str(lookup.get("model")), str(lookup.get("field")), lookup.get("values"))
             return state.query(endpoint, args, explain)
 
         result = self.replica.read_locally(run)

@@ -56,7 +56,7 @@ class Collection:
             self._unindex(old, pk)
         self.docs[pk] = doc
         for name, index in self.indexes.items():
-            index.add((value_key(doc[name]), pk))
+            index.add((value_key(doc.get(name)), pk))
         self.content_hash = (self.content_hash + document_hash(self.model.name, doc)) % HASH_MODULUS
         return old
 
@@ -70,7 +70,7 @@ class Collection:
 
     def _unindex(self, doc: dict[str, Any], pk: SortKey) -> None:
         for name, index in self.indexes.items():
-            index.remove((value_key(doc[name]), pk))
+            index.remove((value_key(doc.get(name)), pk))
         self.content_hash = (self.content_hash - document_hash(self.model.name, doc)) % HASH_MODULUS
 
     def scan_keys(

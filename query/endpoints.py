@@ -24,7 +24,8 @@ from typing import Any, Literal
 from models.errors import BadRequest
 from models.types import ListOf, Optional, ValueType, value_type_of
 
-RESERVED_PARAMS = frozenset({"explain", "consistency"})
+RESERVED_PARAMS = frozenset({"explain", "consistency", "include"})
+
 CONSISTENCY_LEVELS = ("stale", "leader", "linearizable")
 
 EndpointKind = Literal["query", "mutation"]
@@ -49,6 +50,7 @@ class Endpoint:
     params: dict[str, Param]
     shard_key: str | None
     consistency: str = "leader"
+    returns: Any = None  # what a successful call returns, for schema export: a type, a Model, Page[Model]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
@@ -107,7 +109,9 @@ def _declare(
     methods: tuple[str, ...],
     shard_key: str | None,
     consistency: str = "leader",
+    returns: Any = None,
 ) -> Endpoint:
+
     hints = typing.get_type_hints(func)
     signature = inspect.signature(func)
     params: dict[str, Param] = {}
@@ -124,25 +128,35 @@ def _declare(
         raise TypeError(f"endpoint {func.__name__}: shard_key {shard_key!r} is not a parameter")
     if consistency not in CONSISTENCY_LEVELS:
         raise TypeError(f"endpoint {func.__name__}: consistency must be one of {', '.join(CONSISTENCY_LEVELS)}")
-    return Endpoint(func.__name__, func, kind, tuple(m.upper() for m in methods), params, shard_key, consistency)
+    result = returns if returns is not None else hints.get("return")
+    methods = tuple(m.upper() for m in methods)
+    return Endpoint(func.__name__, func, kind, methods, params, shard_key, consistency, result)
 
 
 def query(
-    *, shard_key: str | None = None, methods: tuple[str, ...] = ("GET",), consistency: str = "leader"
+    *,
+    shard_key: str | None = None,
+    methods: tuple[str, ...] = ("GET",),
+    consistency: str = "leader",
+    returns: Any = None,
 ) -> Callable[[Callable[..., Any]], Endpoint]:
     """Declare a read endpoint; it receives a ``ReadView`` and must not write.
 
     ``consistency`` is the default level (``stale``, ``leader`` or
-    ``linearizable``) when a request does not name one.
+    ``linearizable``) when a request does not name one. ``returns`` types the
+    result for schema export when the return annotation does not (a Model
+    class means one document of it).
     """
 
     def wrap(func: Callable[..., Any]) -> Endpoint:
-        return _declare(func, "query", methods, shard_key, consistency)
+        return _declare(func, "query", methods, shard_key, consistency, returns)
 
     return wrap
 
 
-def mutation(*, shard_key: str, methods: tuple[str, ...] = ("POST",)) -> Callable[[Callable[..., Any]], Endpoint]:
+def mutation(
+    *, shard_key: str, methods: tuple[str, ...] = ("POST",), returns: Any = None
+) -> Callable[[Callable[..., Any]], Endpoint]:
     """Declare a write endpoint; it runs inside the shard's state machine on a ``WriteView``.
 
     It must be deterministic: use ``db.now`` and ``db.request_id``, never the
@@ -150,7 +164,8 @@ def mutation(*, shard_key: str, methods: tuple[str, ...] = ("POST",)) -> Callabl
     """
 
     def wrap(func: Callable[..., Any]) -> Endpoint:
-        endpoint = _declare(func, "mutation", methods, shard_key)
+        endpoint = _declare(func, "mutation", methods, shard_key, returns=returns)
+
         key = endpoint.params[shard_key]
         if not key.required or isinstance(key.type, Optional):
             raise TypeError(f"mutation {func.__name__}: shard_key {shard_key!r} must be required and not optional")

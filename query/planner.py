@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from models.errors import BadRequest
 from models.model import Model
@@ -79,9 +79,15 @@ class Plan:
         }
 
 
+PageModel = TypeVar("PageModel")
+
+
 @dataclass
-class Page:
-    """One page of documents in (order_by, primary key) order; ``next`` resumes after it."""
+class Page(Generic[PageModel]):
+    """One page of documents in (order_by, primary key) order; ``next`` resumes after it.
+
+    ``Page[User]`` in an endpoint's return annotation types its result for schema export.
+    """
 
     items: list[dict[str, Any]]
     model: str
@@ -158,7 +164,7 @@ def find(
     limit: int = 100,
     after: str | None = None,
     explain: bool = False,
-) -> Page:
+) -> Page[Any]:
     """Documents matching every condition in ``where``, one page of at most ``limit``.
 
     ``after`` is a cursor from a previous page's ``next``. Raises ``BadRequest``

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from models.errors import DocumentNotFound, DuplicateKey
+from models.errors import DocumentNotFound, DuplicateKey, ValidationError
 from models.model import Model
 from query.collection import Collection
 from query.planner import Condition, Page, find
@@ -35,7 +35,7 @@ class ReadView:
         descending: bool = False,
         limit: int = 100,
         after: str | None = None,
-    ) -> Page:
+    ) -> Page[Any]:
         """One page of ``model``'s documents matching ``where``; see ``query.planner.find``."""
         return find(
             self._collection_of(model),
@@ -101,8 +101,26 @@ class WriteView(ReadView):
         return old
 
     def _store(self, collection: Collection, doc: dict[str, Any]) -> None:
+        self._check_references(collection.model, doc)
         key = doc[collection.model.primary_key]
         self.undo.append((collection, key, collection.put(doc)))
+
+    def _check_references(self, model: type[Model], doc: dict[str, Any]) -> None:
+        """A co-located child must reference a parent that exists (it is on this shard).
+
+        References to documents that may live on other shards are not checked here.
+        """
+        key_field = model.fields[model.partition_key]
+        parent = key_field.references
+        if parent is None or not model.co_located_with(parent):
+            return
+        value = doc[key_field.name]
+        if self._collection_of(parent).get(value) is None:
+            raise ValidationError(
+                f"{model.name}.{key_field.name}: no {parent.name} with {parent.primary_key}={value!r}",
+                model=model.name,
+                field=key_field.name,
+            )
 
     def rollback(self) -> None:
         """Undo every change made through this view, newest first."""

@@ -64,7 +64,14 @@ class FakeShards:
     async def read(self, replica: ReplicaConfig, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         if request["consistency"] != "stale":
             self._check_leader(replica)
-        result = self.machines[replica.shard].query(request["endpoint"], request["args"], request["explain"])
+        machine = self.machines[replica.shard]
+        if "lookup" in request:
+            lookup = request["lookup"]
+            result = machine.lookup(lookup["model"], lookup["field"], lookup["values"])
+        elif "migration_plan" in request:
+            result = machine.migration_plan(request["migration_plan"]["model"], request["migration_plan"]["to"])
+        else:
+            result = machine.query(request["endpoint"], request["args"], request["explain"])
         return {**result, "served_by": {"replica": replica.id}}
 
     async def status(self, replica: ReplicaConfig, timeout: float = 1.0) -> dict[str, Any]:

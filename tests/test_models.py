@@ -425,7 +425,7 @@ def test_value_type_of_nested() -> None:
     "annotation", [dict, dict[str, int], tuple[int, int], int | str | None, int | str, list, type(None), Any]
 )
 def test_value_type_of_unsupported(annotation: Any) -> None:
-    with pytest.raises(TypeError, match=re.escape("use str, int, float, bool, X | None or list[X]")):
+    with pytest.raises(TypeError, match=re.escape("use str, int, float, bool, Ref[Model], X | None or list[X]")):
         value_type_of(annotation)
 
 

@@ -1,10 +1,15 @@
-"""Models and endpoints of the example app (``--app examples.people``)."""
+"""Models and endpoints of the example app (``--app examples.people``).
+
+``User`` is the original notes' model; ``Order`` references a user and is
+co-located with it (partitioned by ``user_id``), so a user and its orders
+live on one shard and ``get_user?id=321&include=orders`` reads both there.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from models import Model, field
+from models import Model, Ref, field
 from query import Page, ReadView, WriteView, mutation, query
 
 
@@ -17,6 +22,14 @@ class User(Model, indexes=("country",)):
     city: str = ""
 
 
+class Order(Model, partition_key="user_id"):
+    id: int = field(primary_key=True)
+    user_id: Ref[User] = field(related_name="orders")
+    item: str
+    amount: float
+    created_at: float = 0.0
+
+
 @query(shard_key="id")
 def get_user(
     db: ReadView,
@@ -24,7 +37,7 @@ def get_user(
     country: str | None = None,
     limit: int = 100,
     cursor: str | None = None,
-) -> Page:
+) -> Page[User]:
     """Users by id (one shard) or by country (every shard, merged in id order)."""
     where: dict[str, Any] = {}
     if id is not None:
@@ -34,7 +47,7 @@ def get_user(
     return db.find(User, where, limit=limit, after=cursor)
 
 
-@mutation(shard_key="id", methods=("GET", "POST"))
+@mutation(shard_key="id", methods=("GET", "POST"), returns=User)
 def insert_user(
     db: WriteView,
     id: int,
@@ -56,6 +69,18 @@ def insert_user(
             "city": city,
         },
     )
+
+
+@query(shard_key="user_id")
+def get_user_orders(db: ReadView, user_id: int, limit: int = 100, cursor: str | None = None) -> Page[Order]:
+    """One user's orders, oldest first; they live on the user's shard."""
+    return db.find(Order, {"user_id": user_id}, limit=limit, after=cursor)
+
+
+@mutation(shard_key="user_id", methods=("GET", "POST"), returns=Order)
+def insert_order(db: WriteView, id: int, user_id: int, item: str, amount: float) -> dict[str, Any]:
+    """Store an order of an existing user (422 naming ``user_id`` if there is none); 409 if the id is taken."""
+    return db.insert(Order, {"id": id, "user_id": user_id, "item": item, "amount": amount, "created_at": db.now})
 
 
 # Loaded by ``docraft up`` when it creates a cluster: model name -> CSV beside this file.
