@@ -270,7 +270,8 @@ class Router:
                 raise
 
         try:
-            return await self._with_leader(shard, attempt)
+            # Accepting new code must reach leaders flagged for running it.
+            return await self._with_leader(shard, attempt, command.get("type") == "set_fingerprint")
         except NoLeader as exc:
             if maybe_applied:
                 raise OutcomeUnknown(
@@ -306,7 +307,13 @@ class Router:
                 last_error = exc
         raise last_error
 
-    async def _with_leader(self, shard: ShardConfig, attempt: Callable[[ReplicaConfig, float], Awaitable[T]]) -> T:
+    async def _with_leader(
+        self, shard: ShardConfig, attempt: Callable[[ReplicaConfig, float], Awaitable[T]], to_flagged: bool = False
+    ) -> T:
+        """Run ``attempt`` on ``shard``'s leader, following leadership until the deadline.
+
+        Raises ``ReplicaFlagged`` when the leader is flagged, unless ``to_flagged``.
+        """
         deadline = time.monotonic() + self.deadline
         while True:
             remaining = deadline - time.monotonic()
@@ -319,7 +326,7 @@ class Router:
             if leader is None:
                 await asyncio.sleep(min(RETRY_PAUSE, remaining))
                 continue
-            if leader.id in self.flagged:
+            if leader.id in self.flagged and not to_flagged:
                 raise ReplicaFlagged(
                     f"the leader of shard {shard.id}, {leader.id}, is flagged by the integrity monitor "
                     "(see /_admin/alerts); repair it with docraft repair",
