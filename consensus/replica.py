@@ -139,7 +139,7 @@ class Replica(SyncObj):  # type: ignore[misc]
         # PySyncObj counts an entry as applied after this returns: its index is one more.
         index = self.raftLastApplied + 1
         with self._lock:
-            return self.state_machine.apply(ujson.loads(command), index)
+            return self.state_machine.apply(ujson.loads(command), index, command)
 
     # -- PySyncObj fix: keep the leader's pipeline from moving backwards -----
 

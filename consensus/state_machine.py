@@ -105,19 +105,22 @@ class StateMachine:
 
     # -- writes -------------------------------------------------------------
 
-    def apply(self, command: Any, index: int | None = None) -> Result:
+    def apply(self, command: Any, index: int | None = None, raw: bytes | None = None) -> Result:
         """Apply one committed command and return its result; never raises for bad input.
 
         ``index`` is the command's Raft log index (checkpoints are kept by
-        index). Results hold nothing process-specific (no reprs, addresses or
-        hash orders), so every replica stores and returns the same bytes.
+        index); ``raw`` is the log entry's bytes when the caller has them, so
+        the digest folds them instead of encoding the command again. Results
+        hold nothing process-specific (no reprs, addresses or hash orders), and
+        are built in a fixed key order, so every replica encodes the same bytes.
         """
         if index is not None:
             self._checkpoint_before(index)
         result = self._apply(command)
         if self.digests:
-            entry = ujson.dumps([command, result], sort_keys=True, escape_forward_slashes=False)
-            self.log_hash = hashlib.blake2b(self.log_hash + entry.encode(), digest_size=16).digest()
+            entry = raw if raw is not None else ujson.dumps(command, sort_keys=True).encode()
+            encoded = ujson.dumps(result, escape_forward_slashes=False).encode()
+            self.log_hash = hashlib.blake2b(self.log_hash + entry + encoded, digest_size=16).digest()
         if index is not None:
             self.applied_index = index
         return result
