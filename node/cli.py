@@ -1,4 +1,4 @@
-"""The ``docraft`` command line: up, node, dispatcher, load."""
+"""The ``docraft`` command line: up, node, dispatcher, load, schema, ..."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from node.config import ConfigError, load_config
 from query.app import App, load_app
+from query.schema import FORMATS, export_text
 
 DEFAULT_APP = "examples.people"
 
@@ -67,6 +68,23 @@ def cmd_load(args: argparse.Namespace) -> int:
         return 2
     print(report.summary())
     return 0 if not report.rejected else 1
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    try:
+        text = export_text(_app(args.app), args.format)
+    except ValueError as exc:
+        print(f"docraft schema: {exc}", file=sys.stderr)
+        return 1
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"docraft schema: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -149,6 +167,12 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--app", help=f"app module (default {DEFAULT_APP})")
     load.add_argument("--batch-size", type=int, default=200)
     load.set_defaults(run=cmd_load)
+
+    schema = commands.add_parser("schema", help="export the app's types: TypeScript, JSDoc, JSON Schema or OpenAPI")
+    schema.add_argument("--app", help=f"app module (default {DEFAULT_APP})")
+    schema.add_argument("--format", required=True, choices=list(FORMATS))
+    schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    schema.set_defaults(run=cmd_schema)
     return top
 
 

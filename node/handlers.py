@@ -171,6 +171,16 @@ class MigrateHandler(JSONHandler):
             self.send_error_for(exc)
 
 
+class OpenAPIHandler(JSONHandler):
+    """``GET /_schema/openapi.json``: the OpenAPI document of this API, built once at startup."""
+
+    def initialize(self, document: dict[str, Any]) -> None:
+        self.document = document
+
+    def get(self) -> None:
+        self.write_json(self.document)
+
+
 class DigestHandler(JSONHandler):
     """``GET /_admin/digest``: this replica's digest, recent checkpoints and code fingerprints."""
 
@@ -284,3 +294,8 @@ def shard_routes(service: ShardService, repair: Callable[[], None], fault_inject
 def alert_routes(alerts: AlertBook) -> Routes:
     """The dispatcher's alert route."""
     return [(r"/_admin/alerts", AlertsHandler, {"alerts": alerts})]
+
+
+def schema_routes(openapi: dict[str, Any]) -> Routes:
+    """The dispatcher's schema route, answering with ``openapi`` as given."""
+    return [(r"/_schema/openapi\.json", OpenAPIHandler, {"document": openapi})]

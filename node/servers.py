@@ -23,13 +23,14 @@ from consensus.replica import Replica
 from consensus.state_machine import StateMachine
 from node.alerts import AlertBook
 from node.config import ClusterConfig, ReplicaConfig
-from node.handlers import NotFoundHandler, alert_routes, router_routes, shard_routes
+from node.handlers import NotFoundHandler, alert_routes, router_routes, schema_routes, shard_routes
 from node.monitor import IntegrityMonitor
 from node.router import Router
 from node.shard_client import ShardClient
 from node.shard_service import ShardService
 from query.app import App
 from query.fingerprint import app_fingerprint
+from query.schema import openapi_document
 
 log = logging.getLogger("docraft.server")
 
@@ -43,12 +44,16 @@ class Dispatcher:
 
 
 def dispatcher(config: ClusterConfig, app: App, client: ShardClient | None = None) -> Dispatcher:
-    """The dispatcher's application, router, alert book and (not yet started) monitor."""
+    """The dispatcher's application, router, alert book and (not yet started) monitor.
+
+    The app's OpenAPI document is built here, once, and served at ``/_schema/openapi.json``.
+    """
     client = client or ShardClient()
     router = Router(config, app, client)
     alerts = AlertBook(config.webhooks)
     monitor = IntegrityMonitor(config, client, alerts, router.flagged)
-    application = Application(router_routes(router) + alert_routes(alerts), default_handler_class=NotFoundHandler)
+    routes = router_routes(router) + alert_routes(alerts) + schema_routes(openapi_document(app))
+    application = Application(routes, default_handler_class=NotFoundHandler)
     return Dispatcher(application, router, monitor, alerts)
 
 
