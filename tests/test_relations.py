@@ -99,3 +99,21 @@ def test_related_name_must_not_clash_and_must_be_on_a_reference() -> None:
         class Note(Model):
             id: int = field(primary_key=True)
             shop: int = field(related_name="notes")
+
+
+class CrossShardRelationTest(FakeClusterCase):
+    app = load_app("tests.apps.family_app")
+
+    def test_include_gathers_related_documents_from_every_shard(self) -> None:
+        for pid in (1, 2):
+            assert self.fetch("/add_family", method="POST", body=ujson.dumps({"id": pid, "children": 0})).code == 200
+        for gid in range(100, 130):
+            body = ujson.dumps({"id": gid, "to": 1 if gid % 3 else 2})
+            assert self.fetch("/add_gift", method="POST", body=body).code == 200
+        holders = [s for s, m in self.shards.machines.items() if len(m.collections["Gift"])]
+        assert len(holders) == 2, "gifts should spread over both shards"
+        response = self.fetch("/get_parent?include=gifts,children")
+        parents = {p["id"]: p for p in ujson.loads(response.body)["items"]}
+        assert [g["id"] for g in parents[1]["gifts"]] == [g for g in range(100, 130) if g % 3]
+        assert [g["id"] for g in parents[2]["gifts"]] == [g for g in range(100, 130) if not g % 3]
+        assert parents[1]["children"] == [] and parents[2]["children"] == []
