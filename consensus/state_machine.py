@@ -173,7 +173,6 @@ class StateMachine:
             return self._migrate(command)
         if kind == "mutation":
             result = self._mutation(command)
-
         elif kind == "insert_batch":
             result = self._insert_batch(command)
         elif kind == "noop":
@@ -234,6 +233,11 @@ class StateMachine:
         ``{"model", "from", "to", "documents", "failures": [{"key", "error"}]}``;
         raises ``BadRequest`` when the code does not define version ``target``.
         """
+        plan, _ = self._plan(model_name, target, most)
+        return plan
+
+    def _plan(self, model_name: str, target: int, most: int = 50) -> tuple[Result, list[dict[str, Any]]]:
+        """The migration plan and the documents as they would be after it."""
         model = self.app.model(model_name)
         if target != model.version:
             raise BadRequest(f"the running code defines {model_name} version {model.version}, not {target}")
@@ -241,7 +245,7 @@ class StateMachine:
         if stored > target:
             raise BadRequest(f"{model_name} documents are already version {stored}; downgrades are not supported")
         migrated, failures = self._migrated_documents(model, stored, target)
-        return {
+        plan = {
             "model": model.name,
             "from": stored,
             "to": target,
@@ -249,6 +253,7 @@ class StateMachine:
             "failures": failures[:most],
             "failure_count": len(failures),
         }
+        return plan, migrated
 
     def _migrated_documents(
         self, model: type[Model], stored: int, target: int
@@ -271,7 +276,7 @@ class StateMachine:
     def _migrate(self, command: dict[str, Any]) -> Result:
         """Rewrite every document of a model to the code's version in this one command, or none."""
         try:
-            plan = self.migration_plan(str(command.get("model")), int(command.get("to", 0)))
+            plan, migrated = self._plan(str(command.get("model")), int(command.get("to", 0)))
         except DocraftError as exc:
             return exc.to_json()
         except (TypeError, ValueError):
@@ -283,7 +288,6 @@ class StateMachine:
         model = self.app.model(plan["model"])
         if plan["from"] != plan["to"]:
             collection = self.collections[model.name]
-            migrated, _ = self._migrated_documents(model, plan["from"], plan["to"])
             for doc in migrated:
                 collection.put(doc)
             self.versions[model.name] = plan["to"]

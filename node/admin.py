@@ -66,11 +66,10 @@ def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
     return 1
 
 
-def accept_code(config: ClusterConfig, app: App, url: str | None) -> int:
-    """Record ``app``'s fingerprint as the cluster's on every shard. Exit code."""
-    base = url or f"http://{config.dispatcher(None).http}"
+def accept_code(app: App, url: str) -> int:
+    """Record ``app``'s fingerprint as the cluster's on every shard, through the dispatcher at ``url``. Exit code."""
     fingerprint = app_fingerprint(app)
-    status, body = http_json("POST", f"{base}/_admin/fingerprint", {"fingerprint": fingerprint}, timeout=30)
+    status, body = http_json("POST", f"{url}/_admin/fingerprint", {"fingerprint": fingerprint}, timeout=30)
     if status != 200:
         print(f"docraft accept-code: {body}")
         return 1

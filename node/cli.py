@@ -7,11 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-from node.config import ConfigError, load_config
+from node.config import ClusterConfig, ConfigError, load_config
 from query.app import App, load_app
 from query.schema import FORMATS, export_text
 
 DEFAULT_APP = "examples.people"
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _app(module: str | None, fallback: str = DEFAULT_APP) -> App:
@@ -97,15 +98,21 @@ def cmd_accept_code(args: argparse.Namespace) -> int:
     from node.admin import accept_code
 
     config = load_config(Path(args.config))
-    return accept_code(config, _app(args.app, config.app), args.url)
+    return accept_code(_app(args.app, config.app), _dispatcher_url(args.url, config))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from node.admin import migrate
 
-    app = _app(args.app)
-    url = args.url or (f"http://{load_config(Path(args.config)).dispatcher(None).http}" if args.config else None)
-    return migrate(app, args.to, args.model, args.dry_run, url or "http://127.0.0.1:8000")
+    config = load_config(Path(args.config)) if args.config else None
+    return migrate(_app(args.app), args.to, args.model, args.dry_run, _dispatcher_url(args.url, config))
+
+
+def _dispatcher_url(url: str | None, config: ClusterConfig | None) -> str:
+    """``--url`` if given, else the cluster file's first dispatcher, else the local default."""
+    if url:
+        return url
+    return f"http://{config.dispatcher(None).http}" if config is not None else DEFAULT_URL
 
 
 def parser() -> argparse.ArgumentParser:
@@ -163,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
     load = commands.add_parser("load", help="stream a CSV file into a running cluster")
     load.add_argument("file")
     load.add_argument("--model", required=True)
-    load.add_argument("--url", default="http://127.0.0.1:8000", help="a dispatcher or replica URL")
+    load.add_argument("--url", default=DEFAULT_URL, help="a dispatcher or replica URL")
     load.add_argument("--app", help=f"app module (default {DEFAULT_APP})")
     load.add_argument("--batch-size", type=int, default=200)
     load.set_defaults(run=cmd_load)

@@ -123,11 +123,10 @@ class Router:
                 known = ", ".join(sorted(model.relations)) or "none"
                 raise BadRequest(f"{model.name} has no relation {name!r} (it has: {known})", param="include")
             child, field = relation.model, relation.field
-            keys = [item[model.primary_key] for item in items]
+            co_located = child.co_located_with(model)
             groups: dict[str, list[Any]] = {}
-            for key in keys:
-                owners = [self.shard_map.shard_for_key(key)] if child.co_located_with(model) else self.config.shards
-                for shard in owners:
+            for key in (item[model.primary_key] for item in items):
+                for shard in [self.shard_map.shard_for_key(key)] if co_located else self.config.shards:
                     groups.setdefault(shard.id, []).append(key)
             lookups = [
                 self.read(
@@ -184,15 +183,18 @@ class Router:
         await asyncio.gather(*(store(shard_id, positions) for shard_id, positions in groups.items()))
         return [r for r in results if r is not None]
 
-    async def set_fingerprint(self, fingerprint: str) -> dict[str, Any]:
-        """Record ``fingerprint`` as the cluster's app code on every shard (a deliberate upgrade)."""
+    async def _write_everywhere(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Commit ``command`` (a fresh request id per shard) on every shard; each shard's result by id."""
 
         async def one(shard: ShardConfig) -> Any:
-            command = {"type": "set_fingerprint", "fingerprint": fingerprint, "request_id": new_request_id()}
-            return _unwrap(await self.write(shard, command))
+            return _unwrap(await self.write(shard, {**command, "request_id": new_request_id()}))
 
         results = await asyncio.gather(*(one(shard) for shard in self.config.shards))
         return {shard.id: result for shard, result in zip(self.config.shards, results, strict=True)}
+
+    async def set_fingerprint(self, fingerprint: str) -> dict[str, Any]:
+        """Record ``fingerprint`` as the cluster's app code on every shard (a deliberate upgrade)."""
+        return await self._write_everywhere({"type": "set_fingerprint", "fingerprint": fingerprint})
 
     async def migrate(self, model_name: str, target: int, dry_run: bool) -> dict[str, Any]:
         """Migrate ``model_name`` to version ``target`` on every shard, or only plan it.
@@ -217,13 +219,8 @@ class Router:
             )
         if dry_run:
             return {"dry_run": True, "shards": by_shard}
-
-        async def one(shard: ShardConfig) -> Any:
-            command = {"type": "migrate", "model": model.name, "to": target, "request_id": new_request_id()}
-            return _unwrap(await self.write(shard, command))
-
-        results = await asyncio.gather(*(one(shard) for shard in self.config.shards))
-        return {"dry_run": False, "shards": dict(zip([s.id for s in self.config.shards], results, strict=True))}
+        shards = await self._write_everywhere({"type": "migrate", "model": model.name, "to": target})
+        return {"dry_run": False, "shards": shards}
 
     async def cluster_status(self) -> list[dict[str, Any]]:
         """Every shard with its slot range, leader and each replica's status."""
