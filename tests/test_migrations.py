@@ -135,6 +135,8 @@ def test_upgrading_a_loaded_cluster_migrates_every_document_on_every_replica(clu
     accepted = docraft("accept-code", "--config", config, "--app", "examples.people_v2")
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     wait_for(lambda: error_code() == "migration_pending", 5, "flags to clear and migration_pending")
+    # every shard's replicas agree again (no code_mismatch or divergence flag left) before migrating
+    wait_for(lambda: cluster.get("/_admin/alerts")[1]["active"] == [], 10, "no active integrity alert")
     dry = docraft("migrate", "--app", "examples.people_v2", "--to", "2", "--dry-run", "--config", config)
     assert dry.returncode == 0 and "would migrate" in dry.stdout, dry.stdout + dry.stderr
     assert cluster.get("/get_user", id=3000)[1]["error"]["code"] == "migration_pending"
