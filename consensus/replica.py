@@ -10,15 +10,30 @@ Threads: PySyncObj applies entries and runs callbacks on its own thread.
 to it with ``call_soon_threadsafe``; a lock keeps reads from seeing a
 half-applied command. Nothing here blocks the loop.
 
-Files in the data directory: ``raft.journal`` (PySyncObj's log, an mmap,
-never fsynced) and ``snapshot.json`` (our JSON snapshot, written by
-PySyncObj's log compaction through the ``serializer`` hook).
+Files in the data directory: ``raft.journal`` (the log, an mmap, see
+``consensus.journal``), ``raft.journal.meta`` (term and vote),
+``raft.journal.acked`` (the last index this replica acknowledged) and
+``snapshot.json`` (our JSON snapshot, written by PySyncObj's log compaction
+through the ``serializer`` hook). With ``fsync`` on, each is flushed to disk
+before the replica acknowledges what it holds.
+
+A replica that cannot trust its own state says so in ``fault`` and steps out
+of the group until it can: ``entries_lost`` when it restarted with a log
+ending below the last index it had acknowledged (it neither votes nor stands
+for election until its group's commit index passes that index, since Raft's
+safety rests on acknowledged entries surviving a restart), and
+``snapshot_unloadable`` when its snapshot could not be loaded (it ignores
+Raft traffic, applies nothing and serves nothing until repaired).
+
+PySyncObj is driven through a few of its private names; ``check_pysyncobj``
+verifies at start that they are where this code expects (see ``HOOKS``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import os
 import threading
@@ -28,17 +43,74 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.syncobj
 import ujson
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.node import TCPNode
+from pysyncobj.version import VERSION as PYSYNCOBJ_VERSION
 
+from consensus.journal import DocraftJournal
 from consensus.state_machine import Result, StateMachine
-from models.errors import NoLeader, NotLeader, OutcomeUnknown
+from models.errors import NoLeader, NotLeader, OutcomeUnknown, ReplicaFaulted
 
 log = logging.getLogger("docraft.replica")
 
 JOURNAL_FILE = "raft.journal"
 SNAPSHOT_FILE = "snapshot.json"
+
+# The PySyncObj release whose private names this module and consensus.journal
+# were checked against, and those names. A replica refuses to start on another.
+PYSYNCOBJ_CHECKED = "0.3.17"
+HOOKS = {
+    "SyncObj": (
+        "_SyncObj__onMessageReceived",
+        "_SyncObj__sendNextNodeIdx",
+        "_SyncObj__loadDumpFile",
+        "_SyncObj__getCurrentLogIndex",
+    ),
+    "SyncObj instance": ("_SyncObj__raftLog", "_SyncObj__raftNextIndex", "_SyncObj__raftElectionDeadline"),
+    "pysyncobj.syncobj": ("createJournal",),
+    "FileJournal instance": ("_FileJournal__meta", "_FileJournal__metaSaved", "_FileJournal__journalFile"),
+}
+# PySyncObj creates its journal through this module-level name; it is swapped for
+# DocraftJournal while a Replica is constructed, under this lock.
+_JOURNAL_FACTORY = threading.Lock()
+# A replica that steps out of elections keeps its election deadline this far ahead.
+_NO_ELECTION = 3600.0
+
+
+class PySyncObjMismatch(RuntimeError):
+    """The installed PySyncObj is not the one docraft's Raft hooks were checked against."""
+
+
+def check_pysyncobj(version: str = PYSYNCOBJ_VERSION) -> None:
+    """Raise ``PySyncObjMismatch`` unless PySyncObj is the checked release with every hooked name."""
+    if version != PYSYNCOBJ_CHECKED:
+        raise PySyncObjMismatch(
+            f"docraft's Raft hooks were checked against PySyncObj {PYSYNCOBJ_CHECKED}, not {version}; "
+            f"install pysyncobj=={PYSYNCOBJ_CHECKED}"
+        )
+    missing = [name for name in HOOKS["SyncObj"] if not callable(getattr(SyncObj, name, None))]
+    missing += [name for name in HOOKS["pysyncobj.syncobj"] if not hasattr(pysyncobj.syncobj, name)]
+    if missing:
+        raise PySyncObjMismatch(f"PySyncObj {version} lacks {', '.join(missing)}; docraft cannot run on it")
+
+
+def _check_instance(obj: object, kind: str) -> None:
+    missing = [name for name in HOOKS[kind] if not hasattr(obj, name)]
+    if missing:
+        raise PySyncObjMismatch(f"a PySyncObj {kind} lacks {', '.join(missing)}; docraft cannot run on it")
+
+
+@dataclass(frozen=True)
+class ReplicaFault:
+    """Why a replica does not trust its own state: ``entries_lost`` or ``snapshot_unloadable``."""
+
+    kind: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -48,6 +120,8 @@ class RaftTimings:
     Elections start after a random timeout in [election_min, election_max].
     A leader that hears from no majority for ``leader_fallback`` steps down, so
     a deposed leader stops serving ``leader`` reads that long after a partition.
+    ``fsync`` flushes the journal (and snapshots, term and vote) to disk before
+    the replica acknowledges an append, so acknowledged writes survive power loss.
     """
 
     election_min: float = 0.3
@@ -57,6 +131,7 @@ class RaftTimings:
     connection_retry: float = 0.1
     compaction_min_entries: int = 20_000
     compaction_min_seconds: float = 300.0
+    fsync: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < 3 * self.heartbeat < self.election_min < self.election_max:
@@ -130,7 +205,24 @@ class Replica(SyncObj):  # type: ignore[misc]
             dynamicMembershipChange=False,
             onStateChanged=self._on_state_changed,
         )
-        super().__init__(raft_address, peers, conf)
+        check_pysyncobj()
+        self.fault: ReplicaFault | None = None
+        self._startup_checked = False
+        with _JOURNAL_FACTORY:
+            create_journal = pysyncobj.syncobj.createJournal
+            pysyncobj.syncobj.createJournal = functools.partial(DocraftJournal, fsync=timings.fsync)
+            try:
+                super().__init__(raft_address, peers, conf)
+            finally:
+                pysyncobj.syncobj.createJournal = create_journal
+        self.journal: DocraftJournal = self._SyncObj__raftLog
+        try:
+            _check_instance(self, "SyncObj instance")
+            _check_instance(self.journal, "FileJournal instance")
+        except PySyncObjMismatch:
+            self.destroy()
+            raise
+        self.addOnTickCallback(self._on_tick)
 
     # -- the one replicated entry point --------------------------------------
 
@@ -138,6 +230,9 @@ class Replica(SyncObj):  # type: ignore[misc]
     def apply_command(self, command: bytes) -> Result:
         # PySyncObj counts an entry as applied after this returns: its index is one more.
         index = self.raftLastApplied + 1
+        if self.fault is not None and self.fault.kind == "snapshot_unloadable":
+            # The state is partial; applying onto it would only make garbage. Repair replaces it.
+            return ReplicaFaulted(self.fault.message).to_json()
         with self._lock:
             return self.state_machine.apply(ujson.loads(command), index, command)
 
@@ -155,6 +250,10 @@ class Replica(SyncObj):  # type: ignore[misc]
         ``reset`` reply, which this does not touch.
         """
         handle = SyncObj._SyncObj__onMessageReceived
+        if self.fault is not None and (
+            self.fault.kind == "snapshot_unloadable" or message.get("type") in ("request_vote", "timeout_now")
+        ):
+            return  # out of the group: no votes, no leadership, and no acks while the state is unusable
         if message.get("type") != "next_node_idx" or not message.get("success") or message.get("reset"):
             handle(self, node, message)
             return
@@ -163,6 +262,39 @@ class Replica(SyncObj):  # type: ignore[misc]
         handle(self, node, message)
         if before is not None and next_index.get(node, 0) < before:
             next_index[node] = before
+
+    def _SyncObj__sendNextNodeIdx(self, node: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N802
+        """Flush the journal before telling the leader what this follower holds (``fsync`` mode)."""
+        self.journal.sync()
+        SyncObj._SyncObj__sendNextNodeIdx(self, node, *args, **kwargs)
+
+    def _on_tick(self) -> None:
+        """Raft thread, after each tick: flush a leader's new entries; keep a faulty replica out of elections.
+
+        The first tick runs after PySyncObj loaded the snapshot and journal, so
+        that is where a log shorter than what was acknowledged is noticed.
+        """
+        self.journal.sync()
+        if not self._startup_checked:
+            self._startup_checked = True
+            acked, last = self.journal.acked_at_open, self.journal.last_index
+            if last >= acked:
+                self.journal.caught_up()
+            elif self.fault is None:
+                self.fault = ReplicaFault(
+                    "entries_lost",
+                    f"restarted with its log ending at index {last}, below index {acked} it had acknowledged; "
+                    "it does not vote until its group's commit index passes that index",
+                )
+                log.error("replica %s: %s", self.raft_address, self.fault.message)
+        if self.fault is None:
+            return
+        if self.fault.kind == "entries_lost" and self.raftCommitIndex >= self.journal.acked_at_open:
+            log.warning("replica %s caught up past index %d: voting again", self.raft_address, self.raftCommitIndex)
+            self.journal.caught_up()
+            self.fault = None
+            return
+        self._SyncObj__raftElectionDeadline = time.monotonic() + _NO_ELECTION
 
     # -- writes and reads from the event loop ---------------------------------
 
@@ -268,6 +400,8 @@ class Replica(SyncObj):  # type: ignore[misc]
             "ready": self._ready_term == self._getTerm() if role == "leader" else None,
             "pid": os.getpid(),
             "raft_truncations": _truncations.count,
+            "acked_index": self.journal.acked_index,
+            "fault": None if self.fault is None else self.fault.to_json(),
         }
 
     # -- snapshots through PySyncObj's serializer hooks -----------------------
@@ -287,20 +421,40 @@ class Replica(SyncObj):  # type: ignore[misc]
         }
         with open(path, "w", encoding="utf-8") as out:
             ujson.dump(document, out, escape_forward_slashes=False)
+            if self.journal.fsync:
+                out.flush()
+                os.fsync(out.fileno())  # PySyncObj renames it into place; the journal syncs the directory
         self._snapshot_index = last[1]
         self._snapshot_written.set()
 
     def _read_snapshot(self, path: str) -> tuple[Any, Any, Any]:
-        """Load ``snapshot.json`` into the state machine; return PySyncObj's anchors."""
-        with open(path, encoding="utf-8") as source:
-            document = ujson.load(source)
-        with self._lock:
-            self.state_machine.restore(document["state"])
-        raft = document["raft"]
-        self._snapshot_index = int(raft["last"][1])
-        cluster = {TCPNode(address) for address in raft["cluster"]}
+        """Load ``snapshot.json`` into the state machine; return PySyncObj's anchors.
 
-        return _entry_from_json(raft["last"]), _entry_from_json(raft["previous"]), cluster
+        Runs on start and when a leader installs a snapshot. On start, a
+        journal that holds the snapshot's anchors further in is compacted to
+        them first, so PySyncObj keeps the entries after the snapshot (see
+        ``DocraftJournal.trim_to_snapshot``). A snapshot that cannot be loaded
+        sets the ``snapshot_unloadable`` fault before PySyncObj logs the error.
+        """
+        try:
+            with open(path, encoding="utf-8") as source:
+                document = ujson.load(source)
+            raft = document["raft"]
+            last, previous = _entry_from_json(raft["last"]), _entry_from_json(raft["previous"])
+            cluster = {TCPNode(address) for address in raft["cluster"]}
+            with self._lock:
+                self.state_machine.restore(document["state"])
+        except Exception as exc:
+            self.fault = ReplicaFault(
+                "snapshot_unloadable",
+                f"its snapshot {path} could not be loaded ({type(exc).__name__}: {exc}); "
+                "it takes no part in its group until repaired with docraft repair",
+            )
+            log.error("replica %s: %s", self.raft_address, self.fault.message)
+            raise
+        self.journal.trim_to_snapshot(previous, last)
+        self._snapshot_index = last[1]
+        return last, previous, cluster
 
 
 def _settle(futures: list[asyncio.Future[Result]], result: Result | None, error: int) -> None:

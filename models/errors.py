@@ -132,6 +132,13 @@ class MigrationRefused(DocraftError):
     code = "migration_refused"
 
 
+class ReplicaFaulted(DocraftError):
+    """This replica does not trust its own state (lost entries, unloadable snapshot); ask another."""
+
+    status = 503
+    code = "replica_faulted"
+
+
 class ShardUnavailable(DocraftError):
     """A replica could not be reached or answered with something unusable."""
 
@@ -156,6 +163,7 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         ReplicaFlagged,
         MigrationPending,
         MigrationRefused,
+        ReplicaFaulted,
         ShardUnavailable,
     )
 }

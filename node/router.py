@@ -28,6 +28,7 @@ from models.errors import (
     NoLeader,
     NotLeader,
     OutcomeUnknown,
+    ReplicaFaulted,
     ReplicaFlagged,
     ShardUnavailable,
     error_from_json,
@@ -300,7 +301,7 @@ class Router:
                 continue
             try:
                 return await self.client.read(replica, request, self.attempt_timeout)
-            except ShardUnavailable as exc:
+            except (ShardUnavailable, ReplicaFaulted) as exc:
                 last_error = exc
         raise last_error
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -182,3 +183,57 @@ class Cluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGCONT)
             self.local.stop()
+
+
+class Writers:
+    """Threads inserting users with unique ids through ``url`` until ``stop``; ``acked`` holds every id answered 200.
+
+    Each thread writes ids ``base + thread + k * count``; a write whose answer
+    was lost or not 200 is simply not in ``acked`` (it may or may not be stored).
+    """
+
+    def __init__(self, url: str, count: int = 12, base: int = 1_000_000) -> None:
+        self.url = url
+        self.acked: set[int] = set()
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(base + n, count), daemon=True) for n in range(count)]
+
+    def _run(self, first: int, step: int) -> None:
+        uid = first
+        while not self._stop.is_set():
+            doc = {"id": uid, "first_name": "W", "last_name": str(uid), "country": "Writers", "city": "X"}
+            try:
+                code, _ = http("POST", f"{self.url}/insert_user", doc, timeout=15)
+            except OSError:
+                code = 0
+            with self._lock:
+                if code == 200:
+                    self.acked.add(uid)
+                else:
+                    self.failures += 1
+            uid += step
+
+    def __enter__(self) -> Writers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.acked)
+
+    def wait_for_more(self, more: int, timeout: float) -> None:
+        """Wait until ``more`` writes beyond the count now have been acknowledged."""
+        target = self.count() + more
+        wait_for(lambda: self.count() >= target, timeout, f"{more} more acknowledged writes")
+
+    def stop(self) -> set[int]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        return set(self.acked)
