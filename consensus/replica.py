@@ -20,7 +20,7 @@ before the replica acknowledges what it holds.
 A replica that cannot trust its own state says so in ``fault`` and steps out
 of the group until it can: ``entries_lost`` when it restarted with a log
 ending below the last index it had acknowledged (it neither votes nor stands
-for election until its group's commit index passes that index, since Raft's
+for election until its leader has sent it that far again, since Raft's
 safety rests on acknowledged entries surviving a restart), and
 ``snapshot_unloadable`` when its snapshot could not be loaded (it ignores
 Raft traffic, applies nothing and serves nothing until repaired).
@@ -207,6 +207,7 @@ class Replica(SyncObj):  # type: ignore[misc]
         )
         check_pysyncobj()
         self.fault: ReplicaFault | None = None
+        self.started_at = time.time()
         self._startup_checked = False
         with _JOURNAL_FACTORY:
             create_journal = pysyncobj.syncobj.createJournal
@@ -284,13 +285,16 @@ class Replica(SyncObj):  # type: ignore[misc]
                 self.fault = ReplicaFault(
                     "entries_lost",
                     f"restarted with its log ending at index {last}, below index {acked} it had acknowledged; "
-                    "it does not vote until its group's commit index passes that index",
+                    "it does not vote until its leader has sent it that far again",
                 )
                 log.error("replica %s: %s", self.raft_address, self.fault.message)
         if self.fault is None:
             return
-        if self.fault.kind == "entries_lost" and self.raftCommitIndex >= self.journal.acked_at_open:
-            log.warning("replica %s caught up past index %d: voting again", self.raft_address, self.raftCommitIndex)
+        # The log grows only by a leader's appends while the replica stands out of elections, and a
+        # leader's log holds every committed entry: once it reaches the acknowledged index again, so does
+        # this one. (The commit index is no guide: PySyncObj restores it from .meta, beyond the log.)
+        if self.fault.kind == "entries_lost" and self.journal.last_index >= self.journal.acked_at_open:
+            log.warning("replica %s holds index %d again: voting again", self.raft_address, self.journal.last_index)
             self.journal.caught_up()
             self.fault = None
             return
@@ -399,6 +403,7 @@ class Replica(SyncObj):  # type: ignore[misc]
             "commit_index": self.raftCommitIndex,
             "ready": self._ready_term == self._getTerm() if role == "leader" else None,
             "pid": os.getpid(),
+            "started_at": self.started_at,
             "raft_truncations": _truncations.count,
             "acked_index": self.journal.acked_index,
             "fault": None if self.fault is None else self.fault.to_json(),

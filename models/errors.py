@@ -132,6 +132,13 @@ class MigrationRefused(DocraftError):
     code = "migration_refused"
 
 
+class RepairRefused(DocraftError):
+    """Repairing this replica now could cost the group its majority or its data; nothing was done."""
+
+    status = 409
+    code = "repair_refused"
+
+
 class ReplicaFaulted(DocraftError):
     """This replica does not trust its own state (lost entries, unloadable snapshot); ask another."""
 
@@ -163,6 +170,7 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         ReplicaFlagged,
         MigrationPending,
         MigrationRefused,
+        RepairRefused,
         ReplicaFaulted,
         ShardUnavailable,
     )

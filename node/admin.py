@@ -42,7 +42,11 @@ def agrees(config: ClusterConfig, replica_id: str) -> bool:
 
 
 def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
-    """Make a replica discard its state and resync; wait until its digest agrees. Exit code."""
+    """Make a replica discard its state and resync; wait until it has caught up and its digest agrees.
+
+    Exit code 0 when repaired, 2 when unreachable or refused (the replica
+    checks the repair is safe: see ``node.repair``), 1 when it did not agree in time.
+    """
     replica = config.replica(replica_id)
     try:
         status, body = http_json("POST", f"{replica.http_url}/_admin/repair")
@@ -50,14 +54,15 @@ def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
         print(f"docraft repair: {replica_id} at {replica.http} is unreachable: {exc}")
         return 2
     if status != 202:
-        print(f"docraft repair: {replica_id} refused: {body}")
+        print(f"docraft repair: {(body.get('error') or {}).get('message', body)}")
         return 2
     print(f"{replica_id} is discarding its state and resynchronising from shard {replica.shard}...", flush=True)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        time.sleep(0.5)  # the replica restarts; poll until it is back and agrees
+        time.sleep(0.5)  # the replica restarts; poll until it is back, caught up and agreeing
         try:
-            if agrees(config, replica_id):
+            code, own = http_json("GET", f"{replica.http_url}/_shard/status", timeout=2.0)
+            if code == 200 and own.get("fault") is None and agrees(config, replica_id):
                 print(f"{replica_id} agrees with its group again")
                 return 0
         except OSError:

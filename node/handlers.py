@@ -9,13 +9,14 @@ and 405 and any unexpected exception, has the body
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ujson
 from tornado.web import HTTPError, RequestHandler
 
 from models.errors import BadRequest, DocraftError, MethodNotAllowed, NoLeader, NotFound
+from models.json_values import non_finite_path
 from node.alerts import AlertBook
 from node.router import Router
 from node.shard_service import ShardService
@@ -58,7 +59,13 @@ class JSONHandler(RequestHandler):
         self.send_error(exc.status, exc_info=(type(exc), exc, None))
 
     def json_body(self) -> dict[str, Any] | None:
-        """The request's JSON object body, ``None`` if empty; ``BadRequest`` if not an object."""
+        """The request's JSON object body, ``None`` if empty.
+
+        Raises ``BadRequest`` if it is not valid JSON, not an object, or holds
+        a number JSON cannot: ujson reads ``NaN`` and ``Infinity`` and turns an
+        overflowing literal such as ``1e999`` into infinity, and no stored
+        value or response may hold one.
+        """
         if not self.request.body:
             return None
         try:
@@ -67,6 +74,13 @@ class JSONHandler(RequestHandler):
             raise BadRequest("the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
+        path = non_finite_path(body)
+        if path is not None:
+            raise BadRequest(
+                f"the request body holds a number that is not finite at {path}: "
+                "JSON has no NaN or Infinity, and a literal such as 1e999 is too large for a float",
+                path=path,
+            )
         return body
 
     def query_args(self) -> dict[str, list[str]]:
@@ -205,14 +219,21 @@ class CorruptHandler(JSONHandler):
 
 
 class RepairHandler(JSONHandler):
-    """``POST /_admin/repair``: discard this replica's state and resynchronise it from its group."""
+    """``POST /_admin/repair``: discard this replica's state and resynchronise it from its group.
 
-    def initialize(self, repair: Callable[[], None]) -> None:
+    ``repair`` raises ``RepairRefused`` when it is unsafe now (``node.repair``), else schedules it.
+    """
+
+    def initialize(self, repair: Callable[[], Awaitable[None]]) -> None:
         self.repair = repair
 
-    def post(self) -> None:
+    async def post(self) -> None:
+        try:
+            await self.repair()
+        except DocraftError as exc:
+            self.send_error_for(exc)
+            return
         self.write_json({"repairing": True}, status=202)
-        self.repair()
 
 
 class ShardWriteHandler(JSONHandler):
@@ -276,7 +297,7 @@ def router_routes(router: Router) -> Routes:
     ]
 
 
-def shard_routes(service: ShardService, repair: Callable[[], None], fault_injection: bool) -> Routes:
+def shard_routes(service: ShardService, repair: Callable[[], Awaitable[None]], fault_injection: bool) -> Routes:
     """Routes of a replica: internal ones for routers, its digest, repair and the fault hook."""
     deps = {"service": service}
     routes: Routes = [

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import signal
-import sys
 from dataclasses import dataclass
 
 from tornado.httpserver import HTTPServer
@@ -25,6 +22,7 @@ from node.alerts import AlertBook
 from node.config import ClusterConfig, ReplicaConfig
 from node.handlers import NotFoundHandler, alert_routes, router_routes, schema_routes, shard_routes
 from node.monitor import IntegrityMonitor
+from node.repair import check_repair, restart_empty
 from node.router import Router
 from node.shard_client import ShardClient
 from node.shard_service import ShardService
@@ -59,9 +57,11 @@ def dispatcher(config: ClusterConfig, app: App, client: ShardClient | None = Non
 
 def replica_application(config: ClusterConfig, app: App, service: ShardService, fault_injection: bool) -> Application:
     """A replica's Tornado application: shard and admin routes plus the embedded router."""
-    router = Router(config, app, ShardClient(local=service))
+    client = ShardClient(local=service)
+    router = Router(config, app, client)
 
-    def repair() -> None:
+    async def repair() -> None:
+        await check_repair(config, service, client)
         asyncio.get_running_loop().call_later(0.2, restart_empty, service)
 
     routes = shard_routes(service, repair, fault_injection) + router_routes(router)
@@ -80,20 +80,6 @@ def start_replica(config: ClusterConfig, replica: ReplicaConfig, app: App) -> Sh
     )
     member = Replica(replica.raft, peers, state, replica.data_dir, config.secret, config.timings)
     return ShardService(member, replica)
-
-
-def restart_empty(service: ShardService) -> None:
-    """Repair: stop Raft, delete this replica's journal and snapshot, and restart the process.
-
-    The restarted replica has an empty log; its leader sends it the log or a
-    snapshot, so it holds exactly what the group agreed on. The process keeps
-    its pid (``exec``), so supervisors see no exit.
-    """
-    log.warning("repair: discarding local state in %s and restarting", service.config.data_dir)
-    service.replica.destroy_synchronous()
-    shutil.rmtree(service.config.data_dir, ignore_errors=True)
-    logging.shutdown()
-    os.execv(sys.executable, [sys.executable, "-m", "node.cli", *sys.argv[1:]])
 
 
 async def serve(application: Application, address: str) -> None:

@@ -133,3 +133,31 @@ def test_a_replica_that_lost_acknowledged_entries_does_not_vote_until_caught_up(
     cluster.leader_of("s0", timeout=20)
     wait_for(lambda: replica_status(cluster, victim)["fault"] is None, 30, f"{victim} caught up and voting")
     assert acked <= stored_ids(cluster, victim)
+
+
+def test_a_replica_whose_snapshot_cannot_be_loaded_takes_no_part_in_its_group(cluster_factory) -> None:
+    # At 46377ff PySyncObj logged the failed load and the replica went on voting and acknowledging
+    # with a partial state.
+    cluster = cluster_factory(shards=1, replicas=3)
+    leader = cluster.leader_of("s0")
+    victim, other = [r for r in cluster.replica_ids("s0") if r != leader]
+    with Writers(cluster.url, count=4) as writers:
+        writers.wait_for_more(50, timeout=20)
+    cluster.kill(victim, signal.SIGTERM)  # a graceful stop writes snapshot.json
+    snapshot = cluster.processes.config.replica(victim).data_dir / "snapshot.json"
+    assert snapshot.exists()
+    snapshot.write_text('{"state": {"format": 2, "collections": {"User": [{"id": "not an int"')
+    cluster.kill(leader, signal.SIGKILL)
+    cluster.restart(victim)
+    status = wait_for(lambda: (s := replica_status(cluster, victim)).get("fault") and s, 20, f"{victim} faulted")
+    assert status["fault"]["kind"] == "snapshot_unloadable", status
+
+    # It neither votes nor acknowledges: the other replica cannot be elected with it.
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:
+        roles = {r: replica_status(cluster, r)["role"] for r in (victim, other)}
+        assert "leader" not in roles.values(), f"a leader was elected with an unloadable replica: {roles}"
+        time.sleep(0.1)
+    code, body = cluster.get("/get_user", base=cluster.replica_url(victim), id=1, consistency="stale")
+    served = {s["replica"] for s in body.get("served_by", [])}
+    assert victim not in served, body
