@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from models.errors import ValidationError
+from models.json_values import copy_json
 from models.migrations import Step
 from models.types import Optional, Reference, ValueType, references_of, value_type_of
 
@@ -162,10 +163,11 @@ class Model:
 
     @classmethod
     def validate(cls, doc: Any) -> dict[str, Any]:
-        """Return ``doc`` checked against the model, defaults filled in.
+        """Return a new document: ``doc`` checked against the model, defaults filled in.
 
-        Raises ``ValidationError`` naming the first field at fault; unknown
-        fields are errors too, so a typo never silently drops data.
+        It shares no list with ``doc`` or the defaults, and is valid JSON
+        (floats are finite). Raises ``ValidationError`` naming the first field
+        at fault; unknown fields are errors too, so a typo never silently drops data.
         """
         if not isinstance(doc, dict):
             raise ValidationError(f"a {cls.name} must be a JSON object", model=cls.name)
@@ -177,7 +179,7 @@ class Model:
             if name not in doc:
                 if spec.required:
                     raise ValidationError(f"{cls.name}.{name} is required", model=cls.name, field=name)
-                out[name] = _copy_default(spec.default)
+                out[name] = copy_json(spec.default)
                 continue
             try:
                 out[name] = spec.type.check(doc[name])
@@ -204,7 +206,3 @@ class Model:
             except ValueError as exc:
                 raise ValidationError(f"{cls.name}.{name}: {exc}", model=cls.name, field=name) from None
         return cls.validate(doc)
-
-
-def _copy_default(default: Any) -> Any:
-    return list(default) if isinstance(default, list) else default

@@ -3,10 +3,12 @@
 A ``ValueType`` checks a JSON value (``check``) and parses the text a URL
 query string or a CSV cell carries (``parse``). Both raise ``ValueError``
 with a message a person can act on; callers add the field or parameter name.
+Every value they let through is valid JSON: floats are finite.
 """
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from typing import Any
@@ -35,16 +37,23 @@ class Scalar(ValueType):
         self.name = python_type.__name__
 
     def check(self, value: Any) -> Any:
+        """A float is finite (JSON has no NaN or infinity); an int given for one becomes a float."""
         kind = self.python_type
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
         if isinstance(value, bool) and kind is not bool:
             raise ValueError(f"expected {self.name}, got a boolean")
+        if kind is float and isinstance(value, int):
+            try:
+                return float(value)
+            except OverflowError:
+                raise ValueError("expected a finite float, got an integer too large for one") from None
         if not isinstance(value, kind):
             raise ValueError(f"expected {self.name}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"expected a finite float, got {value!r}")
         return value
 
     def parse(self, text: str) -> Any:
+        """Python's own syntax for ints and floats; ``nan``, ``inf`` and overflowing ``1e999`` are refused."""
         kind = self.python_type
         if kind is str:
             return text
@@ -56,9 +65,12 @@ class Scalar(ValueType):
                 return False
             raise ValueError(f"expected a boolean (true/false), got {text!r}")
         try:
-            return kind(text.strip())
+            value = kind(text.strip())
         except ValueError:
             raise ValueError(f"expected {self.name}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"expected a finite float, got {text!r}")
+        return value
 
 
 class Optional(ValueType):

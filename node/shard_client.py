@@ -27,7 +27,10 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 class ShardClient:
     """Calls ``/_shard/*`` on replicas; raises the ``DocraftError`` a replica answered with.
 
-    Connection failures and timeouts raise ``ShardUnavailable``.
+    Connection failures and timeouts raise ``ShardUnavailable``. A result is
+    the caller's to change on either path: decoded from the response, or, in
+    process, built by the shard service from copies of stored documents (see
+    ``query.collection``), so a router may embed related documents into it.
     """
 
     def __init__(self, local: ShardService | None = None, timeout: float = 5.0) -> None:

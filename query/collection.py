@@ -4,6 +4,14 @@ Documents are kept by primary key in a ``SortedDict``; every declared index
 is a ``SortedList`` of ``(value key, primary key)``. Mutating methods keep
 both in step; nothing here does I/O. Callers must pass documents already
 validated by the model.
+
+Reads are read-only: ``get``, ``all`` and ``scan_index`` return copies the
+caller owns, so no reader (app query code, a mutation, a lookup for
+``include=``, a router embedding related documents) can change what is
+stored behind ``put``'s back, where the content hash and rollback would miss
+it. The ``stored*`` accessors lend the stored documents themselves, for code
+that only reads them, such as the planner (it filters on them and copies only
+the page it returns): never change or hand out a lent document.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from typing import Any
 import ujson
 from sortedcontainers import SortedDict, SortedList
 
+from models.json_values import copy_document
 from models.model import Model
 from query.ordering import KEY_MAX, SortKey, value_key
 
@@ -43,13 +52,49 @@ class Collection:
     def __len__(self) -> int:
         return len(self.docs)
 
+    def __contains__(self, key: Any) -> bool:
+        """Whether a document with primary key ``key`` is stored."""
+        return value_key(key) in self.docs
+
     def get(self, key: Any) -> dict[str, Any] | None:
-        """The document with primary key ``key``, or ``None``. Do not mutate it."""
+        """A copy of the document with primary key ``key``, or ``None``."""
+        doc = self.stored(key)
+        return None if doc is None else copy_document(doc)
+
+    def all(self) -> list[dict[str, Any]]:
+        """Copies of every document, in primary-key order."""
+        return [copy_document(doc) for doc in self.docs.values()]
+
+    def scan_index(
+        self, field: str, low: SortKey | None, high: SortKey | None, reverse: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Copies of the documents whose ``field`` key lies in [low, high], in (field, primary key) order."""
+        return map(copy_document, self.stored_by_index(field, low, high, reverse))
+
+    def stored(self, key: Any) -> dict[str, Any] | None:
+        """The stored document with primary key ``key``, lent (see the module docstring), or ``None``."""
         doc: dict[str, Any] | None = self.docs.get(value_key(key))
         return doc
 
+    def stored_by_key(
+        self, low: SortKey | None = None, high: SortKey | None = None, reverse: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Stored documents, lent, in primary-key order, ``low`` to ``high`` inclusive (``None``: unbounded)."""
+        for pk in self.docs.irange(low, high, reverse=reverse):
+            yield self.docs[pk]
+
+    def stored_by_index(
+        self, field: str, low: SortKey | None, high: SortKey | None, reverse: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Stored documents, lent, whose ``field`` key lies in [low, high], in (field, primary key) order."""
+        index = self.indexes[field]
+        minimum = None if low is None else (low,)
+        maximum = None if high is None else (high, KEY_MAX)
+        for _, pk in index.irange(minimum, maximum, reverse=reverse):
+            yield self.docs[pk]
+
     def put(self, doc: dict[str, Any]) -> dict[str, Any] | None:
-        """Store ``doc`` (insert or replace); return the document it replaced."""
+        """Store ``doc`` (insert or replace), which the collection now owns; return the document it replaced."""
         pk = value_key(doc[self.model.primary_key])
         old: dict[str, Any] | None = self.docs.get(pk)
         if old is not None:
@@ -61,7 +106,7 @@ class Collection:
         return old
 
     def remove(self, key: Any) -> dict[str, Any] | None:
-        """Delete the document with primary key ``key``; return it, or ``None``."""
+        """Delete the document with primary key ``key``; return it (no longer stored), or ``None``."""
         pk = value_key(key)
         old: dict[str, Any] | None = self.docs.pop(pk, None)
         if old is not None:
@@ -72,24 +117,3 @@ class Collection:
         for name, index in self.indexes.items():
             index.remove((value_key(doc.get(name)), pk))
         self.content_hash = (self.content_hash - document_hash(self.model.name, doc)) % HASH_MODULUS
-
-    def scan_keys(
-        self, low: SortKey | None = None, high: SortKey | None = None, reverse: bool = False
-    ) -> Iterator[dict[str, Any]]:
-        """Documents in primary-key order, ``low`` to ``high`` inclusive (``None``: unbounded)."""
-        for pk in self.docs.irange(low, high, reverse=reverse):
-            yield self.docs[pk]
-
-    def scan_index(
-        self, field: str, low: SortKey | None, high: SortKey | None, reverse: bool = False
-    ) -> Iterator[dict[str, Any]]:
-        """Documents whose ``field`` key lies in [low, high], in (field, primary key) order."""
-        index = self.indexes[field]
-        minimum = None if low is None else (low,)
-        maximum = None if high is None else (high, KEY_MAX)
-        for _, pk in index.irange(minimum, maximum, reverse=reverse):
-            yield self.docs[pk]
-
-    def all(self) -> list[dict[str, Any]]:
-        """Every document, in primary-key order."""
-        return list(self.docs.values())

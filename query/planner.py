@@ -5,7 +5,9 @@ index range (or an index walk that yields the requested order), a primary-key
 range, and a full scan as the fallback. Every condition is re-checked on each
 candidate, so the access path only decides speed, never the answer. When the
 path does not yield documents in the requested order, results are collected
-and sorted (the plan says ``"sort": true``).
+and sorted (the plan says ``"sort": true``). Candidates are the collection's
+stored documents, lent; only the page's items are copied, so a find costs one
+copy per returned document, not per scanned one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import field as dataclass_field
 from typing import Any, Generic, TypeVar
 
 from models.errors import BadRequest
+from models.json_values import copy_document
 from models.model import Model
 from query.collection import Collection
 from query.ordering import SortKey, decode_cursor, encode_cursor, position, value_key
@@ -86,7 +89,8 @@ PageModel = TypeVar("PageModel")
 class Page(Generic[PageModel]):
     """One page of documents in (order_by, primary key) order; ``next`` resumes after it.
 
-    ``Page[User]`` in an endpoint's return annotation types its result for schema export.
+    ``items`` are copies the holder owns. ``Page[User]`` in an endpoint's
+    return annotation types its result for schema export.
     """
 
     items: list[dict[str, Any]]
@@ -137,22 +141,23 @@ def choose_plan(model: type[Model], where: Mapping[str, Condition], order_by: st
 
 
 def _candidates(collection: Collection, plan: Plan, where: Mapping[str, Condition]) -> Iterator[dict[str, Any]]:
+    """The stored documents the plan's access path visits, lent: read them, never change or return them."""
     reverse = plan.descending and not plan.sort
     on = plan.field or collection.model.primary_key
     if plan.access == "primary_key_lookup":
-        doc = collection.get(where[on])
+        doc = collection.stored(where[on])
         return iter(() if doc is None else (doc,))
     if plan.access == "index_equality":
         key = value_key(where[on])
-        return collection.scan_index(on, key, key, reverse)
+        return collection.stored_by_index(on, key, key, reverse)
     if plan.access in ("index_range", "index_order"):
         cond = where.get(on)
         low, high = (cond.low(), cond.high()) if isinstance(cond, Range) else (None, None)
-        return collection.scan_index(on, low, high, reverse)
+        return collection.stored_by_index(on, low, high, reverse)
     cond = where.get(collection.model.primary_key)
     if isinstance(cond, Range):
-        return collection.scan_keys(cond.low(), cond.high(), reverse)
-    return collection.scan_keys(reverse=reverse)
+        return collection.stored_by_key(cond.low(), cond.high(), reverse)
+    return collection.stored_by_key(reverse=reverse)
 
 
 def find(
@@ -165,7 +170,7 @@ def find(
     after: str | None = None,
     explain: bool = False,
 ) -> Page[Any]:
-    """Documents matching every condition in ``where``, one page of at most ``limit``.
+    """Copies of the documents matching every condition in ``where``, one page of at most ``limit``.
 
     ``after`` is a cursor from a previous page's ``next``. Raises ``BadRequest``
     for an unknown field or a bad cursor or limit.
@@ -194,7 +199,7 @@ def find(
             matching = (d for d in matching if position(d, order_by, pk) > start)
     items = list(itertools.islice(matching, limit + 1))
     more = len(items) > limit
-    items = items[:limit]
+    items = [copy_document(doc) for doc in items[:limit]]
     next_cursor = encode_cursor(items[-1], order_by, pk) if more and items else None
     return Page(
         items=items,

@@ -2,6 +2,10 @@
 
 A ``WriteView`` records an undo entry for every change, so the state machine
 can roll a failed mutation back and keep multi-document writes atomic.
+
+Every document either view hands out is a copy the endpoint owns: changing
+it changes nothing stored. The only way to change a document is ``insert``,
+``put``, ``update`` or ``delete``, which keep the content hash and undo log true.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from models.errors import DocumentNotFound, DuplicateKey, ValidationError
+from models.json_values import copy_document
 from models.model import Model
 from query.collection import Collection
 from query.planner import Condition, Page, find
@@ -23,7 +28,7 @@ class ReadView:
         self.explain = explain
 
     def get(self, model: type[Model], key: Any) -> dict[str, Any] | None:
-        """The document of ``model`` with primary key ``key``, or ``None``. Do not mutate it."""
+        """A copy of the document of ``model`` with primary key ``key``, or ``None``."""
         return self._collection_of(model).get(key)
 
     def find(
@@ -36,7 +41,7 @@ class ReadView:
         limit: int = 100,
         after: str | None = None,
     ) -> Page[Any]:
-        """One page of ``model``'s documents matching ``where``; see ``query.planner.find``."""
+        """One page of copies of ``model``'s documents matching ``where``; see ``query.planner.find``."""
         return find(
             self._collection_of(model),
             where or {},
@@ -62,48 +67,45 @@ class WriteView(ReadView):
         self.undo: list[tuple[Collection, Any, dict[str, Any] | None]] = []
 
     def insert(self, model: type[Model], doc: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate and store a new document; raises ``DuplicateKey`` if its key is taken."""
+        """Validate and store a new document and return a copy; raises ``DuplicateKey`` if its key is taken."""
         clean = model.validate(doc)
         collection = self._collection_of(model)
         key = clean[model.primary_key]
-        if collection.get(key) is not None:
+        if key in collection:
             raise DuplicateKey(
                 f"{model.name} with {model.primary_key}={key!r} already exists",
                 model=model.name,
                 key=key,
             )
-        self._store(collection, clean)
-        return clean
+        return self._store(collection, clean)
 
     def put(self, model: type[Model], doc: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate and store a document, replacing any with the same key."""
-        clean = model.validate(doc)
-        self._store(self._collection_of(model), clean)
-        return clean
+        """Validate and store a document, replacing any with the same key; return a copy."""
+        return self._store(self._collection_of(model), model.validate(doc))
 
     def update(self, model: type[Model], key: Any, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply ``changes`` to an existing document; raises ``DocumentNotFound``."""
+        """Apply ``changes`` to an existing document and return a copy; raises ``DocumentNotFound``."""
         collection = self._collection_of(model)
-        current = collection.get(key)
+        current = collection.stored(key)  # lent: read only, validate() builds the new document
         if current is None:
             raise DocumentNotFound(f"no {model.name} with {model.primary_key}={key!r}", model=model.name, key=key)
-        clean = model.validate({**current, **changes, model.primary_key: key})
-        self._store(collection, clean)
-        return clean
+        return self._store(collection, model.validate({**current, **changes, model.primary_key: key}))
 
     def delete(self, model: type[Model], key: Any) -> dict[str, Any]:
-        """Remove a document and return it; raises ``DocumentNotFound``."""
+        """Remove a document and return a copy of it; raises ``DocumentNotFound``."""
         collection = self._collection_of(model)
         old = collection.remove(key)
         if old is None:
             raise DocumentNotFound(f"no {model.name} with {model.primary_key}={key!r}", model=model.name, key=key)
-        self.undo.append((collection, key, old))
-        return old
+        self.undo.append((collection, key, old))  # the original, for rollback; the endpoint gets a copy
+        return copy_document(old)
 
-    def _store(self, collection: Collection, doc: dict[str, Any]) -> None:
+    def _store(self, collection: Collection, doc: dict[str, Any]) -> dict[str, Any]:
+        """Store ``doc`` (the collection owns it from now on) and return a copy for the endpoint."""
         self._check_references(collection.model, doc)
         key = doc[collection.model.primary_key]
         self.undo.append((collection, key, collection.put(doc)))
+        return copy_document(doc)
 
     def _check_references(self, model: type[Model], doc: dict[str, Any]) -> None:
         """A co-located child must reference a parent that exists (it is on this shard).
@@ -115,7 +117,7 @@ class WriteView(ReadView):
         if parent is None or not model.co_located_with(parent):
             return
         value = doc[key_field.name]
-        if self._collection_of(parent).get(value) is None:
+        if value not in self._collection_of(parent):
             raise ValidationError(
                 f"{model.name}.{key_field.name}: no {parent.name} with {parent.primary_key}={value!r}",
                 model=model.name,
