@@ -1,9 +1,11 @@
 """Admin alerts: raised and cleared by the integrity monitor, delivered three ways.
 
 An alert is active from ``raise_alert`` until ``clear`` (for example when the
-replica agrees again after ``docraft repair``). Raising logs one ERROR line
-and POSTs the alert as JSON to every webhook of the cluster file, in the
-background with retries and backoff: delivery never blocks a request.
+replica agrees again after ``docraft repair``); its kind is one of ``KINDS``,
+and its replica is ``None`` for a shard-wide alert (``no_majority``,
+``no_leader``). Raising logs one ERROR line and POSTs the alert as JSON to
+every webhook of the cluster file, in the background with retries and
+backoff: delivery never blocks a request.
 ``GET /_admin/alerts`` shows the active alerts and the most recent ones.
 """
 
@@ -21,7 +23,17 @@ from tornado.httpclient import AsyncHTTPClient
 
 log = logging.getLogger("docraft.alerts")
 
-KINDS = ("divergence", "code_mismatch", "replica_unreachable", "no_majority")
+# Every kind the monitor raises; README.md's alerts table describes each.
+KINDS = (
+    "divergence",
+    "code_mismatch",
+    "replica_unreachable",
+    "no_majority",
+    "apply_stalled",
+    "no_leader",
+    "entries_lost",
+    "snapshot_unloadable",
+)
 
 
 @dataclass
@@ -34,6 +46,10 @@ class Alert:
     message: str
     raised_at: float = field(default_factory=time.time)
     cleared_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown alert kind {self.kind!r} (known: {', '.join(KINDS)})")
 
     @property
     def key(self) -> tuple[str, str, str | None]:

@@ -76,17 +76,22 @@ class DispatcherConfig:
 
 @dataclass(frozen=True)
 class IntegrityConfig:
-    """Divergence detection: digests on replicas, the monitor in the dispatcher.
+    """Divergence and liveness detection: digests on replicas, the monitor in the dispatcher.
 
     ``digests`` off is for measuring their cost only: the monitor then has
     nothing to compare. A replica is ``replica_unreachable`` after
-    ``unreachable_after`` seconds without an answer.
+    ``unreachable_after`` seconds without an answer, and ``apply_stalled``
+    when it has not applied an entry ``apply_stall_after`` seconds after
+    reporting it committed. A shard is ``no_leader`` after ``no_leader_after``
+    seconds in which no answering replica led it.
     """
 
     digests: bool = True
     checkpoint_interval: int = 50
     monitor_interval: float = 1.0
     unreachable_after: float = 3.0
+    apply_stall_after: float = 5.0
+    no_leader_after: float = 3.0
 
 
 @dataclass(frozen=True)
