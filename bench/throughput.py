@@ -190,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --start: replicas keep no state digests (to measure their cost)",
     )
+    parser.add_argument(
+        "--fsync",
+        action="store_true",
+        help="with --start: [raft] fsync = true, each replica flushes its journal before acknowledging",
+    )
 
     args = parser.parse_args(argv)
 
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tempfile.mkdtemp(prefix="docraft-bench-"))
         (folder / "cluster.toml").write_text(
             Layout(port=args.port, raft_port=args.port - 500).render(
-                "examples.people", {"integrity": {"digests": not args.no_digests}}
+                "examples.people", {"integrity": {"digests": not args.no_digests}, "raft": {"fsync": args.fsync}}
             )
         )
         cluster = LocalCluster(load_config(folder / "cluster.toml"), "examples.people", folder / "logs")
