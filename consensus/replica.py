@@ -235,7 +235,7 @@ class Replica(SyncObj):  # type: ignore[misc]
             # The state is partial; applying onto it would only make garbage. Repair replaces it.
             return ReplicaFaulted(self.fault.message).to_json()
         with self._lock:
-            return self.state_machine.apply(ujson.loads(command), index, command)
+            return self.state_machine.apply_entry(command, index)
 
     # -- PySyncObj fix: keep the leader's pipeline from moving backwards -----
 
@@ -465,7 +465,8 @@ class Replica(SyncObj):  # type: ignore[misc]
 def _settle(futures: list[asyncio.Future[Result]], result: Result | None, error: int) -> None:
     """Hand a committed entry's result (one per command of a batch) or its failure to the waiters."""
     if error == FAIL_REASON.SUCCESS and result is not None:
-        results = result["ok"] if len(futures) > 1 else [result]
+        # A batch's result holds one result per command, unless the batch failed as a whole.
+        results = result["ok"] if len(futures) > 1 and "ok" in result else [result] * len(futures)
         for future, one in zip(futures, results, strict=True):
             if not future.done():
                 future.set_result(one)

@@ -1,51 +1,55 @@
 """The pure, deterministic state machine of one shard.
 
-Every replica feeds it the same committed commands in the same order and so
-holds the same state. It does no I/O and reads no clock or randomness: time
+Every replica feeds it the same committed log entries in the same order and
+so holds the same state. It does no I/O and reads no clock or randomness: time
 and request ids arrive inside the command, stamped by the leader. Two state
-machines fed the same commands produce byte-identical snapshots.
+machines fed the same entries produce byte-identical snapshots.
 
-Commands are JSON objects:
+A log entry is the JSON encoding of one command, an object:
 
     {"type": "mutation", "endpoint": NAME, "args": {...}, "request_id": ID, "time": T}
     {"type": "insert_batch", "model": NAME, "docs": [...], "request_id": ID, "time": T}
+    {"type": "migrate", "model": NAME, "to": VERSION, "request_id": ID}
+    {"type": "set_fingerprint", "fingerprint": F, "initial": bool}
     {"type": "noop"}
     {"type": "batch", "commands": [...]}   several commands in one log entry
-    {"type": "set_fingerprint", "fingerprint": F, "initial": bool}
 
-``apply`` returns ``{"ok": value}`` or ``{"error": {...}}`` (the one error
-shape). A command whose ``request_id`` was applied before returns the first
-result again without changing anything, so a retried write is applied once.
+``StateMachine.COMMANDS`` maps each type to its handler. Applying returns
+``{"ok": value}`` or ``{"error": {...}}`` (the one error shape) and never
+raises: an entry that every replica applies must not stop them all, so bad
+input, app bugs and docraft bugs alike become error results, the same bytes
+on every replica. A command whose ``request_id`` was applied before returns
+the first result again without changing anything, so a retried write is
+applied once.
 
-Integrity: ``digest()`` combines a running hash of every applied command and
-its result with a hash of the current contents; ``checkpoints`` records the
-digest at every ``checkpoint_interval``-th log index. Replicas fed the same
-log have equal digests at equal indexes, so comparing them finds a replica
-whose state changed outside the log. The cluster's code fingerprint is part of
-the state: a machine whose local fingerprint differs applies nothing but
-``set_fingerprint`` and answers ``code_mismatch``.
+Integrity (``consensus.digests``): the digest folds every entry and its
+result into a running hash, with a hash of the contents; checkpoints keep it
+at every ``checkpoint_interval``-th log index. The cluster's code fingerprint
+is part of the state: a machine whose local fingerprint differs applies
+nothing but ``set_fingerprint`` and answers ``code_mismatch``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections import OrderedDict, deque
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import ujson
 
+from consensus import migration
+from consensus.digests import CHECKPOINTS_KEPT as CHECKPOINTS_KEPT
+from consensus.digests import IntegrityLog
 from models.errors import (
     BadRequest,
     CodeMismatch,
     DocraftError,
     EndpointFailed,
-    MigrationPending,
     MigrationRefused,
-    NotFound,
     ValidationError,
 )
-from models.migrations import steps_between
 from models.model import Model
 from query.app import App
 from query.collection import HASH_MODULUS, Collection
@@ -54,16 +58,37 @@ from query.planner import Page
 from query.views import ReadView, WriteView
 
 Result = dict[str, Any]
+Handler = Callable[["StateMachine", dict[str, Any], WriteView], Result]
 
 SNAPSHOT_FORMAT = 2
-CHECKPOINTS_KEPT = 64
+
+
+@dataclass(frozen=True)
+class Command:
+    """One row of the command table: the handler and the rules applied before it runs.
+
+    A handler returns the command's result and raises a ``DocraftError`` to
+    refuse. It writes documents only through the ``WriteView`` it is given,
+    which is rolled back if it raises or returns a result that is not JSON;
+    any other change it makes (a version, the fingerprint) comes last, after
+    everything that can fail.
+    """
+
+    handler: Handler
+    needs_cluster_code: bool  # refused with code_mismatch while this replica runs other app code
+    needs_migrated_data: bool  # refused with migration_pending while stored documents are behind the code
+    remembered: bool  # its result is kept under its request id
+
+
+class NotJSON(ValueError):
+    """A value that ujson cannot encode as strict JSON, or that does not decode back to JSON types."""
 
 
 class StateMachine:
     """Collections of one shard plus the memory of recent request ids.
 
-    Not thread-safe: the replica calls ``apply`` from the Raft thread only and
-    reads run on the same thread or between applies.
+    Not thread-safe: the replica calls ``apply_entry`` from the Raft thread
+    only and reads run on the same thread or between applies.
     """
 
     def __init__(
@@ -79,17 +104,12 @@ class StateMachine:
         self.local_fingerprint = local_fingerprint
         self.checkpoint_interval = checkpoint_interval
         self.digests = digests
-        self.collections: dict[str, Collection] = {}
-        self.recent: OrderedDict[str, Result] = OrderedDict()
         self._reset()
 
     def _reset(self) -> None:
         self.collections = {name: Collection(model) for name, model in sorted(self.app.models.items())}
-        self.recent = OrderedDict()
-        self.log_hash = bytes(16)
-        self.applied_index = 0
-        self.next_checkpoint = self.checkpoint_interval
-        self.checkpoints: deque[tuple[int, str]] = deque(maxlen=CHECKPOINTS_KEPT)
+        self.recent: OrderedDict[str, Result] = OrderedDict()
+        self.integrity_log = IntegrityLog(self._content_hash, self.checkpoint_interval, self.digests)
         self.fingerprint: str | None = None
         # The model version each collection's documents were written with; a
         # migration rewrites a whole collection in one command, so one per collection.
@@ -103,238 +123,233 @@ class StateMachine:
     def collection(self, model: type[Model]) -> Collection:
         return self.collections[model.name]
 
-    # -- writes -------------------------------------------------------------
+    # -- applying log entries -------------------------------------------------
+
+    def apply_entry(self, raw: bytes, index: int) -> Result:
+        """Decode and apply the Raft log entry ``raw`` at ``index``; return its result. Never raises.
+
+        What the replica calls for every committed entry. Bytes that are not
+        JSON give a ``bad_request`` result like any other malformed command:
+        raising here would make the Raft library retry the same entry forever,
+        on every replica. The digest folds ``raw`` as it is.
+        """
+        try:
+            command = ujson.loads(raw)
+        except Exception:  # not JSON, not UTF-8, nested too deep, not bytes: all mean "not a command"
+            return self._applied(index, raw, lambda: _encoded(BadRequest("the log entry is not JSON").to_json()))
+        return self.apply(command, index, raw)
 
     def apply(self, command: Any, index: int | None = None, raw: bytes | None = None) -> Result:
-        """Apply one committed command and return its result; never raises for bad input.
+        """Apply one decoded command and return its result. Never raises.
 
         ``index`` is the command's Raft log index (checkpoints are kept by
         index); ``raw`` is the log entry's bytes when the caller has them, so
         the digest folds them instead of encoding the command again. Results
-        hold nothing process-specific (no reprs, addresses or hash orders), and
-        are built in a fixed key order, so every replica encodes the same bytes.
+        are strict JSON (no NaN or infinity), hold nothing process-specific
+        (no reprs, addresses or hash orders), and are built in a fixed key
+        order, so every replica encodes the same bytes.
         """
-        if index is not None:
-            self._checkpoint_before(index)
-        result = self._apply(command)
-        if self.digests:
-            entry = raw if raw is not None else ujson.dumps(command, sort_keys=True).encode()
-            encoded = ujson.dumps(result, escape_forward_slashes=False).encode()
-            self.log_hash = hashlib.blake2b(self.log_hash + entry + encoded, digest_size=16).digest()
-        if index is not None:
-            self.applied_index = index
+        entry = raw if raw is not None else _canonical_entry(command)
+        return self._applied(index, entry, lambda: self._execute(command))
+
+    def _applied(self, index: int | None, entry: bytes, run: Callable[[], tuple[Result, bytes]]) -> Result:
+        self.integrity_log.before(index)
+        result, encoded = run()
+        self.integrity_log.after(index, entry, encoded)
         return result
 
-    def _checkpoint_before(self, index: int) -> None:
-        if self.next_checkpoint >= index:
-            return
-        digest = self.digest()
-        while self.next_checkpoint < index:
-            self.checkpoints.append((self.next_checkpoint, digest))
-            self.next_checkpoint += self.checkpoint_interval
+    def _execute(self, command: Any) -> tuple[Result, bytes]:
+        """The result of one command and its encoding; never raises.
 
-    def digest(self) -> str:
-        """Hex digest of everything applied so far and of the current contents."""
-        contents = sum(c.content_hash for c in self.collections.values()) % HASH_MODULUS
-        return hashlib.blake2b(self.log_hash + contents.to_bytes(16, "big"), digest_size=16).hexdigest()
+        Handlers run in ``_transaction``, which rolls their writes back on any
+        failure. This guard is the last resort for a bug in the checks around
+        them, which change nothing until the result is remembered, last.
+        """
+        try:
+            return self._step(command)
+        except Exception as exc:
+            return _internal_error(exc)
 
-    def integrity(self) -> dict[str, Any]:
-        """What the integrity monitor compares: current digest, checkpoints, code fingerprints."""
-        return {
-            "applied_index": self.applied_index,
-            "digest": self.digest(),
-            "checkpoints": [list(c) for c in self.checkpoints],
-            "fingerprint": {"cluster": self.fingerprint, "local": self.local_fingerprint, "ok": self.code_ok},
-        }
+    def _step(self, command: Any) -> tuple[Result, bytes]:
+        """The checks every command passes, in order, then its row of ``COMMANDS``.
 
-    def _apply(self, command: Any) -> Result:
+        A malformed envelope, a refusal for code mismatch or a pending
+        migration change nothing and are not remembered; a retried request id
+        gets its first result.
+        """
         if not isinstance(command, dict):
-            return BadRequest("a command must be a JSON object").to_json()
+            return _encoded(BadRequest("a command must be a JSON object").to_json())
         request_id = command.get("request_id")
         if request_id is not None and not isinstance(request_id, str):
-            return BadRequest("request_id must be a string").to_json()
+            return _encoded(BadRequest("request_id must be a string").to_json())
         if request_id is not None and request_id in self.recent:
-            return self.recent[request_id]
+            remembered = self.recent[request_id]
+            return remembered, _encode(remembered)
         stamp = command.get("time", 0.0)
         if not isinstance(stamp, int | float) or isinstance(stamp, bool) or not _finite(stamp):
-            return BadRequest("time must be a finite number").to_json()
+            return _encoded(BadRequest("time must be a finite number").to_json())
         kind = command.get("type")
-        if kind == "set_fingerprint":
-            return self._set_fingerprint(command)
-        if kind not in ("noop", "batch") and not self.code_ok:
-            return CodeMismatch(
-                "this replica runs app code other than the cluster's; it applies nothing until fixed",
-                cluster=self.fingerprint,
-                local=self.local_fingerprint,
-            ).to_json()
-        if kind in ("mutation", "insert_batch") and (pending := self._pending_migration()):
-            return pending.to_json()
-        if kind == "migrate":
-            return self._migrate(command)
-        if kind == "mutation":
-            result = self._mutation(command)
-        elif kind == "insert_batch":
-            result = self._insert_batch(command)
-        elif kind == "noop":
-            result = {"ok": None}
-        elif kind == "batch":
-            return self._batch(command)
-        else:
-            result = BadRequest(f"unknown command type {kind!r}").to_json()
-        if request_id is not None:
+        spec = self.COMMANDS.get(kind, UNKNOWN) if isinstance(kind, str) else UNKNOWN
+        if spec.needs_cluster_code and not self.code_ok:
+            return _encoded(self._code_mismatch().to_json())
+        if spec.needs_migrated_data and (pending := migration.pending(self.app, self.versions)):
+            return _encoded(pending.to_json())
+        result, encoded = self._transaction(spec.handler, command)
+        if request_id is not None and spec.remembered:
             self._remember(request_id, result)
-        return result
+        return result, encoded
 
-    def _view(self, command: dict[str, Any]) -> WriteView:
-        return WriteView(self.collection, float(command.get("time", 0.0)), command.get("request_id") or "")
-
-    def _mutation(self, command: dict[str, Any]) -> Result:
-        view = self._view(command)
-        name = str(command.get("endpoint"))
+    def _transaction(self, handler: Handler, command: dict[str, Any]) -> tuple[Result, bytes]:
+        """Run ``handler``; on any exception, or a result that is not JSON, undo its writes."""
+        view = WriteView(self.collection, float(command.get("time", 0.0)), command.get("request_id") or "")
         try:
-            endpoint = self.app.endpoint(name)
-            if endpoint.kind != "mutation":
-                raise BadRequest(f"{endpoint.name} is a query, not a mutation")
-            args = command.get("args", {})
-            if not isinstance(args, dict) or set(args) - set(endpoint.params):
-                raise BadRequest(f"{name} takes the arguments {sorted(endpoint.params)}")
-            return {"ok": endpoint(view, **args)}
+            return _json_result(handler(self, command, view))
         except DocraftError as exc:
             view.rollback()
-            return exc.to_json()
-        except Exception as exc:  # a bug in app code: rolled back, reported the same on every replica
+            return _error_result(exc)
+        except Exception as exc:  # a bug in docraft's own handler, or a result that is not JSON
             view.rollback()
-            # Only the type name: an exception's text may hold reprs with process-specific addresses.
-            return EndpointFailed(f"{name} raised {type(exc).__name__}").to_json()
+            return _internal_error(exc)
 
-    def _batch(self, command: dict[str, Any]) -> Result:
-        """Apply each command in order, each with its own result and request id."""
-        commands = command.get("commands")
-        if not isinstance(commands, list) or any(c.get("type") == "batch" for c in commands if isinstance(c, dict)):
-            return BadRequest("a batch holds a list of commands, none of them a batch").to_json()
-        return {"ok": [self._apply(c) for c in commands]}
-
-    # -- migrations -----------------------------------------------------------
-
-    def _pending_migration(self) -> MigrationPending | None:
-        behind = [name for name, model in self.app.models.items() if self.versions.get(name) != model.version]
-        if not behind:
-            return None
-        name = sorted(behind)[0]
-        return MigrationPending(
-            f"{name} documents here are version {self.versions.get(name)}, the code's are version "
-            f"{self.app.models[name].version}: run docraft migrate",
-            model=name,
+    def _code_mismatch(self) -> CodeMismatch:
+        return CodeMismatch(
+            "this replica runs app code other than the cluster's; it applies nothing until fixed",
+            cluster=self.fingerprint,
+            local=self.local_fingerprint,
         )
-
-    def migration_plan(self, model_name: str, target: int, most: int = 50) -> Result:
-        """What migrating ``model_name`` to ``target`` would do here, changing nothing.
-
-        ``{"model", "from", "to", "documents", "failures": [{"key", "error"}]}``;
-        raises ``BadRequest`` when the code does not define version ``target``.
-        """
-        plan, _ = self._plan(model_name, target, most)
-        return plan
-
-    def _plan(self, model_name: str, target: int, most: int = 50) -> tuple[Result, list[dict[str, Any]]]:
-        """The migration plan and the documents as they would be after it."""
-        model = self.app.model(model_name)
-        if target != model.version:
-            raise BadRequest(f"the running code defines {model_name} version {model.version}, not {target}")
-        stored = self.versions.get(model.name, 1)
-        if stored > target:
-            raise BadRequest(f"{model_name} documents are already version {stored}; downgrades are not supported")
-        migrated, failures = self._migrated_documents(model, stored, target)
-        plan = {
-            "model": model.name,
-            "from": stored,
-            "to": target,
-            "documents": len(migrated) if stored != target else 0,
-            "failures": failures[:most],
-            "failure_count": len(failures),
-        }
-        return plan, migrated
-
-    def _migrated_documents(
-        self, model: type[Model], stored: int, target: int
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        steps = steps_between(model.migrations, stored, target)
-        migrated, failures = [], []
-        for doc in self.collections[model.name].all():
-            key = doc.get(model.primary_key)
-            try:
-                new = doc
-                for step in steps:
-                    new = step.apply(new)
-                migrated.append(model.validate(new))
-            except DocraftError as exc:
-                failures.append({"key": key, "error": exc.message})
-            except (ValueError, TypeError, KeyError) as exc:
-                failures.append({"key": key, "error": f"{type(exc).__name__} in a migration step"})
-        return migrated, failures
-
-    def _migrate(self, command: dict[str, Any]) -> Result:
-        """Rewrite every document of a model to the code's version in this one command, or none."""
-        try:
-            plan, migrated = self._plan(str(command.get("model")), int(command.get("to", 0)))
-        except DocraftError as exc:
-            return exc.to_json()
-        except (TypeError, ValueError):
-            return BadRequest("migrate needs a model name and an integer version").to_json()
-        if plan["failure_count"]:
-            return MigrationRefused(
-                f"{plan['failure_count']} {plan['model']} documents would fail validation", **plan
-            ).to_json()
-        model = self.app.model(plan["model"])
-        if plan["from"] != plan["to"]:
-            collection = self.collections[model.name]
-            for doc in migrated:
-                collection.put(doc)
-            self.versions[model.name] = plan["to"]
-        return {"ok": {"model": model.name, "from": plan["from"], "to": plan["to"], "documents": plan["documents"]}}
-
-    def _set_fingerprint(self, command: dict[str, Any]) -> Result:
-        """Record the cluster's code fingerprint; ``initial`` ones never replace a recorded one."""
-        fingerprint = command.get("fingerprint")
-        if not isinstance(fingerprint, str) or not fingerprint:
-            return BadRequest("set_fingerprint needs a fingerprint string").to_json()
-        if not (command.get("initial") and self.fingerprint is not None):
-            self.fingerprint = fingerprint
-        return {"ok": self.fingerprint}
-
-    def corrupt(self, collection: str, key: Any, fields: dict[str, Any]) -> dict[str, Any]:
-        """Fault injection for tests: change a document outside the log. Raises ``NotFound``."""
-        model = self.app.model(collection)
-        store = self.collections[model.name]
-        current = store.get(key)
-        if current is None:
-            raise NotFound(f"no {collection} with key {key!r} on this replica", key=key)
-        changed = {**current, **fields}
-        store.put(changed)
-        return changed
-
-    def _insert_batch(self, command: dict[str, Any]) -> Result:
-        """Insert documents one by one; each gets its own result so one bad row spoils nothing."""
-        try:
-            model = self.app.model(str(command.get("model")))
-        except DocraftError as exc:
-            return exc.to_json()
-        docs = command.get("docs")
-        if not isinstance(docs, list):
-            return ValidationError("insert_batch needs a list of documents").to_json()
-        view = self._view(command)
-        results: list[Result] = []
-        for doc in docs:
-            try:
-                results.append({"ok": view.insert(model, doc)[model.primary_key]})
-            except DocraftError as exc:
-                results.append(exc.to_json())
-        return {"ok": results}
 
     def _remember(self, request_id: str, result: Result) -> None:
         self.recent[request_id] = result
         while len(self.recent) > self.remembered_requests:
             self.recent.popitem(last=False)
+
+    # -- command handlers (see ``Command``) ----------------------------------------
+
+    def _mutation(self, command: dict[str, Any], view: WriteView) -> Result:
+        """Run an app mutation; its writes are undone if it raises or returns something not JSON."""
+        name = str(command.get("endpoint"))
+        endpoint = self.app.endpoint(name)
+        if endpoint.kind != "mutation":
+            raise BadRequest(f"{endpoint.name} is a query, not a mutation")
+        args = command.get("args", {})
+        if not isinstance(args, dict) or set(args) - set(endpoint.params):
+            raise BadRequest(f"{name} takes the arguments {sorted(endpoint.params)}")
+        try:
+            value = endpoint(view, **args)
+        except DocraftError:
+            raise
+        except Exception as exc:  # a bug in app code; only the type name: the text may hold addresses
+            raise EndpointFailed(f"{name} raised {type(exc).__name__}") from None
+        try:
+            return {"ok": _json_copy(value)}
+        except NotJSON:
+            raise EndpointFailed(f"{name} returned a value that is not JSON") from None
+
+    def _insert_batch(self, command: dict[str, Any], view: WriteView) -> Result:
+        """Insert documents one by one; each gets its own result so one bad row spoils nothing."""
+        model = self.app.model(str(command.get("model")))
+        docs = command.get("docs")
+        if not isinstance(docs, list):
+            raise ValidationError("insert_batch needs a list of documents")
+        results: list[Result] = []
+        for doc in docs:
+            try:
+                results.append({"ok": view.insert(model, doc)[model.primary_key]})
+            except DocraftError as exc:  # raised before the document is stored
+                results.append(exc.to_json())
+        return {"ok": results}
+
+    def _migrate(self, command: dict[str, Any], view: WriteView) -> Result:
+        """Rewrite every document of a model to the code's version in this one command, or none."""
+        model_name, target = command.get("model"), command.get("to")
+        if not isinstance(model_name, str) or not isinstance(target, int) or isinstance(target, bool):
+            raise BadRequest("migrate needs a model name and an integer version")
+        plan = migration.plan(self.app, self.collections, self.versions, model_name, target)
+        summary = plan.summary
+        if summary["failure_count"]:
+            count = summary["failure_count"]
+            raise MigrationRefused(f"{count} {plan.model.name} documents would fail to migrate or validate", **summary)
+        if summary["from"] != summary["to"]:
+            for doc in plan.documents:
+                view.put(plan.model, doc)
+            self.versions[plan.model.name] = summary["to"]
+        return {"ok": {key: summary[key] for key in ("model", "from", "to", "documents")}}
+
+    def _set_fingerprint(self, command: dict[str, Any], view: WriteView) -> Result:
+        """Record the cluster's code fingerprint; ``initial`` ones never replace a recorded one."""
+        fingerprint = command.get("fingerprint")
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise BadRequest("set_fingerprint needs a fingerprint string")
+        if not (command.get("initial") and self.fingerprint is not None):
+            self.fingerprint = fingerprint
+        return {"ok": self.fingerprint}
+
+    def _noop(self, command: dict[str, Any], view: WriteView) -> Result:
+        """Nothing: a new leader commits one to learn what is committed (Raft section 8)."""
+        return {"ok": None}
+
+    def _batch(self, command: dict[str, Any], view: WriteView) -> Result:
+        """Apply each command in order, each with its own result, request id and rollback."""
+        commands = command.get("commands")
+        if not isinstance(commands, list) or any(c.get("type") == "batch" for c in commands if isinstance(c, dict)):
+            raise BadRequest("a batch holds a list of commands, none of them a batch")
+        return {"ok": [self._execute(c)[0] for c in commands]}
+
+    def _unknown(self, command: dict[str, Any], view: WriteView) -> Result:
+        """Any type not in the table (``UNKNOWN``'s handler)."""
+        raise BadRequest(f"unknown command type {command.get('type')!r}")
+
+    COMMANDS: ClassVar[dict[str, Command]] = {
+        "mutation": Command(_mutation, needs_cluster_code=True, needs_migrated_data=True, remembered=True),
+        "insert_batch": Command(_insert_batch, needs_cluster_code=True, needs_migrated_data=True, remembered=True),
+        "migrate": Command(_migrate, needs_cluster_code=True, needs_migrated_data=False, remembered=False),
+        "set_fingerprint": Command(
+            _set_fingerprint, needs_cluster_code=False, needs_migrated_data=False, remembered=False
+        ),
+        "noop": Command(_noop, needs_cluster_code=False, needs_migrated_data=False, remembered=True),
+        "batch": Command(_batch, needs_cluster_code=False, needs_migrated_data=False, remembered=False),
+    }
+
+    # -- migrations -----------------------------------------------------------
+
+    def migration_plan(self, model_name: str, target: int, most: int = 50) -> Result:
+        """What migrating ``model_name`` to ``target`` would do here, changing nothing.
+
+        ``{"model", "from", "to", "documents", "failures": [{"key", "error"}], "failure_count"}``;
+        raises ``NotFound`` or ``BadRequest`` (see ``consensus.migration.plan``).
+        """
+        return migration.plan(self.app, self.collections, self.versions, model_name, target, most).summary
+
+    # -- integrity ------------------------------------------------------------
+
+    def _content_hash(self) -> int:
+        return sum(c.content_hash for c in self.collections.values()) % HASH_MODULUS
+
+    def digest(self) -> str:
+        """Hex digest of everything applied so far and of the current contents."""
+        return self.integrity_log.digest()
+
+    def integrity(self) -> dict[str, Any]:
+        """What the integrity monitor compares: applied index, digest, checkpoints, code fingerprints."""
+        return {
+            **self.integrity_log.report(),
+            "fingerprint": {"cluster": self.fingerprint, "local": self.local_fingerprint, "ok": self.code_ok},
+        }
+
+    @property
+    def applied_index(self) -> int:
+        """The log index of the newest entry applied with an index (0 before any)."""
+        return self.integrity_log.applied_index
+
+    @property
+    def log_hash(self) -> bytes:
+        """The running hash of every entry applied and its result."""
+        return self.integrity_log.log_hash
+
+    @property
+    def checkpoints(self) -> list[tuple[int, str]]:
+        """The newest checkpoints, ``(index, digest)``, oldest first."""
+        return list(self.integrity_log.checkpoints)
 
     # -- reads --------------------------------------------------------------
 
@@ -343,7 +358,7 @@ class StateMachine:
 
         Used to include related documents. Raises ``NotFound``/``BadRequest``.
         """
-        if pending := self._pending_migration():
+        if pending := migration.pending(self.app, self.versions):
             raise pending
         model = self.app.model(model_name)
         if field not in model.fields or not isinstance(values, list):
@@ -362,7 +377,7 @@ class StateMachine:
 
     def query(self, endpoint_name: str, args: dict[str, Any], explain: bool = False) -> Result:
         """Run a query endpoint on the local state; returns a page or a value as JSON."""
-        if pending := self._pending_migration():
+        if pending := migration.pending(self.app, self.versions):
             raise pending
         endpoint = self.app.endpoint(endpoint_name)
         if endpoint.kind != "query":
@@ -385,13 +400,7 @@ class StateMachine:
             "format": SNAPSHOT_FORMAT,
             "collections": {name: c.all() for name, c in self.collections.items()},
             "recent_requests": [[rid, result] for rid, result in self.recent.items()],
-            "integrity": {
-                "log_hash": self.log_hash.hex(),
-                "applied_index": self.applied_index,
-                "next_checkpoint": self.next_checkpoint,
-                "checkpoints": [list(c) for c in self.checkpoints],
-                "fingerprint": self.fingerprint,
-            },
+            "integrity": {**self.integrity_log.to_json(), "fingerprint": self.fingerprint},
             "versions": dict(self.versions),
         }
 
@@ -408,16 +417,71 @@ class StateMachine:
                 collection.put(doc)
         for rid, result in snapshot["recent_requests"]:
             self.recent[rid] = result
-        integrity = snapshot["integrity"]
-        self.log_hash = bytes.fromhex(integrity["log_hash"])
-        self.applied_index = integrity["applied_index"]
-        self.next_checkpoint = integrity["next_checkpoint"]
-        self.checkpoints.extend((index, digest) for index, digest in integrity["checkpoints"])
-        self.fingerprint = integrity["fingerprint"]
+        self.integrity_log.restore(snapshot["integrity"])
+        self.fingerprint = snapshot["integrity"]["fingerprint"]
         self.versions.update(snapshot.get("versions", {}))
 
     def document_count(self) -> dict[str, int]:
         return {name: len(c) for name, c in self.collections.items()}
+
+
+UNKNOWN = Command(StateMachine._unknown, needs_cluster_code=True, needs_migrated_data=False, remembered=True)
+
+
+def _encode(value: Any) -> bytes:
+    """``value`` as strict JSON bytes: raises ``NotJSON`` for NaN, infinities, bytes and other non-JSON types."""
+    try:
+        return ujson.dumps(value, escape_forward_slashes=False, allow_nan=False, reject_bytes=True).encode()
+    except Exception as exc:  # TypeError, OverflowError, or whatever a __json__ hook of app code raises
+        raise NotJSON(type(exc).__name__) from None
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of ``value`` made of JSON types only (what every replica and every reader sees).
+
+    Raises ``NotJSON`` when ``value`` cannot be encoded as strict JSON. ujson
+    encodes tuples as arrays and calls ``__json__``/``toDict`` hooks; the copy
+    is what decoding the encoding gives, so it holds lists and dicts only.
+    """
+    return _json_result(value)[0]
+
+
+def _json_result(value: Any) -> tuple[Any, bytes]:
+    """``value`` made of JSON types only, and its encoding; raises ``NotJSON``."""
+    encoded = _encode(value)
+    try:
+        return ujson.loads(encoded), encoded
+    except ValueError:  # a __json__ hook wrote text that is not JSON
+        raise NotJSON("the encoding does not decode") from None
+
+
+def _encoded(result: Result) -> tuple[Result, bytes]:
+    """A result docraft built from JSON values, with its encoding."""
+    return result, _encode(result)
+
+
+def _error_result(exc: DocraftError) -> tuple[Result, bytes]:
+    """The error's JSON body; one raised by app code with a message or details that are not JSON
+    is reported by type name instead."""
+    try:
+        return _json_result(exc.to_json())
+    except NotJSON:
+        return _encoded(
+            EndpointFailed(f"{type(exc).__name__} raised with a message or details that are not JSON").to_json()
+        )
+
+
+def _internal_error(exc: Exception) -> tuple[Result, bytes]:
+    """A bug in docraft itself, reported by the exception's type name (the ``internal`` code, 500)."""
+    return _encoded(DocraftError(f"docraft failed to apply the command ({type(exc).__name__})").to_json())
+
+
+def _canonical_entry(command: Any) -> bytes:
+    """The bytes the digest folds for a command applied without its log entry."""
+    try:
+        return ujson.dumps(command, sort_keys=True).encode()
+    except Exception:  # only callers holding Python objects get here (never the replica); same on every run
+        return f"<{type(command).__name__} that is not JSON>".encode()
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -425,7 +489,6 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _finite(number: float) -> bool:
-
     try:
         return math.isfinite(float(number))
     except OverflowError:

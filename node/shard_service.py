@@ -11,9 +11,10 @@ from typing import Any
 
 from consensus.replica import Replica
 from consensus.state_machine import Result, StateMachine
-from models.errors import BadRequest, CodeMismatch
+from models.errors import BadRequest, CodeMismatch, ReplicaFaulted
 from node.config import ReplicaConfig
 from node.consistency import Consistency
+from node.fault_injection import corrupt
 
 # Commands a router may propose; batches are made by the replica itself.
 ROUTED_COMMANDS = ("mutation", "insert_batch", "set_fingerprint", "migrate")
@@ -48,9 +49,12 @@ class ShardService:
 
 
         Raises ``NotLeader`` when a ``leader`` or ``linearizable`` read
-        reaches a follower.
+        reaches a follower, ``ReplicaFaulted`` when this replica does not
+        trust its own state.
         """
         consistency = Consistency.parse(request.get("consistency"))
+        if self.replica.fault is not None:
+            raise ReplicaFaulted(f"replica {self.config.id} serves nothing: {self.replica.fault.message}")
         if not self.replica.state_machine.code_ok:
             raise CodeMismatch(f"replica {self.config.id} runs app code other than the cluster's; it serves no data")
         if consistency is Consistency.LINEARIZABLE:
@@ -63,9 +67,12 @@ class ShardService:
         lookup = request.get("lookup")
         plan = request.get("migration_plan")
 
+        if isinstance(plan, dict) and (not isinstance(plan.get("to"), int) or isinstance(plan.get("to"), bool)):
+            raise BadRequest("a migration plan needs an integer version")
+
         def run(state: StateMachine) -> Result:
             if isinstance(plan, dict):
-                return state.migration_plan(str(plan.get("model")), int(plan.get("to") or 0))
+                return state.migration_plan(str(plan.get("model")), plan["to"])
             if isinstance(lookup, dict):
                 return state.lookup(str(lookup.get("model")), str(lookup.get("field")), lookup.get("values"))
             return state.query(endpoint, args, explain)
@@ -89,16 +96,34 @@ class ShardService:
         return served
 
     def integrity(self) -> dict[str, Any]:
-        """Digest, checkpoints and code fingerprints, read between applies."""
+        """Digest, checkpoints and code fingerprints, read between applies, with Raft progress.
+
+        ``applied_index`` is the state machine's, the index the digest is at.
+        ``raft_applied_index`` and ``commit_index`` are PySyncObj's, which also
+        count its own entries (no-ops the state machine never sees): the
+        monitor compares these two to find a replica that stopped applying.
+        ``role``, ``term`` and ``fault`` (a condition the replica found in
+        itself, or None) are as ``status()`` reports them.
+        """
         report = self.replica.read_locally(lambda state: state.integrity())
-        return {"replica": self.config.id, "shard": self.config.shard, **report}
+        raft = self.replica.status()
+        return {
+            "replica": self.config.id,
+            "shard": self.config.shard,
+            **report,
+            "raft_applied_index": raft["applied_index"],
+            "commit_index": raft["commit_index"],
+            "role": raft["role"],
+            "term": raft["term"],
+            "fault": raft.get("fault"),
+        }
 
     def corrupt(self, request: dict[str, Any]) -> dict[str, Any]:
         """Fault injection: change one local document without Raft (``--unsafe-fault-injection``)."""
         collection, key, fields = request.get("collection"), request.get("id"), request.get("fields")
         if not isinstance(collection, str) or key is None or not isinstance(fields, dict):
             raise BadRequest('corrupt takes {"collection": MODEL, "id": KEY, "fields": {...}}')
-        return self.replica.read_locally(lambda state: state.corrupt(collection, key, fields))
+        return self.replica.read_locally(lambda state: corrupt(state, collection, key, fields))
 
     def status(self) -> dict[str, Any]:
         """This replica's id, shard and Raft status."""

@@ -1,8 +1,10 @@
 """Integrity pieces one by one, without processes: digests and checkpoints, code identity,
-the monitor's judgement, the monitor with fake replicas, and alert delivery to webhooks.
+the monitor's judgement, its watch over applying and leadership (with explicit times), the
+monitor with fake replicas, and alert delivery to webhooks.
 
 The fake replicas stand in for the network only: each is a real ``StateMachine``
-whose ``integrity()`` report is what ``/_admin/digest`` would answer.
+whose ``integrity()`` report, with the Raft progress a replica adds, is what
+``/_admin/digest`` would answer.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from tornado.web import Application, RequestHandler
 
 from consensus.state_machine import CHECKPOINTS_KEPT, StateMachine
 from models.errors import NotFound, ShardUnavailable
-from node.alerts import Alert, AlertBook
+from node.alerts import KINDS, Alert, AlertBook
 from node.config import ClusterConfig, ReplicaConfig, ShardConfig, parse_config, render_config
-from node.monitor import IntegrityMonitor, Judgement, judge
+from node.fault_injection import corrupt
+from node.monitor import IntegrityMonitor, Judgement, Lag, ProgressWatch, judge, leader_of
 from query.app import load_app
 from query.fingerprint import app_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
 PEOPLE = load_app("examples.people")
 ROLLBACK = load_app("tests.apps.rollback_app")
 
@@ -148,7 +152,7 @@ def test_corrupt_changes_the_digest_of_that_machine_only() -> None:
     feed([first, second], [insert_user(i) for i in range(8)], GAPPY_INDEXES[:8])
     agreed = second.digest()
     assert first.digest() == agreed
-    changed = first.corrupt("User", 3, {"city": "Atlantis"})
+    changed = corrupt(first, "User", 3, {"city": "Atlantis"})
     assert changed == {**user(3), "address": "", "city": "Atlantis"}
     assert first.digest() != agreed
     assert second.digest() == agreed
@@ -156,7 +160,7 @@ def test_corrupt_changes_the_digest_of_that_machine_only() -> None:
     assert first.log_hash == second.log_hash
     assert list(first.checkpoints) == list(second.checkpoints)
     # the content hash follows the contents, however they were reached
-    first.corrupt("User", 3, {"city": ""})
+    corrupt(first, "User", 3, {"city": ""})
     assert first.digest() == agreed
 
 
@@ -164,7 +168,7 @@ def test_corrupt_of_a_missing_document_raises_not_found() -> None:
     machine = StateMachine(PEOPLE)
     before = machine.digest()
     with pytest.raises(NotFound):
-        machine.corrupt("User", 404, {"city": "x"})
+        corrupt(machine, "User", 404, {"city": "x"})
     assert machine.digest() == before
 
 
@@ -494,7 +498,138 @@ def test_judge_does_not_clear_a_replica_at_a_checkpoint_older_than_its_disagreem
     assert "r2" not in verdict.agreeing
 
 
-# -- 4. the monitor with fake replicas ----------------------------------------------------
+# -- 4. liveness: applying what is committed, and having a leader ---------------------------
+
+
+def raft(commit: int, applied: int, role: str = "follower", term: int = 1) -> dict[str, Any]:
+    """The Raft part of a replica's ``/_admin/digest`` answer."""
+    return {"commit_index": commit, "raft_applied_index": applied, "role": role, "term": term, "fault": None}
+
+
+STALL_AFTER, NO_LEADER_AFTER = 5.0, 3.0
+
+
+def watch() -> ProgressWatch:
+    return ProgressWatch(apply_stall_after=STALL_AFTER, no_leader_after=NO_LEADER_AFTER)
+
+
+def lagging_r1(commit: int, applied: int) -> dict[str, dict[str, Any] | None]:
+    """A round of shard s0 where r0 leads and is up to date, and r1 is at ``commit``/``applied``."""
+    return {"r0": raft(commit, commit, "leader"), "r1": raft(commit, applied)}
+
+
+def test_stall_is_raised_only_once_the_threshold_has_passed() -> None:
+    progress = watch()
+    for now in (100.0, 102.0, 104.9):
+        assert progress.observe("s0", lagging_r1(10, 7), now).stalled == {}
+    assert progress.observe("s0", lagging_r1(10, 7), 105.0).stalled == {"r1": Lag(target=10, applied=7, since=100.0)}
+    # the lag is judged from the first round that saw it, whatever happens to commit meanwhile
+    assert progress.observe("s0", lagging_r1(12, 7), 106.0).stalled == {"r1": Lag(target=10, applied=7, since=100.0)}
+
+
+def test_stall_clears_when_the_replica_applies_what_was_committed() -> None:
+    progress = watch()
+    progress.observe("s0", lagging_r1(10, 7), 100.0)
+    assert progress.observe("s0", lagging_r1(10, 9), 106.0).stalled.keys() == {"r1"}  # moving, not there yet
+    assert progress.observe("s0", lagging_r1(10, 10), 107.0).stalled == {}
+    assert progress.lags == {}
+
+
+@pytest.mark.parametrize(
+    ("applied_rate", "stalls"),
+    [
+        (10, False),  # applies everything within a second of seeing it committed, under load
+        (2, True),  # applies, but ever further behind what its group commits
+        (0, True),  # stuck on one entry (a poison entry retried forever)
+    ],
+)
+def test_stall_needs_applied_to_miss_a_committed_index_not_just_trail_a_moving_one(
+    applied_rate: int, stalls: bool
+) -> None:
+    progress = watch()
+    stalled_at = None
+    for second in range(20):
+        commit = 10 * (second + 1)  # commit ahead of applied at every single round
+        applied = min(applied_rate * second, commit - 1)
+        if progress.observe("s0", lagging_r1(commit, applied), 100.0 + second).stalled and stalled_at is None:
+            stalled_at = second
+    if stalls:
+        assert stalled_at is not None and stalled_at >= STALL_AFTER
+    else:
+        assert stalled_at is None
+
+
+def test_a_replica_that_did_not_answer_starts_afresh() -> None:
+    progress = watch()
+    progress.observe("s0", lagging_r1(10, 7), 100.0)
+    # paused through the threshold: silence is replica_unreachable's business
+    assert progress.observe("s0", {"r0": raft(10, 10, "leader"), "r1": None}, 106.0).stalled == {}
+    assert progress.observe("s0", lagging_r1(10, 7), 107.0).stalled == {}
+    assert progress.observe("s0", lagging_r1(10, 7), 111.9).stalled == {}
+    assert progress.observe("s0", lagging_r1(10, 7), 112.0).stalled == {"r1": Lag(10, 7, 107.0)}
+
+
+def test_a_replica_whose_applied_index_went_down_restarted_and_starts_afresh() -> None:
+    progress = watch()
+    progress.observe("s0", lagging_r1(10, 7), 100.0)
+    # replaying its log after a restart quicker than a round: applied went from 7 to 2
+    assert progress.observe("s0", lagging_r1(10, 2), 105.0).stalled == {}
+    assert progress.observe("s0", lagging_r1(10, 5), 109.0).stalled == {}
+    assert progress.observe("s0", lagging_r1(10, 5), 110.0).stalled == {"r1": Lag(10, 5, 105.0)}
+
+
+def test_no_leader_is_raised_only_after_the_threshold_and_cleared_when_a_leader_appears() -> None:
+    progress = watch()
+    electing = {"r0": raft(5, 5, "candidate", 3), "r1": raft(5, 5, "follower", 2), "r2": None}
+    for now in (100.0, 101.0, 102.9):
+        assert progress.observe("s0", electing, now).leaderless_for is None
+    assert progress.observe("s0", electing, 103.0).leaderless_for == 3.0
+    assert progress.observe("s0", electing, 104.5).leaderless_for == 4.5
+    elected = {**electing, "r0": raft(6, 6, "leader", 3)}
+    assert progress.observe("s0", elected, 105.0).leaderless_for is None
+    # leaderless again: the threshold counts from this new start
+    assert progress.observe("s0", electing, 106.0).leaderless_for is None
+    assert progress.observe("s0", electing, 108.9).leaderless_for is None
+    assert progress.observe("s0", electing, 109.0).leaderless_for == 3.0
+
+
+def test_a_shard_where_nobody_answers_has_no_leader() -> None:
+    progress = watch()
+    silent: dict[str, dict[str, Any] | None] = {"r0": None, "r1": None, "r2": None}
+    progress.observe("s0", silent, 100.0)
+    assert progress.observe("s0", silent, 103.0).leaderless_for == 3.0
+
+
+def test_shards_are_watched_separately() -> None:
+    progress = watch()
+    leaderless: dict[str, dict[str, Any] | None] = {"r0": raft(1, 1, "candidate")}
+    led: dict[str, dict[str, Any] | None] = {"q0": raft(1, 1, "leader")}
+    progress.observe("s0", leaderless, 100.0)
+    progress.observe("s1", led, 100.0)
+    assert progress.observe("s1", led, 104.0).leaderless_for is None
+    assert progress.observe("s0", leaderless, 104.0).leaderless_for == 4.0
+
+
+@pytest.mark.parametrize(
+    ("reports", "leader"),
+    [
+        ({"r0": raft(1, 1, "leader", 4), "r1": raft(1, 1, "follower", 4)}, "r0"),
+        # followers in the leader's term, the leader itself silent (paused, unreachable): no leader
+        ({"r1": raft(1, 1, "follower", 4), "r2": raft(1, 1, "follower", 4)}, None),
+        # a deposed leader still in its old term while the others elect in a newer one
+        ({"r0": raft(1, 1, "leader", 4), "r1": raft(1, 1, "candidate", 5)}, None),
+        # a lagging follower still in an older term does not unseat the current leader
+        ({"r0": raft(1, 1, "follower", 3), "r1": raft(1, 1, "leader", 4)}, "r1"),
+        ({}, None),
+    ],
+)
+def test_leader_of_counts_only_an_answering_leader_of_the_newest_term(
+    reports: dict[str, dict[str, Any]], leader: str | None
+) -> None:
+    assert leader_of(reports) == leader
+
+
+# -- 5. the monitor with fake replicas ----------------------------------------------------
 
 
 def cluster_config(**integrity: Any) -> ClusterConfig:
@@ -510,7 +645,11 @@ def cluster_config(**integrity: Any) -> ClusterConfig:
 
 
 class FakeReplicas:
-    """The monitor's client: each replica a real state machine; ``down`` ones do not answer."""
+    """The monitor's client: each replica a real state machine; ``down`` ones do not answer.
+
+    The Raft part of each report says s0r0 leads in term 1 and everyone has
+    applied all it committed, unless ``raft[replica]`` says otherwise.
+    """
 
     def __init__(self, config: ClusterConfig, fingerprints: dict[str, str] | None = None) -> None:
         fingerprints = fingerprints or {}
@@ -525,6 +664,7 @@ class FakeReplicas:
         }
         self.down: set[str] = set()
         self.asked: list[str] = []
+        self.raft: dict[str, dict[str, Any]] = {r: {} for r in self.machines}
 
     def feed(self, commands: list[dict[str, Any]], first_index: int = 1) -> None:
         for offset, command in enumerate(commands):
@@ -535,17 +675,31 @@ class FakeReplicas:
         self.asked.append(replica.id)
         if replica.id in self.down:
             raise ShardUnavailable(f"replica {replica.id} unreachable: fake", replica=replica.id)
-        report: dict[str, Any] = json_round_trip(self.machines[replica.id].integrity())
+        machine = self.machines[replica.id]
+        role = "leader" if replica.id == "s0r0" else "follower"
+        report: dict[str, Any] = json_round_trip(
+            {**machine.integrity(), **raft(machine.applied_index, machine.applied_index, role), **self.raft[replica.id]}
+        )
         return report
 
 
 def monitor_for(
-    config: ClusterConfig, replicas: FakeReplicas
+    config: ClusterConfig, replicas: FakeReplicas, clock: Clock | None = None
 ) -> tuple[IntegrityMonitor, AlertBook, set[str], ShardConfig]:
     alerts = AlertBook()
     flagged: set[str] = set()
-    monitor = IntegrityMonitor(config, replicas, alerts, flagged)  # type: ignore[arg-type]
+    monitor = IntegrityMonitor(config, replicas, alerts, flagged, clock or time.monotonic)  # type: ignore[arg-type]
     return monitor, alerts, flagged, config.shard("s0")
+
+
+class Clock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def active(alerts: AlertBook) -> set[tuple[str, str, str | None]]:
@@ -557,10 +711,14 @@ def alert_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_config_sections_reach_the_integrity_settings() -> None:
-    config = cluster_config(unreachable_after=0.25, monitor_interval=0.05)
+    config = cluster_config(unreachable_after=0.25, monitor_interval=0.05, apply_stall_after=7, no_leader_after=1.5)
     assert config.integrity.unreachable_after == 0.25
     assert config.integrity.monitor_interval == 0.05
     assert config.integrity.checkpoint_interval == 5
+    assert config.integrity.apply_stall_after == 7
+    assert config.integrity.no_leader_after == 1.5
+    defaults = cluster_config().integrity
+    assert (defaults.apply_stall_after, defaults.no_leader_after) == (5.0, 3.0)
 
 
 def test_monitor_raises_divergence_once_and_clears_it_when_the_replica_agrees(
@@ -574,7 +732,7 @@ def test_monitor_raises_divergence_once_and_clears_it_when_the_replica_agrees(
     async def scenario() -> None:
         await monitor.check(shard)
         assert active(alerts) == set() and flagged == set()
-        replicas.machines["s0r1"].corrupt("User", 4, {"country": "XX"})
+        corrupt(replicas.machines["s0r1"], "User", 4, {"country": "XX"})
         for _ in range(3):
             await monitor.check(shard)
             assert active(alerts) == {("divergence", "s0", "s0r1")}
@@ -585,7 +743,7 @@ def test_monitor_raises_divergence_once_and_clears_it_when_the_replica_agrees(
         assert len(alerts.recent) == 1
         assert len(alert_log_lines(caplog)) == 1
         # repaired: the replica agrees again, the alert clears and the flag lifts
-        replicas.machines["s0r1"].corrupt("User", 4, {"country": "FR"})
+        corrupt(replicas.machines["s0r1"], "User", 4, {"country": "FR"})
         await monitor.check(shard)
         assert active(alerts) == set() and flagged == set()
         recent = alerts.to_json()["recent"]
@@ -602,7 +760,7 @@ def test_monitor_keeps_flags_the_router_set_for_other_replicas() -> None:
     replicas.feed([insert_user(i) for i in range(3)])
     monitor, alerts, flagged, shard = monitor_for(config, replicas)
     flagged.add("elsewhere")
-    replicas.machines["s0r0"].corrupt("User", 1, {"city": "x"})
+    corrupt(replicas.machines["s0r0"], "User", 1, {"city": "x"})
     asyncio.run(monitor.check(shard))
     assert flagged == {"elsewhere", "s0r0"}
     assert monitor.flagged is flagged
@@ -616,13 +774,13 @@ def test_monitor_raises_no_majority_when_every_replica_differs() -> None:
     monitor, alerts, flagged, shard = monitor_for(config, replicas)
 
     async def scenario() -> None:
-        replicas.machines["s0r1"].corrupt("User", 1, {"city": "one"})
-        replicas.machines["s0r2"].corrupt("User", 1, {"city": "two"})
+        corrupt(replicas.machines["s0r1"], "User", 1, {"city": "one"})
+        corrupt(replicas.machines["s0r2"], "User", 1, {"city": "two"})
         await monitor.check(shard)
         assert active(alerts) == {("no_majority", "s0", None)}
         assert alerts.active[("no_majority", "s0", None)].index == 3
-        replicas.machines["s0r1"].corrupt("User", 1, {"city": ""})
-        replicas.machines["s0r2"].corrupt("User", 1, {"city": ""})
+        corrupt(replicas.machines["s0r1"], "User", 1, {"city": ""})
+        corrupt(replicas.machines["s0r2"], "User", 1, {"city": ""})
         await monitor.check(shard)
         assert active(alerts) == set() and flagged == set()
 
@@ -702,7 +860,7 @@ def test_divergent_replica_stays_flagged_when_a_healthy_replica_goes_silent() ->
     monitor, alerts, flagged, shard = monitor_for(config, replicas)
 
     async def scenario() -> None:
-        replicas.machines["s0r2"].corrupt("User", 11, {"city": "changed at 12"})
+        corrupt(replicas.machines["s0r2"], "User", 11, {"city": "changed at 12"})
         await monitor.check(shard)
         assert flagged == {"s0r2"}
         replicas.down.add("s0r1")
@@ -714,7 +872,129 @@ def test_divergent_replica_stays_flagged_when_a_healthy_replica_goes_silent() ->
     asyncio.run(scenario())
 
 
-# -- 5. alerts and webhooks ---------------------------------------------------------------
+def test_monitor_raises_apply_stalled_after_the_threshold_and_clears_it(caplog: pytest.LogCaptureFixture) -> None:
+    config = cluster_config(apply_stall_after=5.0)
+    replicas = FakeReplicas(config)
+    replicas.feed([insert_user(i) for i in range(3)])
+    clock = Clock()
+    monitor, alerts, flagged, shard = monitor_for(config, replicas, clock)
+    key = ("apply_stalled", "s0", "s0r1")
+
+    async def scenario() -> None:
+        replicas.raft["s0r1"] = {"commit_index": 9, "raft_applied_index": 6}
+        for _ in range(5):
+            await monitor.check(shard)
+            assert active(alerts) == set()
+            clock.now += 0.99
+        clock.now += 0.05
+        replicas.raft["s0r1"]["commit_index"] = 12  # the group goes on committing meanwhile
+        await monitor.check(shard)
+        assert active(alerts) == {key}
+        alert = alerts.active[key]
+        assert alert.index == 6
+        assert alert.message == (
+            "replica s0r1 has not applied log index 9 in the 5.0s since it reported it committed "
+            "(applied up to 6, committed up to 12)"
+        )
+        assert flagged == set()  # it serves what it applied; reads with a staleness bound go elsewhere
+        assert alert_log_lines(caplog) == [f"ALERT apply_stalled shard=s0 replica=s0r1 index=6: {alert.message}"]
+        replicas.raft["s0r1"] = {"commit_index": 12, "raft_applied_index": 12}
+        clock.now += 1.0
+        await monitor.check(shard)
+        assert active(alerts) == set()
+        assert [(a["kind"], a["active"]) for a in alerts.to_json()["recent"]] == [("apply_stalled", False)]
+
+    asyncio.run(scenario())
+
+
+def test_monitor_raises_no_leader_for_the_shard_and_clears_it_when_one_is_elected() -> None:
+    config = cluster_config(no_leader_after=3.0, unreachable_after=60.0)
+    replicas = FakeReplicas(config)
+    clock = Clock()
+    monitor, alerts, flagged, shard = monitor_for(config, replicas, clock)
+    key = ("no_leader", "s0", None)
+
+    async def scenario() -> None:
+        await monitor.check(shard)
+        replicas.raft["s0r0"] = {"role": "candidate", "term": 2}
+        replicas.raft["s0r1"] = {"role": "candidate", "term": 2}
+        replicas.down.add("s0r2")
+        started = clock.now = clock.now + 1.0
+        for elapsed in (0.0, 1.0, 2.0, 2.99):
+            clock.now = started + elapsed
+            await monitor.check(shard)
+            assert active(alerts) == set()
+        clock.now = started + 3.0
+        await monitor.check(shard)
+        assert active(alerts) == {key}
+        assert alerts.active[key].message == (
+            "shard s0 has had no leader for 3.0s "
+            "(s0r0: candidate in term 2; s0r1: candidate in term 2; s0r2: no answer)"
+        )
+        assert flagged == set()
+        replicas.raft["s0r1"] = {"role": "leader", "term": 2}
+        clock.now += 1.0
+        await monitor.check(shard)
+        assert active(alerts) == set()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("kind", "flags"), [("entries_lost", False), ("snapshot_unloadable", True)])
+def test_monitor_raises_a_fault_the_replica_reports_while_it_reports_it(kind: str, flags: bool) -> None:
+    config = cluster_config()
+    replicas = FakeReplicas(config)
+    replicas.feed([insert_user(i) for i in range(3)])
+    monitor, alerts, flagged, shard = monitor_for(config, replicas, Clock())
+    key = (kind, "s0", "s0r2")
+
+    async def scenario() -> None:
+        replicas.raft["s0r2"] = {"fault": {"kind": kind, "message": "it says why"}}
+        for _ in range(2):
+            await monitor.check(shard)
+            assert active(alerts) == {key}
+            assert flagged == ({"s0r2"} if flags else set())
+        assert alerts.active[key].message == "replica s0r2: it says why"
+        assert alerts.active[key].index == 3
+        assert len(alerts.recent) == 1
+        replicas.raft["s0r2"] = {}
+        await monitor.check(shard)
+        assert active(alerts) == set() and flagged == set()
+
+    asyncio.run(scenario())
+
+
+def test_a_flag_lifts_only_when_every_alert_that_flags_the_replica_has_cleared() -> None:
+    config = cluster_config()
+    replicas = FakeReplicas(config)
+    replicas.feed([insert_user(i) for i in range(3)])
+    monitor, alerts, flagged, shard = monitor_for(config, replicas, Clock())
+
+    async def scenario() -> None:
+        corrupt(replicas.machines["s0r1"], "User", 1, {"city": "x"})
+        replicas.raft["s0r1"] = {"fault": {"kind": "snapshot_unloadable", "message": "bad JSON"}}
+        await monitor.check(shard)
+        assert active(alerts) == {("divergence", "s0", "s0r1"), ("snapshot_unloadable", "s0", "s0r1")}
+        replicas.raft["s0r1"] = {}
+        await monitor.check(shard)
+        assert active(alerts) == {("divergence", "s0", "s0r1")}
+        assert flagged == {"s0r1"}
+        corrupt(replicas.machines["s0r1"], "User", 1, {"city": ""})
+        await monitor.check(shard)
+        assert active(alerts) == set() and flagged == set()
+
+    asyncio.run(scenario())
+
+
+# -- 6. alerts and webhooks ---------------------------------------------------------------
+
+
+def test_every_alert_kind_is_known_and_documented_in_the_readme() -> None:
+    assert {"apply_stalled", "no_leader", "entries_lost", "snapshot_unloadable"} <= set(KINDS)
+    for kind in KINDS:
+        assert f"| `{kind}` |" in README, f"alert kind {kind} is not in README.md's alerts table"
+    with pytest.raises(ValueError, match="unknown alert kind 'divergance'"):
+        Alert("divergance", "s0", "s0r1", None, {}, "a typo")
 
 
 def divergence(replica: str = "s0r1") -> Alert:

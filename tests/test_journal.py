@@ -87,7 +87,7 @@ def test_trimming_refuses_a_journal_that_does_not_hold_the_anchors(tmp_path: Pat
 
 
 def test_start_refuses_another_pysyncobj_release() -> None:
-    with pytest.raises(PySyncObjMismatch, match="0.3.17"):
+    with pytest.raises(PySyncObjMismatch, match=r"0\.3\.17"):
         check_pysyncobj("0.3.18")
     check_pysyncobj()
 

@@ -19,6 +19,7 @@ import ujson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import consensus.state_machine as state_machine_module
 from consensus.state_machine import SNAPSHOT_FORMAT, StateMachine
 from models.errors import BadRequest, EndpointFailed, NotFound
 from query.app import App, load_app
@@ -599,7 +600,12 @@ for i, args in enumerate([[1], "x", None, {"id": 1}, {"id": "1"}, {"nope": 1}]):
 for i, name in enumerate(["crash_with_an_address", "add_two_then_crash", "rewrite_then_crash"]):
     rollback.apply({"type": "mutation", "endpoint": name, "args": {"id": i}, "request_id": f"t{i}"})
 people.apply({"type": "insert_batch", "model": "User", "docs": [5, {"id": 1}], "request_id": "b"})
-print(ujson.dumps([people.snapshot(), rollback.snapshot()]))
+# results that are not JSON (sets, bytes, NaN, ...) and a log entry that is not JSON
+poison = StateMachine(load_app("tests.apps.bad_results_app"))
+for i, name in enumerate(sorted(poison.app.endpoints)):
+    poison.apply({"type": "mutation", "endpoint": name, "args": {"id": i}, "request_id": f"x{i}"}, index=i + 1)
+poison.apply_entry(b"\\xff not json", 99)
+print(ujson.dumps([people.snapshot(), rollback.snapshot(), poison.snapshot(), poison.digest()]))
 """
 
 
@@ -618,6 +624,13 @@ def test_error_results_are_the_same_in_every_process() -> None:
     ]
     assert outputs[0] == outputs[1]
     assert '"t0",{"error":{"code":"endpoint_failed","message":"crash_with_an_address raised TypeError"}}' in outputs[0]
+    assert '"message":"add_then_return_set returned a value that is not JSON"' in outputs[0]
+
+
+def test_every_command_type_has_one_handler_and_is_documented() -> None:
+    assert set(StateMachine.COMMANDS) == {"mutation", "insert_batch", "migrate", "set_fingerprint", "noop", "batch"}
+    doc = state_machine_module.__doc__ or ""
+    assert all(f'{{"type": "{kind}"' in doc for kind in StateMachine.COMMANDS)
 
 
 def test_query_errors_raise_docraft_errors() -> None:
