@@ -1,34 +1,44 @@
-"""Fault-injection benchmark: registers under kill, pause, partition and restart-all.
+"""Fault-injection benchmark: registers under crashes, pauses, partitions, restarts, repairs and lag.
 
-    python -m bench.fault --duration 120 --nemesis kill,pause,partition,restart-all --seed 7
+    python -m bench.fault --duration 120 --seed 7
+    python -m bench.fault --duration 60 --nemesis kill,restart,lag --compaction-entries 100 --keep
 
 Starts its own cluster (default 1 shard x 3 replicas + a dispatcher, app
-``bench.register_app``), runs concurrent clients that write, read
-(linearizable) and compare-and-set integer registers through the dispatcher
-while a nemesis injects faults, then heals everything, lets the cluster
-settle, reads every register a last time and checks:
+``bench.register_app``, a snapshot and journal compaction every
+``--compaction-entries`` log entries), runs concurrent clients that write,
+read (linearizable) and compare-and-set integer registers through the
+dispatcher while a nemesis (``bench.nemesis``) injects faults, then heals
+everything, lets the cluster settle, reads every register a last time and
+checks:
 
 1. the history of every key is linearizable (``bench.linearizability``);
-2. no acknowledged write is lost: each is the final value or was followed by
-   another write or swap of that key;
-3. the cluster recovers: after healing, a write succeeds within 5 s.
+2. no acknowledged write is lost: no read or cas, the final reads included,
+   that began after it completed saw a value it had overwritten for good;
+3. the cluster recovers: after healing, a write succeeds within 5 s;
+4. every fault ran to its end (a graceful stop exits 0, a repair does not
+   time out, a lagging follower catches up; a refused repair is skipped);
+5. no client got an answer it should never get under these faults (a 500);
+6. the integrity monitor raised no false alarm.
 
-Writes a JSON report and a PNG timeline (matplotlib) and exits 1 if any check
-fails. With ``partition`` each replica gets its own network namespace and
-address and links are cut with iptables; that needs root, and without it the
-partition nemesis is skipped with a message saying so.
+Writes a JSON report and a PNG timeline (matplotlib), removes its run
+directory (cluster file, data, logs) when everything passed unless
+``--keep`` is given, and exits 1 if any check fails. With ``partition`` each
+replica gets its own network namespace and address and links are cut with
+iptables; that needs root, and without it the partition nemesis is skipped
+with a message saying so.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
-import signal
+import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,130 +46,44 @@ from typing import Any
 import ujson
 from tornado.httpclient import AsyncHTTPClient
 
-from bench.linearizability import Op, check_history
-from bench.netns import NetworkUnavailable, TestNetwork, why_unavailable
-from node.config import load_config, render_config
-from node.launcher import LocalCluster
+from bench.linearizability import Op, check_history, lost_writes
+from bench.nemesis import NEMESES, Fault, Harness, Nemesis, SnapshotWatch, fetch
+from bench.netns import NetworkUnavailable, why_unavailable
 
 AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=256)
 
-NEMESES = ("kill", "pause", "partition", "restart-all")
-APP = "bench.register_app"
 RECOVERY_LIMIT = 5.0
-# Alerts that would be false under these faults: replicas lose no data, they only stop or lag.
-FALSE_ALARMS = ("divergence", "no_majority", "code_mismatch")
-
-
-@dataclass
-class Fault:
-    kind: str
-    target: str
-    start: float
-    end: float = 0.0
-    leader: bool = False
-    failover: float | None = None
+# Alerts that would be false under these faults: replicas lose nothing on disk, they only stop, lag or resync.
+FALSE_ALARMS = ("divergence", "no_majority", "code_mismatch", "entries_lost", "snapshot_unloadable")
 
 
 @dataclass
 class Run:
-    """Everything recorded during one benchmark run; times are seconds since the start."""
+    """Everything the workload recorded during one benchmark run; times are seconds since the start."""
 
     started: float = field(default_factory=time.monotonic)
     ops: list[Op] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     completions: list[tuple[float, str, str]] = field(default_factory=list)
-    faults: list[Fault] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)  # unexpected answers, the first 20 distinct ones
 
     def now(self) -> float:
         return time.monotonic() - self.started
 
-
-class Harness:
-    """The cluster under test, its processes and (optionally) its network."""
-
-    def __init__(self, root: Path, shards: int, replicas: int, port: int, partitions: bool) -> None:
-        self.network: TestNetwork | None = None
-        names = [f"s{s}r{r}" for s in range(shards) for r in range(replicas)]
-        if partitions:
-            self.network = TestNetwork(names)
-        layout = []
-        for s in range(shards):
-            members = []
-            for r in range(replicas):
-                name = f"s{s}r{r}"
-                n = s * replicas + r
-                if self.network is not None:
-                    host = self.network.address(name)
-                    members.append((name, f"{host}:7000", f"{host}:8000", name))
-                else:
-                    members.append((name, f"127.0.0.1:{port + 200 + n}", f"127.0.0.1:{port + 100 + n}", name))
-            layout.append((f"s{s}", members))
-        config_path = root / "cluster.toml"
-        config_path.write_text(render_config("fault-benchmark-secret-0", APP, layout, [("d0", f"127.0.0.1:{port}")]))
-        self.config = load_config(config_path)
-        prefixes = {name: self.network.prefix(name) for name in names} if self.network else {}
-        self.cluster = LocalCluster(self.config, APP, root / "logs", prefixes=prefixes)
-        self.url = f"http://127.0.0.1:{port}"
-        self.paused: set[str] = set()
-        self.dead: set[str] = set()
-
-    def replicas(self, shard: str = "s0") -> list[str]:
-        return [r.id for r in self.config.shard(shard).replicas]
-
-    async def leader(self, shard: str = "s0") -> str | None:
-        response = await AsyncHTTPClient().fetch(self.url + "/_admin/cluster", raise_error=False, request_timeout=3)
-        if response.code != 200:
-            return None
-        for entry in ujson.loads(response.body)["shards"]:
-            if entry["id"] == shard:
-                leader: str | None = entry["leader"]
-                return leader
-        return None
-
-    def kill(self, name: str) -> None:
-        process = self.cluster.processes[name]
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-        self.dead.add(name)
-
-    def restart(self, name: str) -> None:
-        self.cluster.start_replica(name)
-        self.dead.discard(name)
-
-    def pause(self, name: str) -> None:
-        self.cluster.processes[name].send_signal(signal.SIGSTOP)
-        self.paused.add(name)
-
-    def resume(self, name: str) -> None:
-        self.cluster.processes[name].send_signal(signal.SIGCONT)
-        self.paused.discard(name)
-
-    def heal(self) -> None:
-        for name in list(self.paused):
-            self.resume(name)
-        for name in list(self.dead):
-            self.restart(name)
-        if self.network is not None and self.network.partitioned:
-            self.network.heal()
-
-    def close(self) -> None:
-        for name in list(self.paused):
-            self.resume(name)
-        self.cluster.stop()
-        if self.network is not None:
-            self.network.close()
+    def record_error(self, answer: str) -> None:
+        if answer in self.errors or len(self.errors) < 20:
+            self.errors[answer] += 1
 
 
 # -- the workload -------------------------------------------------------------------------
 
 
-async def client(process: int, harness: Harness, run: Run, keys: int, rng: random.Random, until: float) -> None:
-    http = AsyncHTTPClient()
+async def client(process: int, harness: Harness, run: Run, keys: int, rng: random.Random, done: asyncio.Event) -> None:
+    """Write, read and cas random keys until ``done``; every written value is unique."""
     counter = 0
     last_seen: dict[int, int | None] = {}
-    while run.now() < until:
+    while not done.is_set():
         key = rng.randrange(keys)
         roll = rng.random()
         counter += 1
@@ -174,74 +98,47 @@ async def client(process: int, harness: Harness, run: Run, keys: int, rng: rando
             old = old if old is not None else rng.randrange(1, 10)
             kind, path, op_value = "cas", f"/reg_cas?key={key}&old={old}&new={value}", (old, value)
         invoke = run.now()
-        response = await http.fetch(harness.url + path, raise_error=False, request_timeout=15)
+        status, body = await fetch(harness.url + path, timeout=15)
         complete = run.now()
-        outcome, output = classify(kind, response.code, response.body)
+        outcome, output = classify(kind, status, body)
         run.outcomes[f"{kind}:{outcome}"] += 1
         run.completions.append((complete, kind, outcome))
         if outcome == "ok":
             run.ops.append(Op(process, key, kind, op_value, output, invoke, complete))
-            if kind == "read":
-                last_seen[key] = output
-            elif kind == "write":
-                last_seen[key] = value
-        elif outcome == "unknown" and kind != "read":
+            last_seen[key] = value if kind == "write" or (kind == "cas" and output == op_value[0]) else output
+        elif outcome != "fail" and kind != "read":
             run.ops.append(Op(process, key, kind, op_value, None, invoke, None))
+        if outcome == "error":
+            run.record_error(f"{kind} {status}: {body[:300].decode(errors='replace')}")
 
 
-def classify(kind: str, status: int, body: bytes | None) -> tuple[str, Any]:
-    """``ok`` (with the output), ``fail`` (certainly not applied) or ``unknown``."""
+def classify(kind: str, status: int, body: bytes) -> tuple[str, Any]:
+    """The outcome of one answer, and the op's output.
+
+    ``ok`` (the output: a cas's is the value it found), ``fail`` (certainly not
+    applied), ``unknown`` (may have applied) or ``error``: an answer a client
+    should never get under these faults (a 500, say), which for a write or cas
+    leaves its outcome unknown too.
+    """
     if status == 200:
         result = ujson.loads(body or b"null")["result"]
-        return "ok", result["swapped"] if kind == "cas" else result
+        return "ok", result["value"] if kind == "cas" else result
+    if status == 503 and _error_code(body) == "no_leader":
+        return "fail", None  # the router answers no_leader only when nothing was proposed
+    if status not in (504, 599):
+        return "error", None
     if kind == "read":
         return "fail", None  # a read that did not answer constrains nothing
-    if status == 503:
-        return "fail", None  # the router answers no_leader only when nothing was proposed
-    if status in (504, 599):
-        return "unknown", None  # outcome_unknown, or the client timed out / lost the connection
-    return "error", None
+    return "unknown", None  # outcome_unknown, or the client timed out / lost the connection
 
 
-# -- the nemesis ----------------------------------------------------------------------------
-
-
-async def nemesis(harness: Harness, run: Run, kinds: list[str], rng: random.Random, until: float) -> None:
-    while True:
-        await asyncio.sleep(rng.uniform(1.5, 3.0))
-        if run.now() >= until - 1:
-            return
-        kind = rng.choice(kinds)
-        leader = await harness.leader()
-        replicas = harness.replicas()
-        target = leader if leader and rng.random() < 0.6 else rng.choice(replicas)
-        fault = Fault(kind, target if kind != "restart-all" else "s0", run.now(), leader=target == leader)
-        run.faults.append(fault)
-        hold = rng.uniform(1.5, 3.0)
-        if kind == "kill":
-            harness.kill(target)
-            await asyncio.sleep(hold)
-            harness.restart(target)
-        elif kind == "pause":
-            harness.pause(target)
-            await asyncio.sleep(hold)
-            harness.resume(target)
-        elif kind == "partition":
-            assert harness.network is not None
-            if rng.random() < 0.5:
-                harness.network.isolate(target)
-            else:
-                harness.network.split([rng.choice(replicas)])
-            await asyncio.sleep(hold)
-            harness.network.heal()
-        elif kind == "restart-all":
-            for name in replicas:
-                harness.kill(name)
-            await asyncio.sleep(rng.uniform(0.3, 1.0))
-            for name in replicas:
-                harness.restart(name)
-            fault.leader = True
-        fault.end = run.now()
+def _error_code(body: bytes) -> str | None:
+    """The ``code`` of a JSON error body (models/errors.py), or ``None`` if the body is not one."""
+    try:
+        code = ujson.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 # -- checks and report ------------------------------------------------------------------------
@@ -256,47 +153,38 @@ def per_second(run: Run) -> dict[str, list[int]]:
     return series
 
 
-def failovers(run: Run) -> list[float]:
-    """For each fault that took the leader away: seconds to the next successful write.
+def failovers(run: Run, faults: list[Fault]) -> list[float]:
+    """For each fault that took the leader away: seconds to the next successful write (kills only returned).
 
     Only writes invoked after the fault count: one already in flight may have
     committed just before the kill and complete just after it.
     """
     writes = [op for op in run.ops if op.kind != "read" and op.complete is not None and op.process >= 0]
     times = []
-    for fault in run.faults:
+    for fault in faults:
         if not fault.leader:
             continue
         after = min((op.end for op in writes if op.invoke >= fault.start), default=None)
         fault.failover = None if after is None else after - fault.start
-
         if fault.kind == "kill" and fault.failover is not None:
             times.append(fault.failover)
     return times
 
 
-def lost_writes(run: Run, final: dict[int, Any]) -> list[dict[str, Any]]:
-    """Acknowledged writes that are not the final value and were not followed by another write."""
-    lost = []
-    for op in run.ops:
-        if op.kind != "write" or op.complete is None or final.get(op.key) == op.value:
-            continue
-        followed = any(
-            other.key == op.key and other.kind in ("write", "cas") and other is not op and other.end > op.invoke
-            for other in run.ops
-        )
-        if not followed:
-            lost.append(op.to_json())
-    return lost
+def fault_counts(faults: list[Fault]) -> dict[str, dict[str, int]]:
+    """Per nemesis kind, how many faults ended ``done``, ``skipped`` and ``failed``."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for fault in faults:
+        counts[fault.kind][fault.outcome] += 1
+    return {kind: dict(sorted(outcomes.items())) for kind, outcomes in sorted(counts.items())}
 
 
 async def first_success(harness: Harness, run: Run, limit: float) -> float | None:
     """Seconds until a write through the dispatcher succeeds, or ``None`` past ``limit``."""
     start = run.now()
-    http = AsyncHTTPClient()
     while run.now() - start < limit:
-        response = await http.fetch(harness.url + "/reg_write?key=999999&value=1", raise_error=False, request_timeout=2)
-        if response.code == 200:
+        status, _ = await fetch(harness.url + "/reg_write?key=999999&value=1", timeout=2)
+        if status == 200:
             return run.now() - start
         await asyncio.sleep(0.05)
     return None
@@ -304,12 +192,11 @@ async def first_success(harness: Harness, run: Run, limit: float) -> float | Non
 
 async def integrity_alerts(harness: Harness) -> list[dict[str, Any]]:
     """Every alert the dispatcher's monitor raised, after it has seen the healed cluster agree."""
-    http = AsyncHTTPClient()
 
     async def alerts() -> dict[str, Any]:
-        response = await http.fetch(harness.url + "/_admin/alerts", raise_error=False, request_timeout=5)
-        body: dict[str, Any] = ujson.loads(response.body) if response.code == 200 else {"active": [], "recent": []}
-        return body
+        status, body = await fetch(harness.url + "/_admin/alerts", timeout=5)
+        answer: dict[str, Any] = ujson.loads(body) if status == 200 else {"active": [], "recent": []}
+        return answer
 
     for _ in range(40):  # the healed cluster must look healthy within ~10 s: no unreachable replica left
         if not (await alerts())["active"]:
@@ -320,21 +207,32 @@ async def integrity_alerts(harness: Harness) -> list[dict[str, Any]]:
 
 
 async def final_reads(harness: Harness, run: Run, keys: int) -> dict[int, Any]:
-    http = AsyncHTTPClient()
+    """Read every register once more (recorded in the history as process -1); the values read."""
     final: dict[int, Any] = {}
     for key in range(keys):
         for _ in range(20):
             invoke = run.now()
-            response = await http.fetch(f"{harness.url}/reg_read?key={key}", raise_error=False, request_timeout=15)
-            if response.code == 200:
-                final[key] = ujson.loads(response.body)["result"]
+            status, body = await fetch(f"{harness.url}/reg_read?key={key}", timeout=15)
+            if status == 200:
+                final[key] = ujson.loads(body)["result"]
                 run.ops.append(Op(-1, key, "read", None, final[key], invoke, run.now()))
                 break
             await asyncio.sleep(0.25)
     return final
 
 
-def plot(run: Run, path: Path) -> None:
+COLOURS = {
+    "kill": "tab:red",
+    "pause": "tab:orange",
+    "partition": "tab:purple",
+    "restart-all": "tab:brown",
+    "restart": "tab:pink",
+    "repair": "tab:cyan",
+    "lag": "tab:olive",
+}
+
+
+def plot(run: Run, faults: list[Fault], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -343,16 +241,9 @@ def plot(run: Run, path: Path) -> None:
 
     series = per_second(run)
     seconds = len(series["ok"])
-
-    colours = {
-        "kill": "tab:red",
-        "pause": "tab:orange",
-        "partition": "tab:purple",
-        "restart-all": "tab:brown",
-    }
     figure, axis = plt.subplots(figsize=(12, 4.5))
-    for fault in run.faults:
-        axis.axvspan(fault.start, fault.end, color=colours[fault.kind], alpha=0.18, lw=0)
+    for fault in faults:
+        axis.axvspan(fault.start, fault.end, color=COLOURS[fault.kind], alpha=0.18, lw=0)
     for name, style in (
         ("ok", "tab:green"),
         ("unknown", "tab:gray"),
@@ -364,8 +255,8 @@ def plot(run: Run, path: Path) -> None:
     handles, _ = axis.get_legend_handles_labels()
     handles += [
         Patch(color=colour, alpha=0.3, label=kind)
-        for kind, colour in colours.items()
-        if any(f.kind == kind for f in run.faults)
+        for kind, colour in COLOURS.items()
+        if any(f.kind == kind for f in faults)
     ]
     axis.set_xlabel("seconds")
     axis.set_ylabel("operations per second")
@@ -376,30 +267,42 @@ def plot(run: Run, path: Path) -> None:
     plt.close(figure)
 
 
-async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> dict[str, Any]:
+async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> tuple[dict[str, Any], list[Fault]]:
+    """Run the workload under the nemesis, heal, check; the report and the faults injected."""
     rng = random.Random(args.seed)
-    until = run.now() + args.duration
-    workers = [client(p, harness, run, args.keys, random.Random(rng.random()), until) for p in range(args.clients)]
-    await asyncio.gather(nemesis(harness, run, args.nemesis, random.Random(rng.random()), until), *workers)
+    snapshots = SnapshotWatch({name: harness.snapshot_file(name) for name in harness.replicas()})
+    watching = asyncio.create_task(snapshots.run())
+    nemesis = Nemesis(harness, args.nemesis, random.Random(rng.random()), run.now, snapshots)
+    done = asyncio.Event()
+
+    async def faults() -> None:
+        await nemesis.run(until=run.now() + args.duration)
+        done.set()  # the workload runs on until the last fault is healed
+
+    workers = [client(p, harness, run, args.keys, random.Random(rng.random()), done) for p in range(args.clients)]
+    await asyncio.gather(faults(), *workers)
     harness.heal()
     healed_at = run.now()
     recovery = await first_success(harness, run, RECOVERY_LIMIT)
     final = await final_reads(harness, run, args.keys)
     alerts = await integrity_alerts(harness)
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
     verdicts = check_history(run.ops)
-
-    lost = lost_writes(run, final)
-    failover_times = sorted(failovers(run))
+    lost = lost_writes(run.ops)
+    failover_times = sorted(failovers(run, nemesis.faults))
     anomalies = [v for v in verdicts if v.linearizable is not True]
     checks = {
         "linearizable": not anomalies,
         "no_lost_writes": not lost,
         "recovered_within_5s": recovery is not None,
         "final_reads": len(final) == args.keys,
+        "faults_completed": all(f.outcome != "failed" for f in nemesis.faults),
+        "no_unexpected_errors": not run.errors,
         "no_false_integrity_alarm": not [a for a in alerts if a["kind"] in FALSE_ALARMS],
     }
-
-    return {
+    report = {
         "args": {k: v for k, v in vars(args).items() if k != "report"},
         "checks": checks,
         "passed": all(checks.values()),
@@ -412,7 +315,9 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> dic
             "median": failover_times[len(failover_times) // 2] if failover_times else None,
             "max": failover_times[-1] if failover_times else None,
         },
-        "faults": [vars(f) for f in run.faults],
+        "fault_counts": fault_counts(nemesis.faults),
+        "faults": [vars(f) for f in nemesis.faults],
+        "snapshots_written": snapshots.counts,
         "keys": [
             {
                 "key": v.key,
@@ -422,28 +327,40 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> dic
             }
             for v in verdicts
         ],
-        "lost_writes": lost,
+        "lost_write_count": len(lost),
+        "lost_writes": [loss.to_json() for loss in lost],
         "alerts": alerts,
-        "notes": run.notes,
+        "errors": dict(run.errors),
+        "notes": run.notes + nemesis.notes,
     }
+    return report, nemesis.faults
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.fault", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of workload under faults")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults (the last one runs to its end)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--keys", type=int, default=5)
-    parser.add_argument("--nemesis", default="kill,pause,partition,restart-all", help=f"comma list of {NEMESES}")
+    parser.add_argument("--nemesis", default=",".join(NEMESES), help=f"comma list of {', '.join(NEMESES)}")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--port", type=int, default=8700, help="dispatcher port (loopback replicas use port+100..)")
+    parser.add_argument(
+        "--compaction-entries",
+        type=int,
+        default=200,
+        help="[raft] compaction_min_entries: snapshot and compact the journal after this many entries",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the run directory (data, logs) even on success")
     parser.add_argument("--report", default="fault-report.json", help="JSON report; the PNG goes beside it")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.nemesis.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in NEMESES]
     if unknown or not kinds:
         parser.error(f"--nemesis takes a comma list of {', '.join(NEMESES)}; got {args.nemesis!r}")
+    if args.compaction_entries < 1:
+        parser.error(f"--compaction-entries must be positive, got {args.compaction_entries}")
     args.nemesis = kinds
     return args
 
@@ -459,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     root = Path(tempfile.mkdtemp(prefix="docraft-fault-"))
     try:
-        harness = Harness(root, args.shards, args.replicas, args.port, "partition" in args.nemesis)
+        harness = Harness(
+            root, args.shards, args.replicas, args.port, "partition" in args.nemesis, args.compaction_entries
+        )
     except NetworkUnavailable as exc:
         print(f"cannot run partitions: {exc}", file=sys.stderr)
         return 1
@@ -469,25 +388,59 @@ def main(argv: list[str] | None = None) -> int:
         harness.cluster.start_all()
         harness.cluster.wait_ready()
         run.started = time.monotonic()
-        report = asyncio.run(benchmark(args, harness, run))
+        report, faults = asyncio.run(benchmark(args, harness, run))
     finally:
         harness.close()
     report_path = Path(args.report)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(ujson.dumps(report, indent=2))
-    plot(run, report_path.with_suffix(".png"))
+    plot(run, faults, report_path.with_suffix(".png"))
     print(summary(report, report_path))
+    if report["passed"] and not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"run directory (cluster file, data, logs) kept in {root}")
     return 0 if report["passed"] else 1
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _lost(loss: dict[str, Any]) -> str:
+    write, seen = loss["write"], loss["observed_by"]
+    return (
+        f"  key {write['key']}: {write['kind']} of {write['value']} acknowledged at {write['complete']:.2f}s,"
+        f" then a {seen['kind']} at {seen['invoke']:.2f}s found {seen['output']}"
+    )
+
+
 def summary(report: dict[str, Any], path: Path) -> str:
+    """The printed summary: outcomes, faults by kind, failover, compactions, lost writes, checks."""
     failover = report["failover_seconds"]
+    faults = ", ".join(
+        f"{kind} " + " ".join(f"{n} {outcome}" for outcome, n in outcomes.items())
+        for kind, outcomes in report["fault_counts"].items()
+    )
+    snapshots = report["snapshots_written"]
     lines = [
         "operations: " + ", ".join(f"{k} {v}" for k, v in report["operations"].items()),
-        f"faults: {Counter(f['kind'] for f in report['faults'])}",
-        f"failover after leader kills (s): median {failover['median']}, max {failover['max']}",
-        f"  each: {failover['kills']}",
-        f"recovery after healing: {report['recovery_seconds']}s",
-        f"checks: {report['checks']}",
+        f"faults: {faults or 'none'}",
+        *(
+            f"  {f['kind']} at {f['start']:.2f}s on {f['target']}: {f['outcome']}: {f['detail']}"
+            for f in report["faults"]
+            if f["outcome"] != "done"
+        ),
+        f"failover after leader kills: median {_seconds(failover['median'])}, max {_seconds(failover['max'])}"
+        f" (each: {', '.join(_seconds(t) for t in failover['kills']) or '-'})",
+        f"snapshots written (at least): {sum(snapshots.values())} ("
+        + ", ".join(f"{name} {n}" for name, n in snapshots.items())
+        + ")",
+        f"lost writes: {report['lost_write_count']}",
+        *(_lost(loss) for loss in report["lost_writes"][:3]),
+        *(f"unexpected answer ({n}x): {answer}" for answer, n in list(report["errors"].items())[:3]),
+        f"recovery after healing: {_seconds(report['recovery_seconds'])}",
+        "checks: " + ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in report["checks"].items()),
         f"{'PASS' if report['passed'] else 'FAIL'}; report {path} and {path.with_suffix('.png')}",
     ]
     return "\n".join(lines)

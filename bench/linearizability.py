@@ -1,19 +1,28 @@
-"""A linearizability checker for histories of registers (read, write, compare-and-set).
+"""Checks of histories of registers (read, write, compare-and-set): linearizability and lost writes.
 
-Wing & Gong's search with Lowe's memoisation, run per key (a history of
-independent registers is linearizable iff each key's sub-history is, as
-Porcupine and Knossos exploit). An operation with an unknown outcome (the
-client never learned whether it applied) has no completion time and may
-take effect at any point after its invocation, or never.
+``check_history``: Wing & Gong's search with Lowe's memoisation, run per key
+(a history of independent registers is linearizable iff each key's
+sub-history is, as Porcupine and Knossos exploit). An operation with an
+unknown outcome (the client never learned whether it applied) has no
+completion time and may take effect at any point after its invocation, or
+never.
+
+``lost_writes``: acknowledged writes that a later observation contradicts,
+found directly (in O(n log n)) and named with the observation as evidence.
 
 Each ``Op`` is ``kind`` in {"read", "write", "cas"}:
 - read: ``output`` is the value read.
 - write: ``value`` is written.
-- cas: ``value`` is ``(old, new)``; ``output`` is True (swapped) or False.
+- cas: ``value`` is ``(old, new)``; ``output`` is the value the register held
+  when the cas applied (it swapped iff that is ``old``).
+
+Written values must be unique (no two writes or swaps write the same value,
+none writes the initial value): a value then names the op that wrote it.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -56,16 +65,31 @@ def _step(op: Op, state: Any) -> tuple[bool, Any]:
     old, new = op.value
     if op.complete is None:  # unknown cas: linearizable only where it would have swapped
         return state == old, new
-    if op.output:
-        return state == old, new
-    return state != old, state
+    return op.output == state, new if state == old else state
+
+
+def _observes(op: Op) -> bool:
+    """A completed read or cas: its ``output`` is a value the register held."""
+    return op.kind != "write" and op.complete is not None
 
 
 def _observed(ops: list[Op]) -> set[Any]:
-    """Values some completed read returned or some successful cas found."""
-    seen = {op.output for op in ops if op.kind == "read" and op.complete is not None}
-    seen |= {op.value[0] for op in ops if op.kind == "cas" and op.output and op.complete is not None}
-    return seen
+    """Values some completed read returned or some completed cas found."""
+    return {op.output for op in ops if _observes(op)}
+
+
+def _acknowledged(op: Op) -> bool:
+    """A completed write, or a completed cas that swapped."""
+    if op.complete is None:
+        return False
+    return op.kind == "write" or (op.kind == "cas" and op.output == op.value[0])
+
+
+def _writes(op: Op) -> Any:
+    """The value ``op`` wrote, or may have written; ``None`` if it certainly wrote nothing."""
+    if op.kind == "read" or not (_acknowledged(op) or op.complete is None):
+        return None
+    return op.value if op.kind == "write" else op.value[1]
 
 
 def prune(ops: list[Op]) -> list[Op]:
@@ -79,10 +103,7 @@ def prune(ops: list[Op]) -> list[Op]:
     observed = _observed(ops)
 
     def needed(op: Op) -> bool:
-        if op.complete is not None:
-            return True
-        written = op.value if op.kind == "write" else op.value[1] if op.kind == "cas" else None
-        return op.kind != "read" and written in observed
+        return op.complete is not None or (op.kind != "read" and _writes(op) in observed)
 
     return [op for op in ops if needed(op)]
 
@@ -127,6 +148,13 @@ def is_linearizable(ops: list[Op], initial: Any = None, budget: int = 2_000_000)
     return False
 
 
+def _by_key(history: Iterable[Op]) -> dict[int, list[Op]]:
+    by_key: dict[int, list[Op]] = defaultdict(list)
+    for op in history:
+        by_key[op.key].append(op)
+    return by_key
+
+
 @dataclass
 class KeyVerdict:
     key: int
@@ -141,9 +169,7 @@ def check_history(history: Iterable[Op], initial: Any = None) -> list[KeyVerdict
     The prefix is taken in invocation order: the first ``k`` operations of the
     key with ``k`` as small as possible such that they alone are not linearizable.
     """
-    by_key: dict[int, list[Op]] = defaultdict(list)
-    for op in history:
-        by_key[op.key].append(op)
+    by_key = _by_key(history)
     verdicts = []
     for key in sorted(by_key):
         ops = sorted(by_key[key], key=lambda o: o.invoke)
@@ -156,3 +182,53 @@ def check_history(history: Iterable[Op], initial: Any = None) -> list[KeyVerdict
                     break
         verdicts.append(KeyVerdict(key, len(ops), verdict, smallest))
     return verdicts
+
+
+@dataclass(frozen=True)
+class LostWrite:
+    """An acknowledged write and an observation, begun after it completed, that contradicts it."""
+
+    write: Op
+    observation: Op
+
+    def to_json(self) -> dict[str, Any]:
+        return {"write": self.write.to_json(), "observed_by": self.observation.to_json()}
+
+
+def lost_writes(history: Iterable[Op]) -> list[LostWrite]:
+    """Acknowledged writes (and swaps) that some later observation of their key shows lost.
+
+    After an acknowledged write ``w`` of ``v`` completes, its key may hold only
+    ``v`` or a value written by a write or swap that had not completed before
+    ``w`` was invoked (concurrent or later; acknowledged or of unknown
+    outcome). A read, or a completed cas (through the value it found), that
+    begins after ``w`` completed and observes anything else (an older value,
+    the initial value, a value nobody wrote) proves ``w`` lost. This is sound:
+    in a linearizable history nothing is reported. A failed cas or an
+    unknown outcome never vouches for ``w``; only what is observed counts.
+    Each lost write is reported once, with the observation of the oldest value.
+    """
+    by_key = _by_key(history)
+    lost: list[LostWrite] = []
+    for key in sorted(by_key):
+        lost += _lost_in_key(by_key[key])
+    return lost
+
+
+def _lost_in_key(ops: list[Op]) -> list[LostWrite]:
+    # When the writer of each value completed; a value nobody wrote (the initial one) counts as -inf.
+    written_until = {_writes(op): op.end for op in ops if _writes(op) is not None}
+    observations = sorted(filter(_observes, ops), key=lambda o: o.invoke)
+    # oldest[i]: among observations[i:], the one whose value's writer completed first (and when).
+    oldest: list[tuple[float, Op] | None] = [None] * (len(observations) + 1)
+    for i in range(len(observations) - 1, -1, -1):
+        here = (written_until.get(observations[i].output, -math.inf), observations[i])
+        later = oldest[i + 1]
+        oldest[i] = here if later is None or here[0] < later[0] else later
+    starts = [op.invoke for op in observations]
+    lost = []
+    for write in sorted(filter(_acknowledged, ops), key=lambda o: o.invoke):
+        entry = oldest[bisect.bisect_right(starts, write.end)]
+        if entry is not None and entry[0] < write.invoke:
+            lost.append(LostWrite(write, entry[1]))
+    return lost

@@ -87,13 +87,6 @@ class TestNetwork:
             if other != host:
                 self.cut(host, other)
 
-    def split(self, minority: list[str]) -> None:
-        """Cut every link between ``minority`` and the rest."""
-        for a in minority:
-            for b in self.hosts:
-                if b not in minority:
-                    self.cut(a, b)
-
     def heal(self) -> None:
         """Restore every link."""
         for namespace, _ in self.hosts.values():

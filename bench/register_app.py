@@ -28,9 +28,8 @@ def reg_write(db: WriteView, key: int, value: int) -> int:
 
 @mutation(shard_key="key", methods=("GET", "POST"))
 def reg_cas(db: WriteView, key: int, old: int, new: int) -> dict[str, Any]:
-    """Set the register to ``new`` if it holds ``old``; ``{"swapped": bool}``."""
-    doc = db.get(Register, key)
-    if doc is None or doc["value"] != old:
-        return {"swapped": False}
-    db.put(Register, {"key": key, "value": new})
-    return {"swapped": True}
+    """Set the register to ``new`` if it holds ``old``; ``{"swapped": bool, "value": the value it held}``."""
+    found = None if (doc := db.get(Register, key)) is None else doc["value"]
+    if found == old:
+        db.put(Register, {"key": key, "value": new})
+    return {"swapped": found == old, "value": found}

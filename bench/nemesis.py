@@ -1,0 +1,410 @@
+"""The fault benchmark's cluster and its nemesis: one fault at a time, each healed before the next.
+
+Faults (``NEMESES``), each aimed at the leader or a random replica as ``kill`` picks unless said otherwise:
+
+- ``kill``: SIGKILL a replica, restart it 1.5-3 s later.
+- ``pause``: SIGSTOP a replica for 1.5-3 s, then SIGCONT.
+- ``partition``: cut a replica (or a random one-replica minority) off its group for 1.5-3 s (needs root).
+- ``restart-all``: SIGKILL every replica of the group, restart them all.
+- ``restart``: SIGTERM a replica (it snapshots and stops gracefully), wait for it to exit, start it again.
+- ``repair``: ``docraft repair`` on a follower. A refusal (exit 2) is ``skipped``, a timeout ``failed``.
+- ``lag``: SIGSTOP a follower until the others have compacted their logs past it, then stop one of the
+  others (SIGTERM or SIGKILL), or half the time both (issue 8: SIGTERM the other follower, SIGTERM or
+  SIGKILL the leader); SIGCONT the follower, restart the first one stopped (and once a leader is elected
+  without it, the second), and wait until the follower has caught up.
+
+Before each fault the nemesis waits (up to ``SETTLE_LIMIT``) until every replica answers and has
+applied what its leader had committed, so one fault's tail does not stack onto the next and take a
+majority away for longer than either intends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import random
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ujson
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from bench.netns import TestNetwork
+from consensus.replica import SNAPSHOT_FILE
+from node.admin import repair
+from node.config import load_config, render_config
+from node.launcher import LocalCluster
+
+NEMESES = ("kill", "pause", "partition", "restart-all", "restart", "repair", "lag")
+APP = "bench.register_app"
+SHARD = "s0"
+SETTLE_LIMIT = 20.0  # seconds to wait for the group to be whole and caught up before the next fault
+STOP_LIMIT = 15.0  # seconds a SIGTERMed replica may take to exit before it counts as failed (and is killed)
+REPAIR_LIMIT = 30.0  # seconds ``docraft repair`` may take to make the replica agree again
+CATCH_UP_LIMIT = 30.0  # seconds a resumed lagging follower may take to catch up
+ELECTION_LIMIT = 5.0  # seconds the lag nemesis waits for a leader before restarting the last replica it stopped
+LAG_MIN, LAG_MAX = 3.0, 15.0  # seconds a lagging follower stays stopped (at least; at most, waiting for compactions)
+
+
+async def fetch(url: str, timeout: float) -> tuple[int, bytes]:
+    """GET ``url``: (status, body); a timeout or lost connection is status 599 with an empty body."""
+    try:
+        response = await AsyncHTTPClient().fetch(url, raise_error=False, request_timeout=timeout)
+    except (HTTPClientError, OSError):  # raise_error=False still raises for these
+        return 599, b""
+    return response.code, response.body or b""
+
+
+@dataclass
+class Fault:
+    """One injected fault; times are seconds since the run started."""
+
+    kind: str
+    start: float
+    target: str = ""
+    end: float = 0.0
+    leader: bool = False  # the fault took the leader away
+    failover: float | None = None
+    outcome: str = "done"  # "done", "skipped" (a refused repair) or "failed"
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """The group as the dispatcher sees it: its leader and each replica's ``/_shard/status``."""
+
+    leader: str | None
+    replicas: dict[str, dict[str, Any]]  # a silent replica has role "unreachable"
+
+    def followers(self) -> list[str]:
+        return [name for name, status in self.replicas.items() if status.get("role") == "follower"]
+
+    def caught_up(self, name: str, index: int) -> bool:
+        """Whether ``name`` answers, reports no fault and has applied ``index``."""
+        status = self.replicas.get(name, {})
+        return status.get("fault") is None and status.get("applied_index", -1) >= index
+
+    def committed(self) -> int | None:
+        """The leader's commit index, or ``None`` without a leader."""
+        return None if self.leader is None else int(self.replicas[self.leader]["commit_index"])
+
+
+class Harness:
+    """The cluster under test, its processes and (optionally) its network."""
+
+    def __init__(
+        self, root: Path, shards: int, replicas: int, port: int, partitions: bool, compaction_entries: int
+    ) -> None:
+        self.network: TestNetwork | None = None
+        names = [f"s{s}r{r}" for s in range(shards) for r in range(replicas)]
+        if partitions:
+            self.network = TestNetwork(names)
+        layout = []
+        for s in range(shards):
+            members = []
+            for r in range(replicas):
+                name = f"s{s}r{r}"
+                n = s * replicas + r
+                if self.network is not None:
+                    host = self.network.address(name)
+                    members.append((name, f"{host}:7000", f"{host}:8000", name))
+                else:
+                    members.append((name, f"127.0.0.1:{port + 200 + n}", f"127.0.0.1:{port + 100 + n}", name))
+            layout.append((f"s{s}", members))
+        config_path = root / "cluster.toml"
+        raft = {"raft": {"compaction_min_entries": compaction_entries}}
+        dispatchers = [("d0", f"127.0.0.1:{port}")]
+        config_path.write_text(render_config("fault-benchmark-secret-0", APP, layout, dispatchers, raft))
+        self.config = load_config(config_path)
+        prefixes = {name: self.network.prefix(name) for name in names} if self.network else {}
+        self.cluster = LocalCluster(self.config, APP, root / "logs", prefixes=prefixes)
+        self.url = f"http://127.0.0.1:{port}"
+        self.paused: set[str] = set()
+        self.dead: set[str] = set()
+
+    def replicas(self, shard: str = SHARD) -> list[str]:
+        return [r.id for r in self.config.shard(shard).replicas]
+
+    def snapshot_file(self, name: str) -> Path:
+        return self.config.replica(name).data_dir / SNAPSHOT_FILE
+
+    async def status(self, shard: str = SHARD) -> GroupStatus:
+        """The group's status through the dispatcher; no leader and no replicas if it does not answer."""
+        code, body = await fetch(self.url + "/_admin/cluster", timeout=3)
+        if code != 200:
+            return GroupStatus(None, {})
+        for entry in ujson.loads(body)["shards"]:
+            if entry["id"] == shard:
+                return GroupStatus(entry["leader"], {r["id"]: r for r in entry["replicas"]})
+        return GroupStatus(None, {})
+
+    def kill(self, name: str) -> None:
+        process = self.cluster.processes[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        self.dead.add(name)
+
+    async def terminate(self, name: str, limit: float = STOP_LIMIT) -> int | None:
+        """SIGTERM ``name`` and wait for it to exit: its exit code, or ``None`` if it was SIGKILLed past ``limit``."""
+        process = self.cluster.processes[name]
+        process.send_signal(signal.SIGTERM)
+        self.dead.add(name)
+        deadline = time.monotonic() + limit
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill(name)
+                return None
+            await asyncio.sleep(0.05)
+        return process.returncode
+
+    def restart(self, name: str) -> None:
+        self.cluster.start_replica(name)
+        self.dead.discard(name)
+
+    def pause(self, name: str) -> None:
+        self.cluster.processes[name].send_signal(signal.SIGSTOP)
+        self.paused.add(name)
+
+    def resume(self, name: str) -> None:
+        self.cluster.processes[name].send_signal(signal.SIGCONT)
+        self.paused.discard(name)
+
+    def heal(self) -> None:
+        for name in list(self.paused):
+            self.resume(name)
+        for name in list(self.dead):
+            self.restart(name)
+        if self.network is not None and self.network.partitioned:
+            self.network.heal()
+
+    def close(self) -> None:
+        for name in list(self.paused):
+            self.resume(name)
+        self.cluster.stop()
+        if self.network is not None:
+            self.network.close()
+
+
+class SnapshotWatch:
+    """Counts each replica's snapshot writes (compactions, and snapshots installed from the leader).
+
+    It polls ``snapshot.json``'s inode and mtime every ``interval`` seconds, so
+    two writes between polls count once: the counts are lower bounds.
+    """
+
+    def __init__(self, files: dict[str, Path], interval: float = 0.2) -> None:
+        self.files = files
+        self.interval = interval
+        self.counts = dict.fromkeys(files, 0)
+        self._seen: dict[str, tuple[int, int] | None] = {name: self._stamp(path) for name, path in files.items()}
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int] | None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            for name, path in self.files.items():
+                stamp = self._stamp(path)
+                if stamp is not None and stamp != self._seen[name]:
+                    self.counts[name] += 1
+                self._seen[name] = stamp
+            await asyncio.sleep(self.interval)
+
+
+class Nemesis:
+    """Injects faults of ``kinds`` into ``harness`` one at a time; records them in ``faults`` and ``notes``.
+
+    Kinds are drawn in shuffled rounds, so a run long enough for ``len(kinds)``
+    faults injects every kind.
+    """
+
+    def __init__(
+        self,
+        harness: Harness,
+        kinds: list[str],
+        rng: random.Random,
+        clock: Callable[[], float],
+        snapshots: SnapshotWatch,
+    ) -> None:
+        self.harness = harness
+        self.kinds = kinds
+        self.rng = rng
+        self.clock = clock
+        self.snapshots = snapshots
+        self.faults: list[Fault] = []
+        self.notes: list[str] = []
+        self._inject: dict[str, Callable[[Fault, GroupStatus], Awaitable[None]]] = {
+            "kill": self._kill,
+            "pause": self._pause,
+            "partition": self._partition,
+            "restart-all": self._restart_all,
+            "restart": self._restart,
+            "repair": self._repair,
+            "lag": self._lag,
+        }
+
+    async def run(self, until: float) -> None:
+        """Inject faults until ``until`` (run time); returns once the last one is healed."""
+        deck: list[str] = []
+        while True:
+            await asyncio.sleep(self.rng.uniform(1.5, 3.0))
+            if self.clock() >= until - 1:
+                return
+            if await self.caught_up(self.harness.replicas(), SETTLE_LIMIT) is None:
+                self.notes.append(f"at {self.clock():.1f}s the group was not whole and caught up; injecting anyway")
+            if not deck:
+                deck = self.rng.sample(self.kinds, len(self.kinds))
+            fault = Fault(deck.pop(), self.clock())
+            self.faults.append(fault)
+            await self._inject[fault.kind](fault, await self.harness.status())
+            fault.end = self.clock()
+
+    async def caught_up(self, names: list[str], limit: float) -> float | None:
+        """Seconds until each of ``names`` has applied what the leader had committed; ``None`` past ``limit``.
+
+        The target is the leader's commit index when one is first seen; a replica that does not answer has
+        applied nothing, and one that reports a fault is not caught up. With no ``names``: seconds until a
+        leader exists.
+        """
+        start = self.clock()
+        target: int | None = None
+        while self.clock() - start < limit:
+            status = await self.harness.status()
+            target = status.committed() if target is None else target
+            if target is not None and status.leader and all(status.caught_up(name, target) for name in names):
+                return self.clock() - start
+            await asyncio.sleep(0.25)
+        return None
+
+    def _pick(self, status: GroupStatus, among: list[str]) -> str:
+        """The leader (if among them) 60% of the time, else a random one of ``among``."""
+        if status.leader in among and self.rng.random() < 0.6:
+            return status.leader
+        return self.rng.choice(among)
+
+    def _aim(self, fault: Fault, status: GroupStatus, among: list[str] | None = None) -> str:
+        fault.target = self._pick(status, among or self.harness.replicas())
+        fault.leader = fault.target == status.leader
+        return fault.target
+
+    async def _hold(self) -> None:
+        await asyncio.sleep(self.rng.uniform(1.5, 3.0))
+
+    async def _kill(self, fault: Fault, status: GroupStatus) -> None:
+        target = self._aim(fault, status)
+        self.harness.kill(target)
+        await self._hold()
+        self.harness.restart(target)
+
+    async def _pause(self, fault: Fault, status: GroupStatus) -> None:
+        target = self._aim(fault, status)
+        self.harness.pause(target)
+        await self._hold()
+        self.harness.resume(target)
+
+    async def _partition(self, fault: Fault, status: GroupStatus) -> None:
+        network = self.harness.network
+        if network is None:
+            raise RuntimeError("the partition nemesis needs the harness built with partitions=True")
+        network.isolate(self._aim(fault, status))
+        await self._hold()
+        network.heal()
+
+    async def _restart_all(self, fault: Fault, status: GroupStatus) -> None:
+        fault.target, fault.leader = SHARD, True
+        replicas = self.harness.replicas()
+        for name in replicas:
+            self.harness.kill(name)
+        await asyncio.sleep(self.rng.uniform(0.3, 1.0))
+        for name in replicas:
+            self.harness.restart(name)
+
+    async def _restart(self, fault: Fault, status: GroupStatus) -> None:
+        target = self._aim(fault, status)
+        stopped, fault.detail = await self._stop(target, graceful=True)
+        fault.outcome = "done" if stopped else "failed"
+        self.harness.restart(target)
+
+    async def _stop(self, name: str, graceful: bool) -> tuple[bool, str]:
+        """SIGTERM ``name`` and wait for it to exit, or SIGKILL it.
+
+        Returns whether it stopped as asked (a SIGTERMed replica must exit 0 in
+        time) and a sentence saying what happened.
+        """
+        if not graceful:
+            self.harness.kill(name)
+            return True, f"SIGKILLed {name}"
+        start = self.clock()
+        code = await self.harness.terminate(name)
+        if code is None:
+            return False, f"{name} did not exit within {STOP_LIMIT:.0f}s of SIGTERM and was SIGKILLed"
+        return code == 0, f"SIGTERMed {name}: exit {code} after {self.clock() - start:.2f}s"
+
+    async def _repair(self, fault: Fault, status: GroupStatus) -> None:
+        followers = status.followers()
+        if not followers:
+            fault.outcome, fault.detail = "skipped", "no follower to repair"
+            return
+        target = self._aim(fault, status, followers)
+        code, output = await asyncio.to_thread(self._run_repair, target)
+        fault.outcome = {0: "done", 2: "skipped"}.get(code, "failed")
+        fault.detail = f"docraft repair exit {code}: " + " / ".join(output.split("\n")).strip(" /")
+
+    def _run_repair(self, target: str) -> tuple[int, str]:
+        """``docraft repair`` (in a worker thread); its exit code and what it printed."""
+        # Capturing its prints swaps sys.stdout for the whole process; nothing else prints meanwhile.
+        with contextlib.redirect_stdout(io.StringIO()) as output:
+            code = repair(self.harness.config, target, REPAIR_LIMIT)
+        return code, output.getvalue()
+
+    async def _lag(self, fault: Fault, status: GroupStatus) -> None:
+        replicas = self.harness.replicas()
+        slow = self.rng.choice(status.followers() or replicas)
+        others = [name for name in replicas if name != slow]
+        fault.target = slow
+        if self.rng.random() < 0.5:  # one other replica, SIGTERMed or SIGKILLed
+            victims = [(self._pick(status, others), self.rng.random() < 0.5)]
+        else:  # issue 8: SIGTERM the other follower, then crash or stop the leader
+            others.sort(key=lambda name: name == status.leader)
+            victims = [(others[0], True), (others[1], self.rng.random() < 0.5)]
+        fault.leader = status.leader in [name for name, _ in victims]
+        lagged = await self._fall_behind(slow, others)
+        outcomes = [await self._stop(name, graceful) for name, graceful in victims]
+        await asyncio.sleep(self.rng.uniform(0.3, 1.0))
+        self.harness.resume(slow)
+        self.harness.restart(victims[0][0])
+        if len(victims) > 1:  # let the slow follower and the restarted one elect a leader without the last
+            await self.caught_up([], ELECTION_LIMIT)  # no leader in time: restart it anyway
+            self.harness.restart(victims[1][0])
+        caught_up = await self.caught_up([slow], CATCH_UP_LIMIT)
+        fault.outcome = "done" if all(ok for ok, _ in outcomes) and caught_up is not None else "failed"
+        late = (
+            f"did not catch up within {CATCH_UP_LIMIT:.0f}s" if caught_up is None else f"caught up in {caught_up:.2f}s"
+        )
+        fault.detail = "; ".join([lagged, *(sentence for _, sentence in outcomes), f"{slow} {late}"])
+
+    async def _fall_behind(self, slow: str, others: list[str]) -> str:
+        """SIGSTOP ``slow`` until ``others`` have each written a snapshot (past ``LAG_MIN``, at most ``LAG_MAX``)."""
+        before = dict(self.snapshots.counts)
+        self.harness.pause(slow)
+        start = self.clock()
+        hold = self.rng.uniform(LAG_MIN, LAG_MIN + 2)
+
+        def compacted() -> bool:
+            return all(self.snapshots.counts[name] > before[name] for name in others)
+
+        while self.clock() - start < LAG_MAX and not (self.clock() - start >= hold and compacted()):
+            await asyncio.sleep(0.1)
+        return f"{slow} stopped {self.clock() - start:.1f}s" + ("" if compacted() else " (no compaction meanwhile)")
