@@ -15,6 +15,12 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +214,7 @@ def compile_program(tsc: Path, directory: Path, files: dict[str, str], *flags: s
 
 GOOD_TS = """
 import { DocraftClient, DocraftRequestError } from "./docraft.js";
-import type { GetUserResult, InsertOrderParams, Order, ServedBy, User } from "./docraft.js";
+import type { ErrorCode, GetUserResult, InsertOrderParams, Order, ServedBy, User } from "./docraft.js";
 
 export async function run(client: DocraftClient): Promise<string> {
   const page: GetUserResult = await client.get_user({ country: "Australia", limit: 3 }, { include: ["orders"] });
@@ -219,17 +225,22 @@ export async function run(client: DocraftClient): Promise<string> {
   const mary = await client.insert_user({ id: 321, first_name: "Mary", last_name: "Smith", country: "Australia" });
   const params: InsertOrderParams = { id: 1, user_id: mary.result.id, item: "book", amount: 9.5 };
   const amount: number = (await client.insert_order(params)).result.amount;
+  const again: Order = (await client.insert_order(params, { idempotencyKey: "order-1" })).result;
   try {
     await client.get_user_orders({ user_id: 1, cursor: null }, { consistency: "linearizable", explain: true });
   } catch (error) {
     if (error instanceof DocraftRequestError) {
-      return `${error.status} ${error.body?.error.code ?? "?"}`;
+      const code: ErrorCode | "timeout" | "network_error" | null = error.code;
+      const key: string | null = error.idempotencyKey;
+      return `${error.status} ${error.body?.error.code ?? "?"} ${code ?? "?"} ${key ?? ""}`;
     }
   }
-  return JSON.stringify({ first, orders, next, served, amount });
+  return JSON.stringify({ first, orders, next, served, amount, again });
 }
 
 new DocraftClient("http://127.0.0.1:8000", (input, init) => fetch(input, init));
+new DocraftClient("http://127.0.0.1:8000", { timeoutMs: 2000, retries: 5, retryDelayMs: 50, maxRetryDelayMs: 500 });
+new DocraftClient("http://127.0.0.1:8000", { fetch: (input, init) => fetch(input, init) });
 """
 
 BAD_TS = """
@@ -239,6 +250,9 @@ const client = new DocraftClient("http://127.0.0.1:8000");
 const wrong = { id: "x" };
 void client.get_user(wrong);
 void client.insert_order({ id: 1, user_id: 2, item: "book" });
+new DocraftClient("http://127.0.0.1:8000", { timeout: 5 });
+void client.insert_user({ id: 1, first_name: "M", last_name: "S", country: "AU" }, { idempotencyKey: 7 });
+void client.get_user({}, { idempotencyKey: "k" });
 """
 
 GOOD_JS = """
@@ -251,7 +265,7 @@ export async function run(api) {
   const name = page.items[0]?.first_name;
   /** @type {import("./docraft.js").Order[] | undefined} */
   const orders = page.items[0]?.orders;
-  const order = await api.insert_order({ id: 1, user_id: 2, item: "book", amount: 3 });
+  const order = await api.insert_order({ id: 1, user_id: 2, item: "book", amount: 3 }, { idempotencyKey: "k" });
   /** @type {number} */
   const amount = order.result.amount;
   /** @type {import("./docraft.js").DocraftError} */
@@ -278,6 +292,9 @@ def test_typescript_client_compiles_and_rejects_wrong_calls(tsc: Path, tmp_path:
     assert code != 0
     assert "bad.ts(6," in output and "property 'id'" in output, output
     assert "bad.ts(7," in output and "Property 'amount' is missing" in output, output
+    assert "bad.ts(8," in output and "'timeout' does not exist in type 'DocraftClientOptions" in output, output
+    assert "bad.ts(9," in output and "Type 'number' is not assignable to type 'string'" in output, output
+    assert "bad.ts(10," in output and "'idempotencyKey' does not exist in type 'ReadOptions'" in output, output
     assert "docraft.ts(" not in output, "the generated module itself must stay clean"
 
 
@@ -470,3 +487,239 @@ def test_error_codes_in_the_typescript_match_the_error_table() -> None:
     union = re.search(r"export type ErrorCode = (.*);", typescript(PEOPLE))
     assert union is not None
     assert union.group(1).split(" | ") == [json.dumps(code) for code in ERROR_CLASSES]
+
+
+# -- the generated client's timeouts, retries and idempotency keys, against a scripted server ------------
+
+HANG = "hang"  # hold the request unanswered until the server closes
+DROP = "drop"  # close the connection without an answer
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: Any
+    headers: dict[str, str] = dataclass_field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    idempotency_key: str | None
+    at: float  # time.monotonic() on arrival
+
+
+def refusal(status: int, code: str, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(status, {"error": {"code": code, "message": code.replace("_", " ")}}, headers or {})
+
+
+MARY_INSERTED = Answer(200, {"result": MARY, "served_by": []})
+MARY_PAGE = Answer(200, {"items": [MARY], "next": None, "served_by": []})
+KEY_SYNTAX = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    """Answers each request with the next of ``script`` (an ``Answer``, ``HANG`` or ``DROP``) and records it.
+
+    Bound to a loopback port it keeps until ``close``; a request past the script gets a 500.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, script: list[Answer | str]) -> None:
+        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        self.received: list[Received] = []
+        self._script = list(script)
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()
+
+    def next_answer(self, request: Received) -> Answer | str:
+        with self._lock:
+            self.received.append(request)
+            return self._script.pop(0) if self._script else refusal(500, "internal")
+
+    def hold(self) -> None:
+        """Keep a request unanswered until the server closes."""
+        self._closing.wait(timeout=60)
+
+    def close(self) -> None:
+        self._closing.set()
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=10)
+
+
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    server: ScriptedServer
+
+    def do_GET(self) -> None:
+        self.answer()
+
+    def do_POST(self) -> None:
+        self.answer()
+
+    def answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        request = Received(self.command, self.path, self.headers.get("Idempotency-Key"), time.monotonic())
+        answer = self.server.next_answer(request)
+        if answer == HANG:
+            self.server.hold()
+        if isinstance(answer, str):
+            self.close_connection = True
+            return
+        data = json.dumps(answer.body).encode()
+        self.send_response(answer.status)
+        for name, value in {"Content-Type": "application/json", **answer.headers}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: the test asserts on ``ScriptedServer.received``."""
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[list[Answer | str]], ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+
+    def start(script: list[Answer | str]) -> ScriptedServer:
+        servers.append(ScriptedServer(script))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+CLIENT_CALLS = """
+import { DocraftClient, DocraftRequestError } from "./docraft.js";
+import type { DocraftClientOptions, MutationOptions } from "./docraft.js";
+
+declare const process: { argv: string[] };
+
+interface Call {
+  method: "insert_user" | "get_user";
+  options?: MutationOptions;
+}
+
+// argv: base URL, client options, calls (all JSON but the URL); prints one outcome per call.
+const client = new DocraftClient(process.argv[2], JSON.parse(process.argv[3]) as DocraftClientOptions);
+const mary = { id: 1, first_name: "Mary", last_name: "Smith", country: "Australia" };
+
+async function outcome(call: Call): Promise<object> {
+  const started = Date.now();
+  try {
+    const answer =
+      call.method === "insert_user" ? await client.insert_user(mary, call.options) : await client.get_user({ id: 1 });
+    return { ok: answer, ms: Date.now() - started };
+  } catch (error) {
+    if (!(error instanceof DocraftRequestError)) {
+      throw error;
+    }
+    const failure = { status: error.status, code: error.code, idempotencyKey: error.idempotencyKey };
+    return { error: failure, ms: Date.now() - started };
+  }
+}
+
+async function main(): Promise<void> {
+  const outcomes: object[] = [];
+  for (const call of JSON.parse(process.argv[4]) as Call[]) {
+    outcomes.push(await outcome(call));
+  }
+  console.log(JSON.stringify(outcomes));
+}
+
+void main();
+"""
+
+
+@pytest.fixture(scope="module")
+def client_program(tsc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding the generated client and ``calls.js``, compiled with ``--strict`` to run with node."""
+    directory = tmp_path_factory.mktemp("client")
+    files = {"docraft.ts": typescript(PEOPLE), "calls.ts": CLIENT_CALLS, "package.json": '{"type": "module"}'}
+    for name, text in files.items():
+        (directory / name).write_text(text, encoding="utf-8")
+    command = [str(tsc), *TSC_FLAGS, "--module", "es2020", "--pretty", "false", "docraft.ts", "calls.ts"]
+    done = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return directory
+
+
+def run_calls(program: Path, server: ScriptedServer, options: dict[str, Any], *calls: dict[str, Any]) -> list[Any]:
+    """Run ``calls`` one after another with a client of ``options`` against ``server``; each call's outcome."""
+    command = ["node", "calls.js", server.url, json.dumps(options), json.dumps(calls)]
+    done = subprocess.run(command, cwd=program, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    outcomes: list[Any] = json.loads(done.stdout)
+    return outcomes
+
+
+INSERT = {"method": "insert_user"}
+QUICK = {"timeoutMs": 5000, "retries": 3, "retryDelayMs": 10}
+
+
+def test_client_retries_outcome_unknown_with_the_same_idempotency_key(client_program: Path, scripted: Any) -> None:
+    server = scripted([refusal(504, "outcome_unknown"), MARY_INSERTED])
+    [outcome] = run_calls(client_program, server, QUICK, INSERT)
+    assert outcome["ok"] == MARY_INSERTED.body
+    first, second = server.received
+    assert (first.method, first.path) == (second.method, second.path) == ("POST", "/insert_user")
+    assert first.idempotency_key is not None and KEY_SYNTAX.fullmatch(first.idempotency_key)
+    assert second.idempotency_key == first.idempotency_key
+
+
+def test_client_retries_a_lost_connection_and_keys_each_call_anew(client_program: Path, scripted: Any) -> None:
+    server = scripted([DROP, MARY_INSERTED, MARY_INSERTED, MARY_INSERTED])
+    keyed = {**INSERT, "options": {"idempotencyKey": "order-7"}}
+    outcomes = run_calls(client_program, server, QUICK, INSERT, keyed, INSERT)
+    assert [outcome.get("ok") for outcome in outcomes] == [MARY_INSERTED.body] * 3
+    dropped, retried, given, fresh = (request.idempotency_key for request in server.received)
+    assert dropped is not None and retried == dropped, "a retry carries the key of its call"
+    assert given == "order-7", "the caller's key is sent as it is"
+    assert fresh is not None and fresh != dropped, "each call has a key of its own"
+
+
+def test_client_does_not_retry_a_refusal(client_program: Path, scripted: Any) -> None:
+    server = scripted([refusal(422, "idempotency_key_reused"), MARY_INSERTED])
+    [outcome] = run_calls(client_program, server, QUICK, INSERT)
+    [request] = server.received
+    key = request.idempotency_key
+    assert key is not None, "a mutation always carries a key"
+    assert outcome["error"] == {"status": 422, "code": "idempotency_key_reused", "idempotencyKey": key}
+
+
+def test_client_waits_retry_after_on_no_leader_up_to_its_cap(client_program: Path, scripted: Any) -> None:
+    server = scripted([refusal(503, "no_leader", {"Retry-After": "1"}), MARY_INSERTED])
+    [outcome] = run_calls(client_program, server, QUICK, INSERT)
+    assert outcome["ok"] == MARY_INSERTED.body
+    first, second = server.received
+    assert second.idempotency_key == first.idempotency_key
+    assert second.at - first.at >= 0.95, "Retry-After: 1 is waited, not retryDelayMs"
+    capped = scripted([refusal(503, "no_leader", {"Retry-After": "30"}), MARY_INSERTED])
+    [outcome] = run_calls(client_program, capped, {**QUICK, "maxRetryDelayMs": 200}, INSERT)
+    assert outcome["ok"] == MARY_INSERTED.body
+    first, second = capped.received
+    assert second.at - first.at < 5, "the wait is capped by maxRetryDelayMs"
+
+
+def test_client_retries_a_query_without_a_key(client_program: Path, scripted: Any) -> None:
+    server = scripted([refusal(503, "no_leader"), DROP, MARY_PAGE])
+    [outcome] = run_calls(client_program, server, QUICK, {"method": "get_user"})
+    assert outcome["ok"] == MARY_PAGE.body
+    assert [(r.method, r.path, r.idempotency_key) for r in server.received] == [("GET", "/get_user?id=1", None)] * 3
+
+
+def test_client_times_out_each_attempt_and_fails_after_its_retries(client_program: Path, scripted: Any) -> None:
+    server = scripted([HANG, HANG, HANG, MARY_INSERTED])
+    options = {"timeoutMs": 300, "retries": 2, "retryDelayMs": 10}
+    [outcome] = run_calls(client_program, server, options, INSERT)
+    keys = {request.idempotency_key for request in server.received}
+    assert len(server.received) == 3 and len(keys) == 1, server.received
+    assert outcome["error"] == {"status": 0, "code": "timeout", "idempotencyKey": keys.pop()}
+    assert 880 <= outcome["ms"] < 2000, "three attempts of 300 ms, and two short waits"

@@ -40,7 +40,7 @@ from query.schema.shapes import (
 _BASIC = {"string": "string", "integer": "number", "number": "number", "boolean": "boolean", "null": "null"}
 
 # Names the TypeScript client itself declares at module level: a model or generated type may not take them.
-RUNTIME_NAMES = ("DocraftClient", "DocraftRequestError")
+RUNTIME_NAMES = ("DocraftClient", "DocraftClientOptions", "DocraftRequestError")
 
 
 @dataclass(frozen=True)
@@ -71,15 +71,19 @@ class Method:
     params_type: str
     result_type: str
     params_optional: bool  # every parameter has a default, so the argument may be left out
-    read: bool  # takes ``ReadOptions``
+    read: bool  # a query, taking ``ReadOptions``; otherwise a mutation, taking ``MutationOptions``
     http_method: Literal["GET", "POST"]  # POST (a JSON body, exact types) whenever the endpoint accepts it
 
     @property
     def signature(self) -> str:
         """The method's function type, e.g. ``(params: P, options?: ReadOptions) => Promise<R>``."""
         params = f"params{'?' if self.params_optional else ''}: {self.params_type}"
-        options = ", options?: ReadOptions" if self.read else ""
-        return f"({params}{options}) => Promise<{self.result_type}>"
+        return f"({params}, options?: {self.options_type}) => Promise<{self.result_type}>"
+
+    @property
+    def options_type(self) -> str:
+        """The type of the method's per-call options: ``ReadOptions`` or ``MutationOptions``."""
+        return "ReadOptions" if self.read else "MutationOptions"
 
 
 @dataclass(frozen=True)
@@ -262,6 +266,20 @@ def _common_declarations() -> tuple[Declaration, ...]:
                 Property("consistency", "Consistency", True, "Default: the endpoint's own level."),
                 Property("include", "Array<string>", True, "Relations to embed in each document."),
                 Property("explain", "boolean", True, "Answer each shard's plan in `plan`."),
+            ),
+        ),
+        Declaration(
+            "MutationOptions",
+            "Per-call options of every mutation.",
+            (
+                Property(
+                    "idempotencyKey",
+                    "string",
+                    True,
+                    "Sent as `Idempotency-Key` (1 to 128 of `A-Z a-z 0-9 . _ : -`) on every attempt; default: a new "
+                    "random key per call. A key is applied at most once (with another request it is refused, "
+                    "`idempotency_key_reused`): pass the key of a call whose outcome is unknown to retry it safely.",
+                ),
             ),
         ),
         Declaration(

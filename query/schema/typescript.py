@@ -5,8 +5,16 @@ The module targets ES2020 with the DOM lib's ``fetch`` types and compiles with
 a ``<Name>Params`` interface and a ``<Name>Result`` type, and
 ``DocraftClient`` with one method per endpoint. A method sends a JSON body
 when its endpoint accepts POST (JSON keeps exact types) and a query string
-otherwise (lists comma-joined); a non-2xx answer rejects with
+otherwise (lists comma-joined); a failed call rejects with
 ``DocraftRequestError``.
+
+Every mutation call sends one ``Idempotency-Key`` (the caller's, or a fresh
+random one) on each of its attempts, so the server applies it at most once.
+An attempt is aborted after ``timeoutMs``; a call is retried, up to
+``retries`` times and with the same key, after 408, 429, 503 or 504 or when
+no answer came, waiting ``retryDelayMs`` doubled per retry or the answer's
+``Retry-After``, never longer than ``maxRetryDelayMs``. A call so lasts at
+most ``(retries + 1) * timeoutMs + retries * maxRetryDelayMs``.
 """
 
 from __future__ import annotations
@@ -54,27 +62,41 @@ def _client(app: App, methods: tuple[Method, ...]) -> str:
         f"/** Calls the endpoints of `{app.module}` through a dispatcher (or any replica). */",
         "export class DocraftClient implements DocraftApi {",
         "  readonly #baseUrl: string;",
-        "  readonly #fetch: typeof fetch;",
+        "  readonly #settings: Required<DocraftClientOptions>;",
         "",
-        "  /** `baseUrl`: a dispatcher's, e.g. `http://127.0.0.1:8000`; `fetchImpl`: the global `fetch` if absent. */",
-        "  constructor(baseUrl: string, fetchImpl?: typeof fetch) {",
+        "  /**",
+        "   * `baseUrl`: a dispatcher's, e.g. `http://127.0.0.1:8000`; `options`: see `DocraftClientOptions`, or the",
+        "   * `fetch` to call. A `RangeError` if an option is negative or not a number.",
+        "   */",
+        "  constructor(baseUrl: string, options: DocraftClientOptions | typeof fetch = {}) {",
+        '    const given: DocraftClientOptions = typeof options === "function" ? { fetch: options } : options;',
         '    this.#baseUrl = baseUrl.replace(/\\/+$/, "");',
-        "    this.#fetch = fetchImpl ?? ((input, init) => fetch(input, init));",
+        "    this.#settings = {",
+        "      fetch: given.fetch ?? ((input, init) => fetch(input, init)),",
+        '      timeoutMs: setting("timeoutMs", given.timeoutMs, 10000),',
+        '      retries: setting("retries", given.retries, 3, true),',
+        '      retryDelayMs: setting("retryDelayMs", given.retryDelayMs, 100),',
+        '      maxRetryDelayMs: setting("maxRetryDelayMs", given.maxRetryDelayMs, 2000),',
+        "    };",
         "  }",
     ]
     for method in methods:
         params = f"params: {method.params_type}{' = {}' if method.params_optional else ''}"
-        options = ", options?: ReadOptions" if method.read else ""
-        query = "readQuery(options)" if method.read else "{}"
-        if method.http_method == "GET":
-            call = f'url(this.#baseUrl, "{method.name}", {{ ...params, ...{query} }})'
+        post = method.http_method == "POST"
+        if method.read:
+            query = "readQuery(options)" if post else "{ ...params, ...readQuery(options) }"
         else:
-            call = f'url(this.#baseUrl, "{method.name}", {query}), params'
+            query = "{}" if post else "params"
+        arguments = [f'url(this.#baseUrl, "{method.name}", {query})']
+        if post or not method.read:
+            arguments.append("params" if post else "undefined")
+        if not method.read:  # one key per call, the same on each of its attempts
+            arguments.append("options?.idempotencyKey ?? newIdempotencyKey()")
         lines += [
             "",
             *comment(method.doc, "  "),
-            f"  async {method.name}({params}{options}): Promise<{method.result_type}> {{",
-            f"    return send<{method.result_type}>(this.#fetch, {call});",
+            f"  async {method.name}({params}, options?: {method.options_type}): Promise<{method.result_type}> {{",
+            f"    return send<{method.result_type}>(this.#settings, {', '.join(arguments)});",
             "  }",
         ]
     lines.append("}")
@@ -82,16 +104,50 @@ def _client(app: App, methods: tuple[Method, ...]) -> str:
 
 
 _RUNTIME = """\
-/** A non-2xx answer: its HTTP `status` and docraft's error `body` (`null` when the body was not one). */
+/** How a `DocraftClient` calls; every option has a default. */
+export interface DocraftClientOptions {
+  /** Each HTTP attempt is aborted after this many milliseconds (default 10000). */
+  timeoutMs?: number;
+  /** Attempts after the first, when the answer is 408, 429, 503 or 504 or none came (default 3). */
+  retries?: number;
+  /** The wait before the first retry, doubled for each further one, with jitter (default 100 ms). */
+  retryDelayMs?: number;
+  /** The longest wait before a retry, an answer's `Retry-After` included (default 2000 ms). */
+  maxRetryDelayMs?: number;
+  /** The `fetch` to call (default: the global one). */
+  fetch?: typeof fetch;
+}
+
+/**
+ * A failed call: docraft's last answer (`status`, and its error `body`, `null` when the body was not one), or
+ * no answer at all (`status` 0). `code` is the answer's docraft error code, or `"timeout"` / `"network_error"`
+ * when no answer came. `idempotencyKey` is the key a mutation was sent with: when its outcome is unknown
+ * (`outcome_unknown`, `timeout`, `network_error`), calling again with that key applies it at most once.
+ */
 export class DocraftRequestError extends Error {
   readonly status: number;
   readonly body: DocraftError | null;
+  readonly code: ErrorCode | "timeout" | "network_error" | null;
+  readonly idempotencyKey: string | null;
 
-  constructor(status: number, body: DocraftError | null) {
-    super(body === null ? `HTTP ${status}` : `${status} ${body.error.code}: ${body.error.message}`);
+  constructor(
+    status: number,
+    body: DocraftError | null,
+    idempotencyKey: string | null = null,
+    noAnswer?: { code: "timeout" | "network_error"; reason: string },
+  ) {
+    super(
+      noAnswer !== undefined
+        ? `${noAnswer.code}: ${noAnswer.reason}`
+        : body === null
+          ? `HTTP ${status}`
+          : `${status} ${body.error.code}: ${body.error.message}`,
+    );
     this.name = "DocraftRequestError";
     this.status = status;
     this.body = body;
+    this.code = noAnswer?.code ?? body?.error.code ?? null;
+    this.idempotencyKey = idempotencyKey;
   }
 }
 
@@ -101,6 +157,17 @@ function isDocraftError(body: unknown): body is DocraftError {
   }
   const error: unknown = body.error;
   return typeof error === "object" && error !== null && "code" in error && "message" in error;
+}
+
+function setting(name: string, value: number | undefined, fallback: number, integer = false): number {
+  if (value === undefined) {
+    return fallback;
+  }
+  if (!Number.isFinite(value) || value < 0 || (integer && !Number.isInteger(value))) {
+    const kind = integer ? "integer" : "number";
+    throw new RangeError(`DocraftClient: ${name} must be a non-negative ${kind}, not ${value}`);
+  }
+  return value;
 }
 
 /** `base/endpoint?query`: undefined values left out, null as empty (None), lists comma-joined. */
@@ -123,23 +190,106 @@ function readQuery(options: ReadOptions = {}): Record<string, unknown> {
   };
 }
 
-/** GET `target`, or POST `body` as JSON; the parsed 2xx body, else a `DocraftRequestError`. */
-async function send<T>(fetchImpl: typeof fetch, target: string, body?: object): Promise<T> {
-  const init: RequestInit =
-    body === undefined
-      ? { method: "GET" }
-      : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
-  const response = await fetchImpl(target, init);
-  const text = await response.text();
-  if (!response.ok) {
-    let parsed: unknown = null;
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      // not JSON: a proxy's page, say; the status is all there is
-    }
-    throw new DocraftRequestError(response.status, isDocraftError(parsed) ? parsed : null);
+/** A new random key for one mutation call: a UUID, or 32 hex digits where `randomUUID` is missing (plain HTTP). */
+function newIdempotencyKey(): string {
+  if (typeof crypto.randomUUID === "function") {
+    return crypto.randomUUID();
   }
-  return JSON.parse(text) as T;
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+// Answers after which nothing was applied (408, 429, 503) or, sent again with the same key, at most once (504).
+const RETRIED_STATUSES: ReadonlySet<number> = new Set([408, 429, 503, 504]);
+
+/**
+ * GET `target`, or POST `body` as JSON, with `idempotencyKey` (a mutation's) on every attempt; retried as
+ * `settings` say. The parsed 2xx body, else a `DocraftRequestError` for the last attempt.
+ */
+async function send<T>(
+  settings: Required<DocraftClientOptions>,
+  target: string,
+  body?: object,
+  idempotencyKey?: string,
+): Promise<T> {
+  const headers: Record<string, string> = {};
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+  }
+  if (idempotencyKey !== undefined) {
+    headers["Idempotency-Key"] = idempotencyKey;
+  }
+  const init: RequestInit = {
+    method: body === undefined ? "GET" : "POST",
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  };
+  for (let retry = 0; ; retry++) {
+    const outcome = await attempt(settings, target, init);
+    const answered = "status" in outcome;
+    if (retry < settings.retries && (!answered || RETRIED_STATUSES.has(outcome.status))) {
+      const delay = retryDelay(settings, retry, answered ? outcome.retryAfter : null);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      continue;
+    }
+    if (!answered) {
+      throw new DocraftRequestError(0, null, idempotencyKey ?? null, outcome);
+    }
+    if (outcome.status < 200 || outcome.status > 299) {
+      throw new DocraftRequestError(outcome.status, errorBody(outcome.text), idempotencyKey ?? null);
+    }
+    return JSON.parse(outcome.text) as T;
+  }
+}
+
+/** One HTTP exchange, answer body included, aborted after `timeoutMs` (even if `fetch` ignores the signal). */
+async function attempt(
+  settings: Required<DocraftClientOptions>,
+  target: string,
+  init: RequestInit,
+): Promise<
+  { status: number; retryAfter: string | null; text: string } | { code: "timeout" | "network_error"; reason: string }
+> {
+  const controller = new AbortController();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<"expired">((resolve) => {
+    timer = setTimeout(() => {
+      resolve("expired"); // before aborting, so that the race is won by the timeout, not by the aborted fetch
+      controller.abort();
+    }, settings.timeoutMs);
+  });
+  const exchange = (async () => {
+    const response = await settings.fetch(target, { ...init, signal: controller.signal });
+    return { status: response.status, retryAfter: response.headers.get("Retry-After"), text: await response.text() };
+  })();
+  try {
+    const answer = await Promise.race([exchange, expired]);
+    return answer === "expired" ? { code: "timeout", reason: `no answer within ${settings.timeoutMs} ms` } : answer;
+  } catch (error) {
+    return { code: "network_error", reason: error instanceof Error ? error.message : String(error) };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The wait before retry `retry` (0 for the first): the answer's `Retry-After`, else exponential backoff; capped. */
+function retryDelay(settings: Required<DocraftClientOptions>, retry: number, retryAfter: string | null): number {
+  const asked = retryAfter === null ? NaN : retryAfterMs(retryAfter.trim());
+  const backoff = settings.retryDelayMs * 2 ** retry * (0.5 + Math.random() / 2);
+  return Math.min(Number.isFinite(asked) ? Math.max(asked, 0) : backoff, settings.maxRetryDelayMs);
+}
+
+/** `Retry-After` in milliseconds from now: delay-seconds or an HTTP date; NaN when it is neither. */
+function retryAfterMs(value: string): number {
+  return /^\\d+$/.test(value) ? Number(value) * 1000 : Date.parse(value) - Date.now();
+}
+
+function errorBody(text: string): DocraftError | null {
+  try {
+    const parsed: unknown = JSON.parse(text);
+    return isDocraftError(parsed) ? parsed : null;
+  } catch {
+    return null; // not JSON: a proxy's page, say; the status is all there is
+  }
 }
 """
