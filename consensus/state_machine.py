@@ -31,6 +31,7 @@ nothing but ``set_fingerprint`` and answers ``code_mismatch``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from models.errors import (
     CodeMismatch,
     DocraftError,
     EndpointFailed,
+    IdempotencyKeyReused,
     MigrationRefused,
     ValidationError,
 )
@@ -60,7 +62,7 @@ from query.views import ReadView, WriteView
 Result = dict[str, Any]
 Handler = Callable[["StateMachine", dict[str, Any], WriteView], Result]
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ class StateMachine:
 
     def _reset(self) -> None:
         self.collections = {name: Collection(model) for name, model in sorted(self.app.models.items())}
-        self.recent: OrderedDict[str, Result] = OrderedDict()
+        # request id -> (digest of the request it named, its result)
+        self.recent: OrderedDict[str, tuple[str | None, Result]] = OrderedDict()
         self.integrity_log = IntegrityLog(self._content_hash, self.checkpoint_interval, self.digests)
         self.fingerprint: str | None = None
         # The model version each collection's documents were written with; a
@@ -182,8 +185,16 @@ class StateMachine:
         request_id = command.get("request_id")
         if request_id is not None and not isinstance(request_id, str):
             return _encoded(BadRequest("request_id must be a string").to_json())
+        digest = None if request_id is None else request_digest(command)
         if request_id is not None and request_id in self.recent:
-            remembered = self.recent[request_id]
+            first_digest, remembered = self.recent[request_id]
+            if first_digest not in (None, digest):
+                return _encoded(
+                    IdempotencyKeyReused(
+                        f"request id {request_id!r} already named a different request; nothing was applied",
+                        request_id=request_id,
+                    ).to_json()
+                )
             return remembered, _encode(remembered)
         stamp = command.get("time", 0.0)
         if not isinstance(stamp, int | float) or isinstance(stamp, bool) or not _finite(stamp):
@@ -196,7 +207,7 @@ class StateMachine:
             return _encoded(pending.to_json())
         result, encoded = self._transaction(spec.handler, command)
         if request_id is not None and spec.remembered:
-            self._remember(request_id, result)
+            self._remember(request_id, digest, result)
         return result, encoded
 
     def _transaction(self, handler: Handler, command: dict[str, Any]) -> tuple[Result, bytes]:
@@ -218,8 +229,8 @@ class StateMachine:
             local=self.local_fingerprint,
         )
 
-    def _remember(self, request_id: str, result: Result) -> None:
-        self.recent[request_id] = result
+    def _remember(self, request_id: str, digest: str | None, result: Result) -> None:
+        self.recent[request_id] = (digest, result)
         while len(self.recent) > self.remembered_requests:
             self.recent.popitem(last=False)
 
@@ -399,14 +410,14 @@ class StateMachine:
         return {
             "format": SNAPSHOT_FORMAT,
             "collections": {name: c.all() for name, c in self.collections.items()},
-            "recent_requests": [[rid, result] for rid, result in self.recent.items()],
+            "recent_requests": [[rid, digest, result] for rid, (digest, result) in self.recent.items()],
             "integrity": {**self.integrity_log.to_json(), "fingerprint": self.fingerprint},
             "versions": dict(self.versions),
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Replace the state with ``snapshot``; raises ``ValueError`` if it is not one of ours."""
-        if snapshot.get("format") != SNAPSHOT_FORMAT:
+        if snapshot.get("format") not in (2, SNAPSHOT_FORMAT):
             raise ValueError(f"unknown snapshot format {snapshot.get('format')!r}")
         self._reset()
         for name, docs in snapshot["collections"].items():
@@ -415,8 +426,13 @@ class StateMachine:
                 raise ValueError(f"snapshot holds collection {name!r} the app does not define")
             for doc in docs:
                 collection.put(doc)
-        for rid, result in snapshot["recent_requests"]:
-            self.recent[rid] = result
+        for remembered in snapshot["recent_requests"]:
+            if len(remembered) == 2:  # format 2 kept no request digests
+                rid, result = remembered
+                self.recent[rid] = (None, result)
+            else:
+                rid, digest, result = remembered
+                self.recent[rid] = (digest, result)
         self.integrity_log.restore(snapshot["integrity"])
         self.fingerprint = snapshot["integrity"]["fingerprint"]
         self.versions.update(snapshot.get("versions", {}))
@@ -426,6 +442,13 @@ class StateMachine:
 
 
 UNKNOWN = Command(StateMachine._unknown, needs_cluster_code=True, needs_migrated_data=False, remembered=True)
+
+
+def request_digest(command: dict[str, Any]) -> str:
+    """What a request asked for, without its envelope (request id, time): equal for a retry of it."""
+    asked = {k: v for k, v in command.items() if k not in ("request_id", "time")}
+    text = ujson.dumps(asked, sort_keys=True, escape_forward_slashes=False)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def _encode(value: Any) -> bytes:

@@ -76,6 +76,13 @@ class ValidationError(DocraftError):
     code = "validation_failed"
 
 
+class IdempotencyKeyReused(DocraftError):
+    """An idempotency key (request id) already named a different request; nothing was applied."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
 class NotLeader(DocraftError):
     """This replica does not lead its group; ``details['leader']`` may name who does."""
 
@@ -162,6 +169,7 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         DocumentNotFound,
         DuplicateKey,
         ValidationError,
+        IdempotencyKeyReused,
         NotLeader,
         NoLeader,
         OutcomeUnknown,

@@ -16,7 +16,7 @@
     id = "d0"
     http = "127.0.0.1:8000"
 
-    [raft]                          # optional; see consensus.replica.RaftTimings
+    [raft]                          # optional; see consensus.raft_member.RaftTimings
     election_min = 0.4
 
     [integrity]                     # optional; see IntegrityConfig
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from consensus.replica import RaftTimings
+from consensus.raft_member import RaftTimings
 
 SLOT_COUNT = 16384
 

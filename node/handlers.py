@@ -18,11 +18,14 @@ from tornado.web import HTTPError, RequestHandler
 from models.errors import BadRequest, DocraftError, MethodNotAllowed, NoLeader, NotFound
 from models.json_values import non_finite_path
 from node.alerts import AlertBook
-from node.router import Router
-from node.shard_service import ShardService
+from node.router import Router, new_idempotency_key, request_id_for
+from node.shard_client import TIMEOUT_HEADER
+from node.shard_service import DEFAULT_TIMEOUT, ShardService
 
 log = logging.getLogger("docraft.http")
 
+MAX_TIMEOUT = 60.0
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 _TORNADO_ERRORS: dict[int, type[DocraftError]] = {404: NotFound, 405: MethodNotAllowed}
 
 
@@ -83,6 +86,33 @@ class JSONHandler(RequestHandler):
             )
         return body
 
+    def idempotency_key(self, mutation: bool) -> str | None:
+        """The request's ``Idempotency-Key`` (a fresh one for a mutation without), echoed in the answer.
+
+        A client that sees the outcome of a mutation as unknown retries it with
+        this key and it is applied at most once. ``BadRequest`` for a malformed key.
+        """
+        key = self.request.headers.get(IDEMPOTENCY_HEADER)
+        if key is None and mutation:
+            key = new_idempotency_key()
+        if key is not None:
+            request_id_for(key)  # BadRequest for a malformed key, before it is echoed
+            self.set_header(IDEMPOTENCY_HEADER, key)
+        return key
+
+    def raft_timeout(self) -> float:
+        """How long the caller lets this replica wait for Raft (``X-Docraft-Timeout``, capped); 400 if malformed."""
+        text = self.request.headers.get(TIMEOUT_HEADER)
+        if text is None:
+            return DEFAULT_TIMEOUT
+        try:
+            seconds = float(text)
+        except ValueError:
+            raise BadRequest(f"{TIMEOUT_HEADER} must be a number of seconds") from None
+        if not 0 < seconds <= MAX_TIMEOUT:
+            raise BadRequest(f"{TIMEOUT_HEADER} must be between 0 and {MAX_TIMEOUT:.0f} seconds")
+        return seconds
+
     def query_args(self) -> dict[str, list[str]]:
         """Query-string arguments decoded as UTF-8, not stripped; ``BadRequest`` otherwise."""
         try:
@@ -105,8 +135,9 @@ class EndpointHandler(JSONHandler):
 
     async def _call(self, name: str) -> None:
         try:
+            key = self.idempotency_key(self.router.is_mutation(name))
             body = self.json_body() if self.request.method == "POST" else None
-            response = await self.router.call(name, self.request.method or "GET", self.query_args(), body)
+            response = await self.router.call(name, self.request.method or "GET", self.query_args(), body, key)
         except DocraftError as exc:
             self.send_error_for(exc)
             return
@@ -125,7 +156,7 @@ class BulkInsertHandler(JSONHandler):
             docs = body.get("docs")
             if not isinstance(docs, list):
                 raise BadRequest('the body must be {"docs": [ ...documents... ]}', param="docs")
-            results = await self.router.insert_batch(model, docs)
+            results = await self.router.insert_batch(model, docs, self.idempotency_key(True))
         except DocraftError as exc:
             self.send_error_for(exc)
             return
@@ -244,7 +275,7 @@ class ShardWriteHandler(JSONHandler):
 
     async def post(self) -> None:
         try:
-            self.write_json(await self.service.write(self.json_body() or {}))
+            self.write_json(await self.service.write(self.json_body() or {}, self.raft_timeout()))
         except DocraftError as exc:
             self.send_error_for(exc)
 
@@ -257,7 +288,7 @@ class ShardReadHandler(JSONHandler):
 
     async def post(self) -> None:
         try:
-            self.write_json(await self.service.read(self.json_body() or {}))
+            self.write_json(await self.service.read(self.json_body() or {}, self.raft_timeout()))
         except DocraftError as exc:
             self.send_error_for(exc)
 

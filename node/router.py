@@ -11,7 +11,9 @@ machine applies it once even when an earlier attempt did land.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,6 +38,7 @@ from models.errors import (
 from models.model import Model
 from node.config import ClusterConfig, ReplicaConfig, ShardConfig
 from node.consistency import Consistency
+from node.leaders import LeaderTracker
 from node.shard_client import ShardClient
 from node.shard_map import ShardMap
 from query.app import App
@@ -57,20 +60,27 @@ class Router:
         client: ShardClient,
         deadline: float = 10.0,
         attempt_timeout: float = 2.0,
+        patience: float = 0.15,
     ) -> None:
         self.config = config
         self.attempt_timeout = attempt_timeout
+        # How long an attempt may take before the router asks whether leadership moved.
+        self.patience = patience
         self.app = app
         self.client = client
         self.deadline = deadline
         self.shard_map = ShardMap(config)
-        self.leaders: dict[str, ReplicaConfig | None] = {s.id: None for s in config.shards}
+        self.leaders = LeaderTracker(config, client)
         # Replicas the integrity monitor flagged (divergent or wrong code): nothing is read from them.
         self.flagged: set[str] = set()
-        self._by_raft = {r.raft: r for s in config.shards for r in s.replicas}
         self._stale_turns = {s.id: itertools.count() for s in config.shards}
 
     # -- public entry points ---------------------------------------------------
+
+    def is_mutation(self, name: str) -> bool:
+        """Whether ``name`` is a mutation endpoint of the app (``False`` for unknown names)."""
+        endpoint = self.app.endpoints.get(name)
+        return endpoint is not None and endpoint.kind == "mutation"
 
     async def call(
         self,
@@ -78,11 +88,14 @@ class Router:
         method: str,
         query_args: Mapping[str, list[str]],
         body: Mapping[str, Any] | None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Run endpoint ``name`` for an HTTP request and return the response body.
 
-        Raises the ``DocraftError`` to answer with: ``NotFound``,
-        ``MethodNotAllowed``, ``BadRequest``, ``NoLeader``, app errors...
+        A mutation is committed under the request id of ``idempotency_key``
+        (see ``request_id_for``): retried with the same key, it is applied at
+        most once. Raises the ``DocraftError`` to answer with: ``NotFound``,
+        ``MethodNotAllowed``, ``BadRequest``, ``NoLeader``, ``OutcomeUnknown``, app errors...
         """
         endpoint = self.app.endpoint(name)
         if method not in endpoint.methods:
@@ -93,7 +106,12 @@ class Router:
         explain = _flag(query_args, body, "explain")
         if endpoint.kind == "mutation":
             shard = self.shard_map.shard_for_key(endpoint.shard_key_of(args))
-            command = {"type": "mutation", "endpoint": name, "args": args, "request_id": new_request_id()}
+            command = {
+                "type": "mutation",
+                "endpoint": name,
+                "args": args,
+                "request_id": request_id_for(idempotency_key),
+            }
             outcome = await self.write(shard, command)
             return {"result": _unwrap(outcome), "served_by": [outcome.get("served_by")]}
         consistency = Consistency.parse(_single(query_args, body, "consistency"), endpoint.consistency)
@@ -150,12 +168,15 @@ class Router:
                 related = children.get(ujson.dumps(item[model.primary_key]), [])
                 item[name] = sorted(related, key=lambda d: value_key(d[child.primary_key]))
 
-    async def insert_batch(self, model_name: str, docs: list[Any]) -> list[Result]:
+    async def insert_batch(self, model_name: str, docs: list[Any], idempotency_key: str | None = None) -> list[Result]:
         """Validate and store many documents; one result per document, in order.
 
         Documents are grouped by owning shard and each group is one replicated
-        command, so a batch costs one Raft round per shard.
+        command, so a batch costs one Raft round per shard. With an
+        ``idempotency_key``, each shard's command has a request id derived from
+        it, so the same batch sent again is applied at most once.
         """
+        key = idempotency_key or new_idempotency_key()
         model = self.app.model(model_name)
         results: list[Result | None] = [None] * len(docs)
         groups: dict[str, list[int]] = {}
@@ -175,7 +196,7 @@ class Router:
                 "type": "insert_batch",
                 "model": model_name,
                 "docs": [clean[i] for i in positions],
-                "request_id": new_request_id(),
+                "request_id": f"{request_id_for(key)}:{shard_id}",
             }
             outcome = _unwrap(await self.write(self.config.shard(shard_id), command))
             for i, result in zip(positions, outcome, strict=True):
@@ -188,7 +209,7 @@ class Router:
         """Commit ``command`` (a fresh request id per shard) on every shard; each shard's result by id."""
 
         async def one(shard: ShardConfig) -> Any:
-            return _unwrap(await self.write(shard, {**command, "request_id": new_request_id()}))
+            return _unwrap(await self.write(shard, {**command, "request_id": request_id_for(None)}))
 
         results = await asyncio.gather(*(one(shard) for shard in self.config.shards))
         return {shard.id: result for shard, result in zip(self.config.shards, results, strict=True)}
@@ -254,8 +275,9 @@ class Router:
     async def write(self, shard: ShardConfig, command: dict[str, Any]) -> Result:
         """Commit ``command`` on ``shard``'s leader, retrying with the same request id.
 
-        Raises ``NoLeader`` (503) if no attempt could be proposed before the
-        deadline, ``OutcomeUnknown`` (504) if one may have been.
+        Raises ``NoLeader`` or ``ReplicaFlagged`` (503) only when no attempt
+        could have been applied, and ``OutcomeUnknown`` (504) naming the
+        request id to retry with when one may have been.
         """
         maybe_applied = False
 
@@ -263,21 +285,16 @@ class Router:
             nonlocal maybe_applied
             try:
                 return await self.client.write(replica, command, timeout)
-            except (OutcomeUnknown, ShardUnavailable):
-                maybe_applied = True
+            except (OutcomeUnknown, ShardUnavailable, asyncio.CancelledError):
+                maybe_applied = True  # it reached a leader, or may have; abandoned attempts too
                 raise
 
         try:
             # Accepting new code must reach leaders flagged for running it.
             return await self._with_leader(shard, attempt, command.get("type") == "set_fingerprint")
-        except NoLeader as exc:
+        except (NoLeader, ReplicaFlagged) as exc:
             if maybe_applied:
-                raise OutcomeUnknown(
-                    f"shard {shard.id}: the write may or may not have been applied; "
-                    f"retrying with request id {command['request_id']} is safe",
-                    shard=shard.id,
-                    request_id=command["request_id"],
-                ) from exc
+                raise _outcome_unknown(shard, command) from exc
             raise
 
     async def read(self, shard: ShardConfig, request: dict[str, Any], consistency: Consistency) -> Result:
@@ -310,17 +327,20 @@ class Router:
     ) -> T:
         """Run ``attempt`` on ``shard``'s leader, following leadership until the deadline.
 
-        Raises ``ReplicaFlagged`` when the leader is flagged, unless ``to_flagged``.
+        While an attempt is slow, the group is asked whether another replica
+        leads in a newer term; if one does, the attempt is abandoned and the
+        new leader tried (``_attempt_or_moved``). Raises ``NoLeader`` at the
+        deadline, and ``ReplicaFlagged`` when the leader is flagged, unless ``to_flagged``.
         """
         deadline = time.monotonic() + self.deadline
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.leaders[shard.id] = None
+                self.leaders.forget(shard)
                 raise NoLeader(
                     f"shard {shard.id} has no reachable leader; retry shortly", shard=shard.id, retry_after=1
                 )
-            leader = self.leaders[shard.id] or await self._discover_leader(shard, remaining)
+            leader = self.leaders.leaders[shard.id] or await self.leaders.discover(shard, remaining)
             if leader is None:
                 await asyncio.sleep(min(RETRY_PAUSE, remaining))
                 continue
@@ -332,36 +352,34 @@ class Router:
                     replica=leader.id,
                 )
             try:
-                return await attempt(leader, min(remaining, self.attempt_timeout))
+                return await self._attempt_or_moved(shard, leader, attempt, min(remaining, self.attempt_timeout))
+            except _LeaderMoved:
+                continue
             except NotLeader as exc:
-                hint = self._by_raft.get(str(exc.details.get("leader_raft")))
-                self.leaders[shard.id] = hint if hint is not None and hint.shard == shard.id else None
-                if self.leaders[shard.id] is None:
+                if self.leaders.follow_hint(shard, exc.details.get("leader_raft")) is None:
                     await asyncio.sleep(min(RETRY_PAUSE, remaining))
-            except (NoLeader, OutcomeUnknown, ShardUnavailable):
-                self.leaders[shard.id] = None
+            except (NoLeader, OutcomeUnknown, ShardUnavailable, ReplicaFaulted):
+                self.leaders.forget(shard)
                 await asyncio.sleep(min(RETRY_PAUSE, remaining))
 
-    async def _discover_leader(self, shard: ShardConfig, timeout: float) -> ReplicaConfig | None:
-        """Ask every replica of ``shard``; the leader with the highest term wins."""
-
-        async def ask(replica: ReplicaConfig) -> dict[str, Any] | None:
-            try:
-                return await self.client.status(replica, min(timeout, 1.0))
-            except DocraftError:
-                return None
-
-        answers = [a for a in await asyncio.gather(*(ask(r) for r in shard.replicas)) if a]
-        leaders = [a for a in answers if a.get("role") == "leader"]
-        found: ReplicaConfig | None
-        if leaders:
-            best = max(leaders, key=lambda a: a["term"])
-            found = next(r for r in shard.replicas if r.id == best["id"])
-        else:
-            hints = [self._by_raft.get(str(a.get("leader_raft"))) for a in answers]
-            found = next((h for h in hints if h is not None and h.shard == shard.id), None)
-        self.leaders[shard.id] = found
-        return found
+    async def _attempt_or_moved(
+        self,
+        shard: ShardConfig,
+        leader: ReplicaConfig,
+        attempt: Callable[[ReplicaConfig, float], Awaitable[T]],
+        timeout: float,
+    ) -> T:
+        """``attempt`` on ``leader``; raises ``_LeaderMoved`` (the attempt cancelled) if another replica leads now."""
+        task = asyncio.ensure_future(attempt(leader, timeout))
+        done, _ = await asyncio.wait({task}, timeout=self.patience)
+        while not done:
+            if await self.leaders.moved(shard, leader) is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, DocraftError):
+                    await task
+                raise _LeaderMoved()
+            done, _ = await asyncio.wait({task}, timeout=self.leaders.probe_interval)
+        return task.result()
 
     # -- responses ---------------------------------------------------------------
 
@@ -380,8 +398,42 @@ class Router:
         return body
 
 
-def new_request_id() -> str:
+class _LeaderMoved(Exception):
+    """Another replica leads now; the attempt on the old leader was abandoned."""
+
+
+_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def new_idempotency_key() -> str:
     return uuid.uuid4().hex
+
+
+def request_id_for(idempotency_key: str | None) -> str:
+    """The request id a mutation is committed under: derived from the client's key, or from a fresh one.
+
+    Raises ``BadRequest`` for a key that is not 1 to 128 of ``A-Z a-z 0-9 . _ -``.
+    """
+    key = new_idempotency_key() if idempotency_key is None else idempotency_key
+    if not _KEY.fullmatch(key):
+        raise BadRequest("Idempotency-Key must be 1 to 128 characters from A-Z a-z 0-9 . _ -", param="Idempotency-Key")
+    return f"key:{key}"
+
+
+def key_of(request_id: str) -> str:
+    """The idempotency key a request id was derived from (the inverse of ``request_id_for``)."""
+    return request_id.removeprefix("key:").split(":", 1)[0] if request_id.startswith("key:") else request_id
+
+
+def _outcome_unknown(shard: ShardConfig, command: dict[str, Any]) -> OutcomeUnknown:
+    key = key_of(command["request_id"])
+    return OutcomeUnknown(
+        f"shard {shard.id}: the write may or may not have been applied; retrying it with the header "
+        f"Idempotency-Key: {key} applies it at most once",
+        shard=shard.id,
+        request_id=command["request_id"],
+        idempotency_key=key,
+    )
 
 
 def _unwrap(result: Result) -> Any:

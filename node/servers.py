@@ -107,6 +107,8 @@ def run_replica(config: ClusterConfig, replica_id: str, app: App, fault_injectio
             log.warning("UNSAFE: fault injection routes are enabled on this replica")
         try:
             await serve(replica_application(config, app, service, fault_injection), replica.http)
+            await service.replica.drain(grace=1.0)
+            await asyncio.sleep(0.05)  # one more turn of the loop for handlers to send those answers
         finally:
             if not service.replica.snapshot_now():
                 log.warning("no snapshot before stopping: the restart will replay the log")

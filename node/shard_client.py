@@ -22,6 +22,8 @@ from node.shard_service import ShardService
 AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=256)
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+# How long the replica may wait for Raft (seconds): a little less than the router waits for its answer.
+TIMEOUT_HEADER = "X-Docraft-Timeout"
 
 
 class ShardClient:
@@ -42,13 +44,15 @@ class ShardClient:
         return self.local is not None and self.local.config.id == replica.id
 
     async def write(self, replica: ReplicaConfig, command: dict[str, Any], timeout: float) -> Result:
+        """Commit ``command`` on ``replica``; it waits for Raft at most ``timeout`` seconds."""
         if self.local is not None and self.is_local(replica):
-            return await self.local.write(command)
+            return await self.local.write(command, timeout)
         return await self._call(replica, "POST", "/_shard/write", command, timeout)
 
     async def read(self, replica: ReplicaConfig, request: dict[str, Any], timeout: float) -> Result:
+        """Run a read on ``replica``; it waits for Raft at most ``timeout`` seconds."""
         if self.local is not None and self.is_local(replica):
-            return await self.local.read(request)
+            return await self.local.read(request, timeout)
         return await self._call(replica, "POST", "/_shard/read", request, timeout)
 
     async def status(self, replica: ReplicaConfig, timeout: float = 1.0) -> dict[str, Any]:
@@ -70,7 +74,7 @@ class ShardClient:
                 replica.http_url + path,
                 method=method,
                 body=body,
-                headers=JSON_HEADERS,
+                headers={**JSON_HEADERS, TIMEOUT_HEADER: f"{max(timeout - 0.05, 0.05):.3f}"},
                 request_timeout=max(timeout, 0.05),
                 connect_timeout=min(max(timeout, 0.05), 1.0),
                 raise_error=False,
@@ -85,5 +89,8 @@ class ShardClient:
             raise ShardUnavailable(f"replica {replica.id} sent a body that is not JSON", replica=replica.id) from None
         if response.code != 200:
             error: DocraftError = error_from_json(decoded)
+            if type(error) is DocraftError and response.code >= 500:
+                # Not one of docraft's answers (a replica stopping mid-request, a bug): what happened is unknown.
+                raise ShardUnavailable(f"replica {replica.id} failed: {error.message}", replica=replica.id)
             raise error
         return decoded

@@ -16,6 +16,8 @@ from node.config import ReplicaConfig
 from node.consistency import Consistency
 from node.fault_injection import corrupt
 
+# How long a write or a read barrier may wait for Raft when the caller names no deadline.
+DEFAULT_TIMEOUT = 10.0
 # Commands a router may propose; batches are made by the replica itself.
 ROUTED_COMMANDS = ("mutation", "insert_batch", "set_fingerprint", "migrate")
 
@@ -25,21 +27,22 @@ class ShardService:
         self.replica = replica
         self.config = config
 
-    async def write(self, command: dict[str, Any]) -> Result:
+    async def write(self, command: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> Result:
         """Propose ``command`` through Raft and return the state machine's result.
 
         The leader stamps the wall-clock time into the command, so every
         replica applies the same time. Raises ``NotLeader``, ``NoLeader`` or
-        ``OutcomeUnknown`` (see ``Replica.submit``).
+        ``OutcomeUnknown`` (see ``Replica.submit``), the last also when no
+        answer came within ``timeout`` seconds.
         """
         if not isinstance(command, dict) or not isinstance(command.get("request_id"), str):
             raise BadRequest("a shard write needs a JSON object with a string request_id")
         if command.get("type") not in ROUTED_COMMANDS:
             raise BadRequest(f"a shard write carries one of {', '.join(ROUTED_COMMANDS)}")
-        result = await self.replica.submit({**command, "time": time.time()})
+        result = await self.replica.submit({**command, "time": time.time()}, timeout)
         return {**result, "served_by": self._served_by(None)}
 
-    async def read(self, request: dict[str, Any]) -> Result:
+    async def read(self, request: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> Result:
         """Run a query endpoint here at the requested consistency.
 
         ``request`` is ``{"endpoint", "args", "explain", "consistency"}``, or
@@ -47,10 +50,11 @@ class ShardService:
         related documents, or ``{"migration_plan": {"model", "to"}}`` for a
         migration's dry run here.
 
-
         Raises ``NotLeader`` when a ``leader`` or ``linearizable`` read
-        reaches a follower, ``ReplicaFaulted`` when this replica does not
-        trust its own state.
+        reaches a follower, ``NoLeader`` when a leader's lease has lapsed,
+        ``ReplicaFaulted`` when this replica does not trust its own state, and
+        ``OutcomeUnknown`` when a ``linearizable`` read's barrier got no answer
+        within ``timeout`` seconds.
         """
         consistency = Consistency.parse(request.get("consistency"))
         if self.replica.fault is not None:
@@ -58,7 +62,7 @@ class ShardService:
         if not self.replica.state_machine.code_ok:
             raise CodeMismatch(f"replica {self.config.id} runs app code other than the cluster's; it serves no data")
         if consistency is Consistency.LINEARIZABLE:
-            await self.replica.submit({"type": "noop"})
+            await self.replica.submit({"type": "noop"}, timeout)
         elif consistency is Consistency.LEADER:
             self.replica.check_leader_read()
         endpoint = str(request.get("endpoint"))

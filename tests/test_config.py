@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consensus.replica import RaftTimings
+from consensus.raft_member import RaftTimings
 from node.config import SLOT_COUNT, ConfigError, load_config, parse_config, render_config
 from node.shard_map import ShardMap, slot_of
 

@@ -6,7 +6,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from consensus.replica import RaftTimings
+from consensus.raft_member import RaftTimings
 from models.errors import ERROR_CLASSES
 from node.cli import parser
 from node.config import IntegrityConfig

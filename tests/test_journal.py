@@ -11,7 +11,8 @@ from pysyncobj.journal import FileJournal
 from pysyncobj.node import TCPNode
 
 from consensus.journal import DocraftJournal
-from consensus.replica import HOOKS, PySyncObjMismatch, RaftTimings, Replica, check_pysyncobj
+from consensus.raft_member import HOOKS, PySyncObjMismatch, RaftTimings, check_pysyncobj
+from consensus.replica import Replica
 from consensus.state_machine import StateMachine
 from examples.people import app as people
 from query.app import load_app

@@ -143,17 +143,18 @@ def test_app_error_with_details_that_are_not_json_is_reported_by_type() -> None:
 def test_a_tuple_is_json_and_is_answered_as_a_list() -> None:
     machine = StateMachine(BAD_RESULTS)
     assert machine.apply(mutation("add_then_return_tuple", 1, request_id="t")) == {"ok": [1, "added"]}
-    assert machine.snapshot()["recent_requests"] == [["t", {"ok": [1, "added"]}]]
+    assert [[rid, result] for rid, _, result in machine.snapshot()["recent_requests"]] == [["t", {"ok": [1, "added"]}]]
 
 
 def test_a_failed_poison_result_is_remembered_under_its_request_id() -> None:
     machine = StateMachine(BAD_RESULTS)
     first = machine.apply(mutation("add_then_return_set", 1, request_id="r"))
     assert first["error"]["code"] == "endpoint_failed"
-    # a retry gets the same answer and runs nothing, even if it would now succeed
-    assert machine.apply(mutation("add_thing", 1, request_id="r")) == first
+    # a retry gets the same answer and runs nothing; another request under the same id is refused
+    assert machine.apply(mutation("add_then_return_set", 1, request_id="r")) == first
+    assert machine.apply(mutation("add_thing", 1, request_id="r"))["error"]["code"] == "idempotency_key_reused"
     assert machine.snapshot()["collections"]["Thing"] == []
-    assert machine.snapshot()["recent_requests"] == [["r", first]]
+    assert [[rid, result] for rid, _, result in machine.snapshot()["recent_requests"]] == [["r", first]]
 
 
 def test_poison_results_are_the_same_bytes_on_every_replica() -> None:
@@ -187,7 +188,7 @@ def test_a_poison_command_in_a_batch_fails_alone() -> None:
     assert result["ok"][3]["error"]["code"] == "endpoint_failed"
     assert result["ok"][4] == {"ok": {"id": 5, "colour": "grey"}}
     assert [t["id"] for t in machine.snapshot()["collections"]["Thing"]] == [1, 3, 5]
-    assert [rid for rid, _ in machine.snapshot()["recent_requests"]] == ["a", "b", "c"]
+    assert [rid for rid, _, _ in machine.snapshot()["recent_requests"]] == ["a", "b", "c"]
     assert_contents_hash_is_true(machine)
 
 
@@ -348,7 +349,7 @@ def test_a_bug_in_a_handler_is_an_internal_error_and_its_writes_are_undone(
     assert machine.snapshot()["collections"]["User"] == []
     assert_contents_hash_is_true(machine)
     # remembered like any result, and the machine goes on applying
-    assert machine.snapshot()["recent_requests"] == [["b", result]]
+    assert [[rid, result] for rid, _, result in machine.snapshot()["recent_requests"]] == [["b", result]]
     assert machine.apply(insert_user(1))["ok"]["id"] == 1
 
 

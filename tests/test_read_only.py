@@ -132,7 +132,7 @@ class GroupOfOne:
         self.index = 0
         self.fault = None  # it never distrusts its own state
 
-    async def submit(self, command: dict[str, Any]) -> Result:
+    async def submit(self, command: dict[str, Any], timeout: float) -> Result:
         if command.get("type") == "noop":
             return {"ok": None}
         self.index += 1

@@ -150,13 +150,17 @@ class Reference:
         request_id = command.get("request_id")
         if request_id is not None and not isinstance(request_id, str):
             return ("error", "bad_request")
+        asked = {k: v for k, v in command.items() if k not in ("request_id", "time")}
         if request_id in self.answered:
-            return self.answered[request_id]  # a retry: even a malformed one gets the first answer
+            first_asked, answer = self.answered[request_id]
+            if first_asked != asked:  # the id reused for another request: refused, nothing applied
+                return ("error", "idempotency_key_reused")
+            return answer  # a retry: even one with a malformed time gets the first answer
         if expect == "malformed":
             return ("error", "bad_request")
         answer = self._answer(expect)
         if request_id is not None:
-            self.answered[request_id] = answer
+            self.answered[request_id] = (asked, answer)
         return answer
 
     def _answer(self, expect: Any) -> Any:
@@ -250,7 +254,28 @@ def test_snapshot_shape() -> None:
     snapshot = populated().snapshot()
     assert snapshot["format"] == SNAPSHOT_FORMAT
     assert [d["id"] for d in snapshot["collections"]["User"]] == [*range(12), 40]
-    assert [rid for rid, _ in snapshot["recent_requests"]] == [*(f"req-{i}" for i in range(12)), "dup", "b"]
+    assert [rid for rid, _, _ in snapshot["recent_requests"]] == [*(f"req-{i}" for i in range(12)), "dup", "b"]
+
+
+def test_a_request_id_reused_for_another_request_is_refused_and_changes_nothing() -> None:
+    machine = populated()
+    before = machine.snapshot()
+    retry = machine.apply(insert_user(user(0, "FR"), request_id="req-0", time=99.0))
+    assert "ok" in retry and retry["ok"]["id"] == 0  # the same request again: its first result
+    other = machine.apply(insert_user(user(77), request_id="req-0"))
+    assert other["error"]["code"] == "idempotency_key_reused"
+    after = machine.snapshot()
+    assert dumps(after["collections"]) == dumps(before["collections"])
+    assert after["recent_requests"] == before["recent_requests"]
+
+
+def test_snapshots_of_format_2_still_load() -> None:
+    snapshot = json_round_trip(populated().snapshot())
+    snapshot["format"] = 2
+    snapshot["recent_requests"] = [[rid, result] for rid, _, result in snapshot["recent_requests"]]
+    fresh = StateMachine(PEOPLE)
+    fresh.restore(snapshot)
+    assert fresh.apply(insert_user(user(77), request_id="req-0"))["ok"]["id"] == 0  # no digest: first answer
 
 
 def test_restored_machine_answers_queries_the_same() -> None:
@@ -279,8 +304,10 @@ def test_restored_machine_remembers_request_ids_and_indexes() -> None:
     machine = populated()
     fresh = StateMachine(PEOPLE)
     fresh.restore(json_round_trip(machine.snapshot()))
-    again = insert_user(user(100), request_id="req-5")
+    again = insert_user(user(5, "JP"), request_id="req-5", time=15.0)
     assert fresh.apply(again) == machine.apply(again) == {"ok": user(5, "JP", address="", city="")}
+    other = insert_user(user(100), request_id="req-5")
+    assert fresh.apply(other)["error"]["code"] == machine.apply(other)["error"]["code"] == "idempotency_key_reused"
     assert fresh.query("get_user", {"id": 100})["items"] == []
     plan = fresh.query("get_user", {"country": "FR"}, explain=True)["plan"]
     assert plan[0]["access"] == "index_equality"
@@ -315,10 +342,10 @@ def test_repeated_request_id_returns_first_result_and_applies_once() -> None:
     machine = StateMachine(PEOPLE)
     first = machine.apply(insert_user(user(1), request_id="r"))
     assert first == {"ok": user(1, address="", city="")}
-    # a retry, even of a different command, answers with the first result and changes nothing
+    # a retry answers with the first result and changes nothing; another command under its id is refused
     assert machine.apply(insert_user(user(1), request_id="r")) == first
-    assert machine.apply(insert_user(user(2), request_id="r")) == first
-    assert machine.apply({"type": "noop", "request_id": "r"}) == first
+    assert machine.apply(insert_user(user(2), request_id="r"))["error"]["code"] == "idempotency_key_reused"
+    assert machine.apply({"type": "noop", "request_id": "r"})["error"]["code"] == "idempotency_key_reused"
     assert [d["id"] for d in users_of(machine)] == [1]
     # without the same request id the same insert is a new write: a duplicate
     assert machine.apply(insert_user(user(1), request_id="other"))["error"]["code"] == "duplicate_key"
@@ -328,7 +355,7 @@ def test_repeated_failed_request_returns_the_same_error() -> None:
     machine = StateMachine(PEOPLE)
     failed = machine.apply(insert_user({"id": 5}, request_id="r"))
     assert failed["error"]["code"] == "endpoint_failed"
-    assert machine.apply(insert_user(user(5), request_id="r")) == failed
+    assert machine.apply(insert_user({"id": 5}, request_id="r")) == failed
     assert users_of(machine) == []
 
 
@@ -343,7 +370,7 @@ def test_oldest_request_ids_are_forgotten_first() -> None:
     machine = StateMachine(PEOPLE, remembered_requests=2)
     for i in range(3):
         machine.apply(insert_user(user(i), request_id=f"r{i}"))
-    assert [rid for rid, _ in machine.snapshot()["recent_requests"]] == ["r1", "r2"]
+    assert [rid for rid, _, _ in machine.snapshot()["recent_requests"]] == ["r1", "r2"]
     assert machine.apply(insert_user(user(2), request_id="r2"))["ok"]["id"] == 2
     # r0 was forgotten, so its retry is applied again and finds its own document
     assert machine.apply(insert_user(user(0), request_id="r0"))["error"]["code"] == "duplicate_key"
@@ -367,7 +394,8 @@ def test_non_string_request_id_is_bad_request(request_id: Any) -> None:
 def test_empty_string_request_id_is_remembered() -> None:
     machine = StateMachine(PEOPLE)
     first = machine.apply(insert_user(user(1), request_id=""))
-    assert machine.apply(insert_user(user(2), request_id="")) == first
+    assert machine.apply(insert_user(user(1), request_id="")) == first
+    assert machine.apply(insert_user(user(2), request_id=""))["error"]["code"] == "idempotency_key_reused"
     assert [d["id"] for d in users_of(machine)] == [1]
 
 
@@ -499,7 +527,7 @@ def test_garbage_commands_return_an_error(command: dict[str, Any], code: str) ->
     assert result["error"]["message"]
     assert dumps(machine.snapshot()["collections"]) == dumps(StateMachine(PEOPLE).snapshot()["collections"])
     assert dumps(machine.snapshot()) != before  # the error is remembered under its request id
-    assert machine.apply({"type": "noop", "request_id": "g"}) == result
+    assert machine.apply({**command, "request_id": "g"}) == result  # a retry gets the remembered error
 
 
 def test_bad_documents_in_a_batch_fail_alone() -> None:
@@ -556,7 +584,7 @@ def test_batch_answers_each_malformed_command_alone() -> None:
         ],
     )
     assert [d["id"] for d in users_of(machine)] == [1, 5]
-    assert [rid for rid, _ in machine.snapshot()["recent_requests"]] == ["a"]
+    assert [rid for rid, _, _ in machine.snapshot()["recent_requests"]] == ["a"]
 
 
 @pytest.mark.parametrize("doc", [5, "ab", None, [1, 2], ["id", 1], True])
@@ -623,7 +651,10 @@ def test_error_results_are_the_same_in_every_process() -> None:
         for seed in ("1", "2")
     ]
     assert outputs[0] == outputs[1]
-    assert '"t0",{"error":{"code":"endpoint_failed","message":"crash_with_an_address raised TypeError"}}' in outputs[0]
+    crash = (
+        r'"t0","[0-9a-f]{32}",\{"error":\{"code":"endpoint_failed","message":"crash_with_an_address raised TypeError"'
+    )
+    assert re.search(crash, outputs[0]), outputs[0][:500]
     assert '"message":"add_then_return_set returned a value that is not JSON"' in outputs[0]
 
 

@@ -1,0 +1,384 @@
+"""PySyncObj made safe for docraft: one Raft member, with the fixes Raft's rules need.
+
+``RaftMember`` is a ``SyncObj`` with these changes, each at the narrowest
+PySyncObj hook that carries it (the private names are listed in ``HOOKS`` and
+checked at start; see ``check_pysyncobj``):
+
+- **Journal** (``consensus.journal``): atomic compaction, a record of the last
+  acknowledged index, fsync on request.
+- **Faults.** A member that restarted with a log ending below what it had
+  acknowledged (``entries_lost``) neither votes nor stands for election until
+  its leader has sent it that far again; one whose snapshot failed to load
+  (``snapshot_unloadable``, set by the subclass's deserializer) ignores all Raft
+  traffic.
+- **Next index never moves back on success** (FACTS.md: PySyncObj's pipeline
+  otherwise made followers truncate entries they had applied).
+- **Leader lease.** Every append the leader sends carries its term and send
+  time; followers echo the stamp in their reply. A member that heard from its
+  leader less than ``election_min`` ago drops vote requests (Raft thesis §6's
+  "leader stickiness"), so no other leader can be elected within
+  ``election_min`` of a heartbeat a majority accepted. The leader therefore
+  holds a lease until the send time of the newest heartbeat a majority has
+  acknowledged plus ``lease`` (a fraction of ``election_min``, the margin for
+  clock-rate drift between hosts).
+- **Conflicts resolve a term at a time** (Raft §5.3's optimisation): a follower
+  whose log disagrees with the leader's at ``prevLogIdx`` answers with the first
+  index of its conflicting term, not ``prevLogIdx``, so a long divergent tail
+  costs one round trip per term, not per entry.
+- **Dead links are dropped.** PySyncObj checks a connection's read timeout
+  only when the socket has an event; a connection attempt whose SYN a
+  partition dropped, or a link that went silent, then waits for TCP's own
+  exponential retries (seconds to minutes) after the partition heals. Each tick
+  now drops a pending connection attempt, and a link to the leader or (on the
+  leader) to a follower, that has been silent for ``connection_timeout``; the
+  transport reconnects at once.
+
+Threads: everything here runs on PySyncObj's thread, except ``lease_valid``
+(any thread: it reads one float).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pysyncobj.syncobj
+from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.tcp_connection import CONNECTION_STATE
+from pysyncobj.version import VERSION as PYSYNCOBJ_VERSION
+
+from consensus.journal import DocraftJournal
+
+log = logging.getLogger("docraft.raft")
+
+# The PySyncObj release whose private names this module and consensus.journal
+# were checked against, and those names. A member refuses to start on another.
+PYSYNCOBJ_CHECKED = "0.3.17"
+HOOKS = {
+    "SyncObj": (
+        "_SyncObj__onMessageReceived",
+        "_SyncObj__sendNextNodeIdx",
+        "_SyncObj__loadDumpFile",
+    ),
+    "SyncObj instance": (
+        "_SyncObj__raftLog",
+        "_SyncObj__raftNextIndex",
+        "_SyncObj__raftElectionDeadline",
+        "_SyncObj__raftCurrentTerm",
+        "_SyncObj__transport",
+    ),
+    "pysyncobj.syncobj": ("createJournal",),
+    "FileJournal instance": ("_FileJournal__meta", "_FileJournal__metaSaved", "_FileJournal__journalFile"),
+    "TCPTransport instance": ("_connections", "send"),
+}
+_LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
+# PySyncObj creates its journal through a module-level name; it is swapped for
+# DocraftJournal while a member is constructed, under this lock.
+_JOURNAL_FACTORY = threading.Lock()
+# A member that stands out of elections keeps its election deadline this far ahead.
+_NO_ELECTION = 3600.0
+
+
+class PySyncObjMismatch(RuntimeError):
+    """The installed PySyncObj is not the one docraft's Raft hooks were checked against."""
+
+
+def check_pysyncobj(version: str = PYSYNCOBJ_VERSION) -> None:
+    """Raise ``PySyncObjMismatch`` unless PySyncObj is the checked release with every hooked name."""
+    if version != PYSYNCOBJ_CHECKED:
+        raise PySyncObjMismatch(
+            f"docraft's Raft hooks were checked against PySyncObj {PYSYNCOBJ_CHECKED}, not {version}; "
+            f"install pysyncobj=={PYSYNCOBJ_CHECKED}"
+        )
+    missing = [name for name in HOOKS["SyncObj"] if not callable(getattr(SyncObj, name, None))]
+    missing += [name for name in HOOKS["pysyncobj.syncobj"] if not hasattr(pysyncobj.syncobj, name)]
+    if missing:
+        raise PySyncObjMismatch(f"PySyncObj {version} lacks {', '.join(missing)}; docraft cannot run on it")
+
+
+def _check_instance(obj: object, kind: str) -> None:
+    missing = [name for name in HOOKS[kind] if not hasattr(obj, name)]
+    if missing:
+        raise PySyncObjMismatch(f"a PySyncObj {kind} lacks {', '.join(missing)}; docraft cannot run on it")
+
+
+@dataclass(frozen=True)
+class RaftTimings:
+    """Raft settings (the cluster file's ``[raft]`` table); times in seconds.
+
+    Elections start after a random timeout in [election_min, election_max].
+    A leader that hears from no majority for ``leader_fallback`` steps down.
+    ``leader`` reads are served under a lease of ``lease_fraction`` of
+    ``election_min`` from the newest heartbeat a majority acknowledged.
+    ``fsync`` flushes the journal (and snapshots, term and vote) to disk before
+    the member acknowledges an append, so acknowledged writes survive power loss.
+    """
+
+    election_min: float = 0.3
+    election_max: float = 0.7
+    leader_fallback: float = 1.0
+    heartbeat: float = 0.05
+    connection_retry: float = 0.1
+    compaction_min_entries: int = 20_000
+    compaction_min_seconds: float = 300.0
+    lease_fraction: float = 0.8
+    fsync: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < 3 * self.heartbeat < self.election_min < self.election_max:
+            raise ValueError("need 0 < 3 * heartbeat < election_min < election_max")
+        if self.leader_fallback <= self.election_min:
+            raise ValueError("leader_fallback must be longer than election_min")
+        if not 0 < self.lease_fraction < 1:
+            raise ValueError("lease_fraction must be between 0 and 1: a lease is shorter than election_min")
+
+    @property
+    def lease(self) -> float:
+        return self.election_min * self.lease_fraction
+
+
+@dataclass(frozen=True)
+class ReplicaFault:
+    """Why a member does not trust its own state: ``entries_lost`` or ``snapshot_unloadable``."""
+
+    kind: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "message": self.message}
+
+
+class _TruncationCounter(logging.Handler):
+    """Counts PySyncObj's 'truncating already-applied log entries' warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.CRITICAL)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "truncating already-applied" in record.getMessage():
+            self.count += 1
+
+
+truncations = _TruncationCounter()
+logging.getLogger("pysyncobj.syncobj").addHandler(truncations)
+
+
+class RaftMember(SyncObj):  # type: ignore[misc]
+    """A ``SyncObj`` with docraft's journal and Raft fixes; subclasses add the state machine.
+
+    ``conf_options`` are further ``SyncObjConf`` options (serializer hooks, journal files...).
+    Subclasses that take ``onStateChanged`` call ``RaftMember._on_state_changed`` from theirs.
+    """
+
+    def __init__(
+        self, raft_address: str, peers: list[str], password: str, timings: RaftTimings, **conf_options: Any
+    ) -> None:
+        check_pysyncobj()
+        self.raft_address = raft_address
+        self.timings = timings
+        self.fault: ReplicaFault | None = None
+        self._startup_checked = False
+        self._heard_from_leader = float("-inf")  # monotonic time of the last append from a leader
+        self._echo: tuple[int, float] | None = None  # the lease stamp of the append being handled
+        self._conflict_from: int | None = None  # first index of a conflicting term, for the reset reply
+        self._lease_acks: dict[Any, float] = {}  # follower -> newest acknowledged send time, this term
+        self._lease_expiry = 0.0
+        conf = SyncObjConf(
+            password=password,
+            appendEntriesUseBatch=False,
+            raftMinTimeout=timings.election_min,
+            raftMaxTimeout=timings.election_max,
+            appendEntriesPeriod=timings.heartbeat,
+            leaderFallbackTimeout=timings.leader_fallback,
+            connectionRetryTime=timings.connection_retry,
+            connectionTimeout=timings.election_max,
+            logCompactionMinEntries=timings.compaction_min_entries,
+            logCompactionMinTime=timings.compaction_min_seconds,
+            commandsWaitLeader=False,
+            dynamicMembershipChange=False,
+            onStateChanged=self._on_state_changed,
+            **conf_options,
+        )
+        with _JOURNAL_FACTORY:
+            create_journal = pysyncobj.syncobj.createJournal
+            pysyncobj.syncobj.createJournal = functools.partial(DocraftJournal, fsync=timings.fsync)
+            try:
+                super().__init__(raft_address, peers, conf)
+            finally:
+                pysyncobj.syncobj.createJournal = create_journal
+        self.journal: DocraftJournal = self._SyncObj__raftLog
+        transport = self._SyncObj__transport
+        try:
+            _check_instance(self, "SyncObj instance")
+            _check_instance(self.journal, "FileJournal instance")
+            _check_instance(transport, "TCPTransport instance")
+        except PySyncObjMismatch:
+            self.destroy()
+            raise
+        self._transport_send = transport.send
+        transport.send = self._send
+        self.addOnTickCallback(self._on_tick)
+
+    # -- the lease ------------------------------------------------------------
+
+    def lease_valid(self) -> bool:
+        """Whether this member may answer as leader now: it leads under an unexpired lease. Any thread."""
+        if not self._isLeader():
+            return False
+        return not self.otherNodes or time.monotonic() < self._lease_expiry
+
+    def _record_lease_ack(self, node: Any, stamp: Any) -> None:
+        term, sent = stamp
+        if term != self._SyncObj__raftCurrentTerm or not self._isLeader():
+            return
+        self._lease_acks[node] = max(self._lease_acks.get(node, float("-inf")), float(sent))
+        needed = (len(self.otherNodes) + 1) // 2  # followers that make a majority with the leader
+        newest = sorted(self._lease_acks.values(), reverse=True)
+        if len(newest) >= needed:
+            self._lease_expiry = newest[needed - 1] + self.timings.lease
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        """Raft thread: a new role starts without a lease."""
+        self._lease_acks.clear()
+        self._lease_expiry = 0.0
+
+    # -- messages in and out ----------------------------------------------------
+
+    def _send(self, node: Any, message: dict[str, Any]) -> bool:
+        """Every outgoing Raft message: stamp appends with (term, send time); echo the stamp in replies."""
+        kind = message.get("type")
+        if kind == "append_entries":
+            message["lease"] = (self._SyncObj__raftCurrentTerm, time.monotonic())
+        elif kind == "next_node_idx" and self._echo is not None:
+            message["lease"] = self._echo
+        sent: bool = self._transport_send(node, message)
+        return sent
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:  # noqa: N802
+        """PySyncObj's handler, behind docraft's checks (see the module docstring)."""
+        handle = SyncObj._SyncObj__onMessageReceived
+        kind = message.get("type")
+        if self.fault is not None and (
+            self.fault.kind == "snapshot_unloadable" or kind in ("request_vote", "timeout_now")
+        ):
+            return  # out of the group: no votes, no leadership, and no acks while the state is unusable
+        if kind == "request_vote" and self._leader_recently_heard():
+            return  # leader stickiness: the lease of the leader we heard from must hold
+        if kind == "append_entries":
+            self._on_append(node, message, handle)
+        elif kind == "next_node_idx":
+            self._on_append_reply(node, message, handle)
+        else:
+            handle(self, node, message)
+
+    def _leader_recently_heard(self) -> bool:
+        return not self._isLeader() and time.monotonic() - self._heard_from_leader < self.timings.election_min
+
+    def _on_append(self, node: Any, message: dict[str, Any], handle: Any) -> None:
+        if message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
+            self._heard_from_leader = time.monotonic()
+            self._echo = message.get("lease")
+            self._conflict_from = self._first_index_of_conflict(message)
+        try:
+            handle(self, node, message)
+        finally:
+            self._echo = None
+            self._conflict_from = None
+
+    def _first_index_of_conflict(self, message: dict[str, Any]) -> int | None:
+        """Where the term that disagrees with the leader's at ``prevLogIdx`` starts here, or ``None``."""
+        previous, previous_term = message.get("prevLogIdx"), message.get("prevLogTerm")
+        if previous is None or message.get("transmission") is not None or not len(self.journal):
+            return None
+        first = int(self.journal[0][1])
+        if not first <= previous <= self.journal.last_index:
+            return None
+        position = int(previous) - first
+        term = self.journal[position][2]
+        if term == previous_term:
+            return None
+        while position > 0 and self.journal[position - 1][2] == term:
+            position -= 1
+        return max(first + position, int(self.raftCommitIndex) + 1)
+
+    def _on_append_reply(self, node: Any, message: dict[str, Any], handle: Any) -> None:
+        stamp = message.get("lease")
+        if stamp is not None:
+            self._record_lease_ack(node, stamp)
+        if not message.get("success") or message.get("reset"):
+            handle(self, node, message)
+            return
+        # A successful reply never lowers the next index (FACTS.md: PySyncObj's pipeline otherwise
+        # restarts behind the follower's log, and the follower truncates entries it applied).
+        next_index: dict[Any, int] = self._SyncObj__raftNextIndex
+        before = next_index.get(node)
+        handle(self, node, message)
+        if before is not None and next_index.get(node, 0) < before:
+            next_index[node] = before
+
+    def _SyncObj__sendNextNodeIdx(  # noqa: N802
+        self,
+        node: Any,
+        reset: bool = False,
+        nextNodeIdx: int | None = None,  # noqa: N803 - PySyncObj passes it by this name
+        success: bool = False,
+    ) -> None:
+        """Flush the journal before telling the leader what this member holds; send conflict hints."""
+        self.journal.sync()
+        next_index = nextNodeIdx
+        if reset and not success and self._conflict_from is not None:
+            next_index = self._conflict_from if next_index is None else min(next_index, self._conflict_from)
+        SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset, nextNodeIdx=next_index, success=success)
+
+    # -- every tick ---------------------------------------------------------------
+
+    def _on_tick(self) -> None:
+        """Raft thread, after each tick: flush, notice lost entries, keep faulty members out, drop dead links."""
+        self.journal.sync()
+        if not self._startup_checked:
+            self._startup_checked = True
+            self._check_acknowledged_entries()
+        self._drop_dead_links()
+        if self.fault is None:
+            return
+        # The log grows only by a leader's appends while the member stands out of elections, and a
+        # leader's log holds every committed entry: once it reaches the acknowledged index again, so does
+        # this one. (The commit index is no guide: PySyncObj restores it from .meta, beyond the log.)
+        if self.fault.kind == "entries_lost" and self.journal.last_index >= self.journal.acked_at_open:
+            log.warning("replica %s holds index %d again: voting again", self.raft_address, self.journal.last_index)
+            self.journal.caught_up()
+            self.fault = None
+            return
+        self._SyncObj__raftElectionDeadline = time.monotonic() + _NO_ELECTION
+
+    def _check_acknowledged_entries(self) -> None:
+        """First tick, after PySyncObj loaded snapshot and journal: a log below the acked index lost entries."""
+        acked, last = self.journal.acked_at_open, self.journal.last_index
+        if last >= acked:
+            self.journal.caught_up()
+        elif self.fault is None:
+            self.fault = ReplicaFault(
+                "entries_lost",
+                f"restarted with its log ending at index {last}, below index {acked} it had acknowledged; "
+                "it does not vote until its leader has sent it that far again",
+            )
+            log.error("replica %s: %s", self.raft_address, self.fault.message)
+
+    def _drop_dead_links(self) -> None:
+        """Disconnect pending connection attempts, and silent links we expect traffic on, after the timeout."""
+        now = time.monotonic()
+        timeout = self.timings.election_max
+        leader = self._getLeader()
+        leading = self._isLeader()
+        for node, connection in list(self._SyncObj__transport._connections.items()):
+            state = connection.state
+            if state == CONNECTION_STATE.DISCONNECTED:
+                continue
+            expect_traffic = state == CONNECTION_STATE.CONNECTING or leading or node == leader
+            if expect_traffic and now - connection._TcpConnection__lastReadTime > timeout:
+                connection.disconnect()

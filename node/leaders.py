@@ -1,0 +1,95 @@
+"""Which replica leads each shard, as a router sees it.
+
+A router learns leaders from replicas' status (``/_shard/status``: role and
+term) and from ``not_leader`` hints. ``LeaderTracker.moved`` answers the
+question a router asks while an attempt on a leader is slow: has another
+replica been elected since? It asks the whole group at most once per
+``probe_interval`` per shard, however many requests are waiting, and says yes
+as soon as a replica other than the one being tried reports leading in a newer
+term, so a router follows a new leader as soon as Raft has one instead of
+waiting out an attempt timeout on a paused or cut-off one.
+
+Used on one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from models.errors import DocraftError
+from node.config import ClusterConfig, ReplicaConfig, ShardConfig
+from node.shard_client import ShardClient
+
+STATUS_TIMEOUT = 0.25
+
+
+class LeaderTracker:
+    def __init__(self, config: ClusterConfig, client: ShardClient, probe_interval: float = 0.1) -> None:
+        self.client = client
+        self.probe_interval = probe_interval
+        self.leaders: dict[str, ReplicaConfig | None] = {s.id: None for s in config.shards}
+        self.terms: dict[str, int] = {s.id: -1 for s in config.shards}
+        self._by_raft = {r.raft: r for s in config.shards for r in s.replicas}
+        self._probes: dict[str, tuple[float, asyncio.Future[list[dict[str, Any]]]]] = {}
+
+    def forget(self, shard: ShardConfig) -> None:
+        self.leaders[shard.id] = None
+
+    def follow_hint(self, shard: ShardConfig, leader_raft: Any) -> ReplicaConfig | None:
+        """Take a ``not_leader`` answer's hint (a Raft address) as the leader, if it names one of ``shard``'s."""
+        hint = self._by_raft.get(str(leader_raft))
+        self.leaders[shard.id] = hint if hint is not None and hint.shard == shard.id else None
+        return self.leaders[shard.id]
+
+    async def discover(self, shard: ShardConfig, timeout: float) -> ReplicaConfig | None:
+        """Ask every replica of ``shard``; the leader with the highest term wins, else a hint."""
+        answers = await self._statuses(shard, min(timeout, 1.0))
+        leaders = [a for a in answers if a.get("role") == "leader"]
+        found: ReplicaConfig | None
+        if leaders:
+            best = max(leaders, key=lambda a: a["term"])
+            found = next(r for r in shard.replicas if r.id == best["id"])
+            self.terms[shard.id] = best["term"]
+        else:
+            hints = [self._by_raft.get(str(a.get("leader_raft"))) for a in answers]
+            found = next((h for h in hints if h is not None and h.shard == shard.id), None)
+        self.leaders[shard.id] = found
+        return found
+
+    async def moved(self, shard: ShardConfig, current: ReplicaConfig) -> ReplicaConfig | None:
+        """Another replica of ``shard`` that leads in a newer term than ``current`` is known to, or ``None``.
+
+        ``current``'s own answer (if it gives one) sets the term to beat, so a
+        leader that is merely slow is not abandoned for a stale one.
+        """
+        answers = await self._shared_probe(shard)
+        mine = next((a for a in answers if a.get("id") == current.id), None)
+        term = max(self.terms[shard.id], mine["term"] if mine is not None else -1)
+        newer = [a for a in answers if a.get("role") == "leader" and a["id"] != current.id and a["term"] > term]
+        if not newer:
+            return None
+        best = max(newer, key=lambda a: a["term"])
+        self.terms[shard.id] = best["term"]
+        self.leaders[shard.id] = next(r for r in shard.replicas if r.id == best["id"])
+        return self.leaders[shard.id]
+
+    async def _shared_probe(self, shard: ShardConfig) -> list[dict[str, Any]]:
+        """One status round of ``shard`` per ``probe_interval``, shared by every caller."""
+        now = time.monotonic()
+        cached = self._probes.get(shard.id)
+        if cached is None or now - cached[0] >= self.probe_interval:
+            probe = asyncio.ensure_future(self._statuses(shard, STATUS_TIMEOUT))
+            self._probes[shard.id] = (now, probe)
+            cached = self._probes[shard.id]
+        return await asyncio.shield(cached[1])
+
+    async def _statuses(self, shard: ShardConfig, timeout: float) -> list[dict[str, Any]]:
+        async def ask(replica: ReplicaConfig) -> dict[str, Any] | None:
+            try:
+                return await self.client.status(replica, timeout)
+            except DocraftError:
+                return None
+
+        return [a for a in await asyncio.gather(*(ask(r) for r in shard.replicas)) if a]
