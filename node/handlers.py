@@ -32,6 +32,8 @@ _TORNADO_ERRORS: dict[int, type[DocraftError]] = {404: NotFound, 405: MethodNotA
 class JSONHandler(RequestHandler):
     """Writes JSON bodies and the one error shape."""
 
+    _idempotency_key: str | None = None
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
 
@@ -50,6 +52,8 @@ class JSONHandler(RequestHandler):
             error, status = DocraftError("internal error; the server log has the details"), status_code
         if isinstance(error, NoLeader):
             self.set_header("Retry-After", str(error.details.get("retry_after", 1)))
+        if self._idempotency_key is not None:  # send_error cleared the headers; the key matters most now
+            self.set_header(IDEMPOTENCY_HEADER, self._idempotency_key)
         self.set_status(status)
         self.finish(ujson.dumps(error.to_json(), escape_forward_slashes=False))
 
@@ -97,6 +101,7 @@ class JSONHandler(RequestHandler):
             key = new_idempotency_key()
         if key is not None:
             request_id_for(key)  # BadRequest for a malformed key, before it is echoed
+            self._idempotency_key = key
             self.set_header(IDEMPOTENCY_HEADER, key)
         return key
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,11 @@ from pysyncobj.journal import FileJournal
 from pysyncobj.node import TCPNode
 
 from consensus.journal import DocraftJournal
-from consensus.raft_member import HOOKS, PySyncObjMismatch, RaftTimings, check_pysyncobj
+from consensus.raft_member import HOOKS, PySyncObjMismatch, RaftMember, RaftTimings, check_pysyncobj
 from consensus.replica import Replica
 from consensus.state_machine import StateMachine
 from examples.people import app as people
+from models.errors import OutcomeUnknown
 from query.app import load_app
 from tests.harness import free_ports, wait_for
 
@@ -123,3 +125,37 @@ def test_a_successful_ack_never_moves_a_followers_next_index_backwards(lone_repl
     reset = {"type": "next_node_idx", "next_node_idx": 3, "success": False, "reset": True}
     lone_replica._SyncObj__onMessageReceived(follower, reset)
     assert lone_replica._SyncObj__raftNextIndex[follower] == 3  # a follower's reset still rewinds it
+
+
+def test_a_write_whose_raft_callback_never_comes_ends_as_outcome_unknown(lone_replica: Replica) -> None:
+    # PySyncObj drops the callback of an entry a snapshot install skips; 46377ff then waited forever.
+    wait_for(lone_replica._isLeader, 10, "the lone replica leading")
+    lone_replica.apply_command = lambda raw, callback: None  # type: ignore[method-assign]
+
+    async def write() -> BaseException | None:
+        future = lone_replica.submit({"type": "noop"}, timeout=0.2)
+        try:
+            await asyncio.wait_for(future, 5)
+        except BaseException as exc:
+            return exc
+        return None
+
+    assert isinstance(asyncio.run(write()), OutcomeUnknown)
+
+
+def conflicting(terms: list[int], commit: int, tmp_path: Path) -> RaftMember:
+    """A member (not started) whose journal holds one entry per term in ``terms``, from index 1."""
+    member = RaftMember.__new__(RaftMember)
+    member.journal = journal_with(tmp_path / "raft.journal", [(b"x", i, t) for i, t in enumerate(terms, 1)])
+    member._SyncObj__raftCommitIndex = commit
+    return member
+
+
+def test_a_follower_names_the_start_of_its_conflicting_term(tmp_path: Path) -> None:
+    # Raft 5.3's optimisation: the leader skips a whole divergent term per round trip, not one entry.
+    member = conflicting([1, 1, 2, 2, 2, 2, 3, 3], commit=2, tmp_path=tmp_path)
+    assert member._first_index_of_conflict({"prevLogIdx": 8, "prevLogTerm": 4}) == 7
+    assert member._first_index_of_conflict({"prevLogIdx": 6, "prevLogTerm": 5}) == 3
+    assert member._first_index_of_conflict({"prevLogIdx": 6, "prevLogTerm": 2}) is None  # no conflict
+    assert member._first_index_of_conflict({"prevLogIdx": 9, "prevLogTerm": 3}) is None  # beyond the log
+    assert member._first_index_of_conflict({"prevLogIdx": 2, "prevLogTerm": 9}) == 3  # never below the commit
