@@ -11,7 +11,6 @@ machine applies it once even when an earlier attempt did land.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import re
 import time
@@ -369,17 +368,40 @@ class Router:
         attempt: Callable[[ReplicaConfig, float], Awaitable[T]],
         timeout: float,
     ) -> T:
-        """``attempt`` on ``leader``; raises ``_LeaderMoved`` (the attempt cancelled) if another replica leads now."""
-        task = asyncio.ensure_future(attempt(leader, timeout))
-        done, _ = await asyncio.wait({task}, timeout=self.patience)
-        while not done:
-            if await self.leaders.moved(shard, leader) is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, DocraftError):
-                    await task
-                raise _LeaderMoved()
-            done, _ = await asyncio.wait({task}, timeout=self.leaders.probe_interval)
-        return task.result()
+        """``attempt`` on ``leader``; raises ``_LeaderMoved`` (the attempt cancelled) if another replica leads now.
+
+        Costs one timer when the attempt answers within ``patience``, as nearly
+        all do; only a slow attempt starts a watcher, which cancels this task
+        when the group has a newer leader.
+        """
+        me = asyncio.current_task()
+        assert me is not None, "routers run inside asyncio tasks"
+        moved = False
+        watcher: asyncio.Task[None] | None = None
+
+        async def watch() -> None:
+            nonlocal moved
+            while await self.leaders.moved(shard, leader) is None:
+                await asyncio.sleep(self.leaders.probe_interval)
+            moved = True
+            me.cancel()
+
+        def start_watching() -> None:
+            nonlocal watcher
+            watcher = asyncio.ensure_future(watch())
+
+        timer = asyncio.get_running_loop().call_later(self.patience, start_watching)
+        try:
+            return await attempt(leader, timeout)
+        except asyncio.CancelledError:
+            if not moved:
+                raise
+            me.uncancel()
+            raise _LeaderMoved() from None
+        finally:
+            timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
     # -- responses ---------------------------------------------------------------
 
