@@ -81,6 +81,8 @@ _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
 _JOURNAL_FACTORY = threading.Lock()
 # A member that stands out of elections keeps its election deadline this far ahead.
 _NO_ELECTION = 3600.0
+# PySyncObj's own read timeout for a link (see RaftMember.__init__); TCP keepalive still applies.
+_IDLE_LINK_TIMEOUT = 60.0
 
 
 class PySyncObjMismatch(RuntimeError):
@@ -187,6 +189,7 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         self._echo: tuple[int, float] | None = None  # the lease stamp of the append being handled
         self._conflict_from: int | None = None  # first index of a conflicting term, for the reset reply
         self._lease_acks: dict[Any, float] = {}  # follower -> newest acknowledged send time, this term
+        self._reset_floor: dict[Any, int] = {}  # follower -> lowest next index a reset asked for since a success
         self._lease_expiry = 0.0
         conf = SyncObjConf(
             password=password,
@@ -196,7 +199,10 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             appendEntriesPeriod=timings.heartbeat,
             leaderFallbackTimeout=timings.leader_fallback,
             connectionRetryTime=timings.connection_retry,
-            connectionTimeout=timings.election_max,
+            # PySyncObj drops a link silent this long at its next socket event; links between followers
+            # are always silent, so a short value lost the first vote request of every election. Dead
+            # links are dropped by _drop_dead_links instead, by role.
+            connectionTimeout=_IDLE_LINK_TIMEOUT,
             logCompactionMinEntries=timings.compaction_min_entries,
             logCompactionMinTime=timings.compaction_min_seconds,
             commandsWaitLeader=False,
@@ -243,8 +249,9 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             self._lease_expiry = newest[needed - 1] + self.timings.lease
 
     def _on_state_changed(self, old: int, new: int) -> None:
-        """Raft thread: a new role starts without a lease."""
+        """Raft thread: a new role starts without a lease (or a log search under way)."""
         self._lease_acks.clear()
+        self._reset_floor.clear()
         self._lease_expiry = 0.0
 
     # -- messages in and out ----------------------------------------------------
@@ -310,12 +317,23 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         stamp = message.get("lease")
         if stamp is not None:
             self._record_lease_ack(node, stamp)
-        if not message.get("success") or message.get("reset"):
+        next_index: dict[Any, int] = self._SyncObj__raftNextIndex
+        if message.get("reset") and not message.get("success"):
+            # The leader sends several appends per tick; the follower answers the first with where its
+            # conflicting term starts and the later ones (past its log) with its log's end. Until a
+            # success, the search never moves forward again, or it would restart from the end each time.
+            handle(self, node, message)
+            floor = self._reset_floor.get(node)
+            if floor is not None and next_index.get(node, 0) > floor:
+                next_index[node] = floor
+            self._reset_floor[node] = next_index.get(node, floor or 0)
+            return
+        if not message.get("success"):
             handle(self, node, message)
             return
         # A successful reply never lowers the next index (FACTS.md: PySyncObj's pipeline otherwise
         # restarts behind the follower's log, and the follower truncates entries it applied).
-        next_index: dict[Any, int] = self._SyncObj__raftNextIndex
+        self._reset_floor.pop(node, None)
         before = next_index.get(node)
         handle(self, node, message)
         if before is not None and next_index.get(node, 0) < before:

@@ -3,10 +3,10 @@
 A router learns leaders from replicas' status (``/_shard/status``: role and
 term) and from ``not_leader`` hints. ``LeaderTracker.moved`` answers the
 question a router asks while an attempt on a leader is slow: has another
-replica been elected since? It asks the whole group at most once per
+replica been elected since? It asks the other replicas at most once per
 ``probe_interval`` per shard, however many requests are waiting, and says yes
-as soon as a replica other than the one being tried reports leading in a newer
-term, so a router follows a new leader as soon as Raft has one instead of
+when one of them reports leading in a newer term than the router knew, so a
+router follows a new leader as soon as Raft has one instead of
 waiting out an attempt timeout on a paused or cut-off one.
 
 Used on one event loop.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from models.errors import DocraftError
@@ -32,7 +33,7 @@ class LeaderTracker:
         self.leaders: dict[str, ReplicaConfig | None] = {s.id: None for s in config.shards}
         self.terms: dict[str, int] = {s.id: -1 for s in config.shards}
         self._by_raft = {r.raft: r for s in config.shards for r in s.replicas}
-        self._probes: dict[str, tuple[float, asyncio.Future[list[dict[str, Any]]]]] = {}
+        self._probes: dict[tuple[str, str], tuple[float, asyncio.Future[list[dict[str, Any]]]]] = {}
 
     def forget(self, shard: ShardConfig) -> None:
         self.leaders[shard.id] = None
@@ -45,7 +46,7 @@ class LeaderTracker:
 
     async def discover(self, shard: ShardConfig, timeout: float) -> ReplicaConfig | None:
         """Ask every replica of ``shard``; the leader with the highest term wins, else a hint."""
-        answers = await self._statuses(shard, min(timeout, 1.0))
+        answers = await self._statuses(shard.replicas, min(timeout, 1.0))
         leaders = [a for a in answers if a.get("role") == "leader"]
         found: ReplicaConfig | None
         if leaders:
@@ -59,15 +60,13 @@ class LeaderTracker:
         return found
 
     async def moved(self, shard: ShardConfig, current: ReplicaConfig) -> ReplicaConfig | None:
-        """Another replica of ``shard`` that leads in a newer term than ``current`` is known to, or ``None``.
+        """Another replica of ``shard`` that leads in a newer term than the one known, or ``None``.
 
-        ``current``'s own answer (if it gives one) sets the term to beat, so a
-        leader that is merely slow is not abandoned for a stale one.
+        Only the other replicas are asked: the one being tried is the slow one,
+        and waiting for its answer would pace every probe by its timeout.
         """
-        answers = await self._shared_probe(shard)
-        mine = next((a for a in answers if a.get("id") == current.id), None)
-        term = max(self.terms[shard.id], mine["term"] if mine is not None else -1)
-        newer = [a for a in answers if a.get("role") == "leader" and a["id"] != current.id and a["term"] > term]
+        answers = await self._shared_probe(shard, current)
+        newer = [a for a in answers if a.get("role") == "leader" and a["term"] > self.terms[shard.id]]
         if not newer:
             return None
         best = max(newer, key=lambda a: a["term"])
@@ -75,21 +74,21 @@ class LeaderTracker:
         self.leaders[shard.id] = next(r for r in shard.replicas if r.id == best["id"])
         return self.leaders[shard.id]
 
-    async def _shared_probe(self, shard: ShardConfig) -> list[dict[str, Any]]:
-        """One status round of ``shard`` per ``probe_interval``, shared by every caller."""
+    async def _shared_probe(self, shard: ShardConfig, current: ReplicaConfig) -> list[dict[str, Any]]:
+        """One status round of ``shard``'s replicas but ``current`` per ``probe_interval``, shared by callers."""
         now = time.monotonic()
-        cached = self._probes.get(shard.id)
+        key = (shard.id, current.id)
+        cached = self._probes.get(key)
         if cached is None or now - cached[0] >= self.probe_interval:
-            probe = asyncio.ensure_future(self._statuses(shard, STATUS_TIMEOUT))
-            self._probes[shard.id] = (now, probe)
-            cached = self._probes[shard.id]
+            others = [r for r in shard.replicas if r.id != current.id]
+            cached = self._probes[key] = (now, asyncio.ensure_future(self._statuses(others, STATUS_TIMEOUT)))
         return await asyncio.shield(cached[1])
 
-    async def _statuses(self, shard: ShardConfig, timeout: float) -> list[dict[str, Any]]:
+    async def _statuses(self, replicas: Sequence[ReplicaConfig], timeout: float) -> list[dict[str, Any]]:
         async def ask(replica: ReplicaConfig) -> dict[str, Any] | None:
             try:
                 return await self.client.status(replica, timeout)
             except DocraftError:
                 return None
 
-        return [a for a in await asyncio.gather(*(ask(r) for r in shard.replicas)) if a]
+        return [a for a in await asyncio.gather(*(ask(r) for r in replicas)) if a]
