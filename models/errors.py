@@ -41,6 +41,20 @@ class BadRequest(DocraftError):
     code = "bad_request"
 
 
+class Unauthorized(DocraftError):
+    """The request does not prove who sent it: no credentials, or ones that do not check out."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(DocraftError):
+    """The caller is known but its role does not grant the permission the request needs."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(DocraftError):
     """No such endpoint, route or admin resource."""
 
@@ -88,6 +102,13 @@ class NotLeader(DocraftError):
 
     status = 421
     code = "not_leader"
+
+
+class WrongShard(DocraftError):
+    """A key sent to a shard whose slots do not hold it; ``details['shard']`` names the owner. Nothing was stored."""
+
+    status = 421
+    code = "wrong_shard"
 
 
 class NoLeader(DocraftError):
@@ -164,6 +185,8 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
     cls.code: cls
     for cls in (
         BadRequest,
+        Unauthorized,
+        Forbidden,
         NotFound,
         MethodNotAllowed,
         DocumentNotFound,
@@ -171,6 +194,7 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         ValidationError,
         IdempotencyKeyReused,
         NotLeader,
+        WrongShard,
         NoLeader,
         OutcomeUnknown,
         EndpointFailed,

@@ -1,25 +1,46 @@
-"""Admin commands that act on a running cluster: ``docraft repair`` and ``docraft accept-code``."""
+"""Admin commands that act on a running cluster: ``docraft repair``, ``accept-code`` and ``migrate``.
+
+Holding the cluster file, the CLI is a cluster member: it signs its calls
+with the cluster's internal key (``node.signing``) like a dispatcher does.
+"""
 
 from __future__ import annotations
 
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 import ujson
 
 from node.config import ClusterConfig
 from node.monitor import judge
+from node.signing import internal_key, sign
 from query.app import App
 from query.fingerprint import app_fingerprint
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
-    """One blocking HTTP call with a JSON body; (status, decoded JSON) for any status. Raises ``OSError``."""
+def http_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    timeout: float = 5.0,
+    key: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, Any]:
+    """One blocking HTTP call with a JSON body; (status, decoded JSON) for any status. Raises ``OSError``.
 
+    With ``key`` (``node.signing.internal_key``) the request is signed as a
+    cluster member's; ``headers`` are sent as well (an ``Authorization`` header, say).
+    """
     data = None if body is None else ujson.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    if key is not None:
+        for name, value in sign(key, method, request.selector, data or b"", time.time()).items():
+            request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, ujson.loads(response.read())
@@ -30,10 +51,11 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 5.0) -> 
 def agrees(config: ClusterConfig, replica_id: str) -> bool:
     """Whether ``replica_id``'s digest matches its group's majority right now."""
     shard = config.shard(config.replica(replica_id).shard)
+    key = internal_key(config.secret)
     reports = {}
     for replica in shard.replicas:
         try:
-            status, report = http_json("GET", f"{replica.http_url}/_admin/digest", timeout=2.0)
+            status, report = http_json("GET", f"{replica.http_url}/_admin/digest", timeout=2.0, key=key)
         except OSError:
             continue
         if status == 200:
@@ -48,8 +70,9 @@ def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
     checks the repair is safe: see ``node.repair``), 1 when it did not agree in time.
     """
     replica = config.replica(replica_id)
+    key = internal_key(config.secret)
     try:
-        status, body = http_json("POST", f"{replica.http_url}/_admin/repair")
+        status, body = http_json("POST", f"{replica.http_url}/_admin/repair", key=key)
     except OSError as exc:
         print(f"docraft repair: {replica_id} at {replica.http} is unreachable: {exc}")
         return 2
@@ -61,7 +84,7 @@ def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
     while time.monotonic() < end:
         time.sleep(0.5)  # the replica restarts; poll until it is back, caught up and agreeing
         try:
-            code, own = http_json("GET", f"{replica.http_url}/_shard/status", timeout=2.0)
+            code, own = http_json("GET", f"{replica.http_url}/_shard/status", timeout=2.0, key=key)
             if code == 200 and own.get("fault") is None and agrees(config, replica_id):
                 print(f"{replica_id} agrees with its group again")
                 return 0
@@ -71,10 +94,13 @@ def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
     return 1
 
 
-def accept_code(app: App, url: str) -> int:
-    """Record ``app``'s fingerprint as the cluster's on every shard, through the dispatcher at ``url``. Exit code."""
+def accept_code(app: App, url: str, key: bytes) -> int:
+    """Record ``app``'s fingerprint as the cluster's on every shard, through the dispatcher at ``url``. Exit code.
+
+    The call is signed with ``key``, the cluster's internal key.
+    """
     fingerprint = app_fingerprint(app)
-    status, body = http_json("POST", f"{url}/_admin/fingerprint", {"fingerprint": fingerprint}, timeout=30)
+    status, body = http_json("POST", f"{url}/_admin/fingerprint", {"fingerprint": fingerprint}, timeout=30, key=key)
     if status != 200:
         print(f"docraft accept-code: {body}")
         return 1
@@ -83,8 +109,11 @@ def accept_code(app: App, url: str) -> int:
     return 0
 
 
-def migrate(app: App, target: int, only: str | None, dry_run: bool, url: str) -> int:
-    """Migrate (or plan migrating) every model of ``app`` at version ``target``. Exit code."""
+def migrate(app: App, target: int, only: str | None, dry_run: bool, url: str, key: bytes | None) -> int:
+    """Migrate (or plan migrating) every model of ``app`` at version ``target``. Exit code.
+
+    Calls are signed with ``key`` (the cluster's internal key) when there is one.
+    """
     models = [m for m in app.models.values() if m.version == target and only in (None, m.name)]
     if not models:
         print(f"docraft migrate: {app.module} has no model{' ' + only if only else ''} at version {target}")
@@ -92,7 +121,7 @@ def migrate(app: App, target: int, only: str | None, dry_run: bool, url: str) ->
     code = 0
     for model in models:
         body = {"model": model.name, "to": target, "dry_run": dry_run}
-        status, answer = http_json("POST", f"{url}/_admin/migrate", body, timeout=120)
+        status, answer = http_json("POST", f"{url}/_admin/migrate", body, timeout=120, key=key)
         if status != 200:
             error = answer.get("error", {})
             print(f"{model.name}: {error.get('message', answer)}")

@@ -1,13 +1,17 @@
-"""The ``docraft`` command line: up, node, dispatcher, load, schema, ..."""
+"""The ``docraft`` command line: up, node, dispatcher, load, schema, user, token, ..."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
+import socket
 import sys
+import time
 from pathlib import Path
 
 from node.config import ClusterConfig, ConfigError, load_config
+from node.signing import internal_key
 from query.app import App, load_app
 from query.schema import FORMATS, export_text
 
@@ -63,7 +67,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     app = _app(args.app)
     try:
-        report = load_csv(Path(args.file), app.model(args.model), args.url, batch_size=args.batch_size)
+        token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else None
+        report = load_csv(Path(args.file), app.model(args.model), args.url, batch_size=args.batch_size, token=token)
     except OSError as exc:
         print(f"docraft load: {exc}", file=sys.stderr)
         return 2
@@ -72,8 +77,10 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from node.routes import dispatcher_routes
+
     try:
-        text = export_text(_app(args.app), args.format)
+        text = export_text(_app(args.app), args.format, dispatcher_routes())
     except ValueError as exc:
         print(f"docraft schema: {exc}", file=sys.stderr)
         return 1
@@ -98,14 +105,53 @@ def cmd_accept_code(args: argparse.Namespace) -> int:
     from node.admin import accept_code
 
     config = load_config(Path(args.config))
-    return accept_code(_app(args.app, config.app), _dispatcher_url(args.url, config))
+    return accept_code(_app(args.app, config.app), _dispatcher_url(args.url, config), internal_key(config.secret))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from node.admin import migrate
 
     config = load_config(Path(args.config)) if args.config else None
-    return migrate(_app(args.app), args.to, args.model, args.dry_run, _dispatcher_url(args.url, config))
+    key = internal_key(config.secret) if config is not None else None
+    return migrate(_app(args.app), args.to, args.model, args.dry_run, _dispatcher_url(args.url, config), key)
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from node.users import UserError, add_user, list_users, remove_user, rotate_token
+
+    path = Path(args.config)
+    try:
+        if args.action == "list":
+            for user in list_users(path):
+                print(f"{user.name}\t{user.role}")
+            return 0
+        if args.action == "add":
+            token = add_user(path, args.user, args.role)
+            print(token)
+            done = f"user {args.user} (role {args.role}) added"
+        elif args.action == "remove":
+            removed = remove_user(path, args.user)
+            done = f"user {removed.name} (role {removed.role}) removed; its token no longer works"
+        else:
+            token = rotate_token(path, args.user)
+            print(token)
+            done = f"user {args.user} has a new token; the old one no longer works"
+    except UserError as exc:
+        print(f"docraft {args.command}: {exc}", file=sys.stderr)
+        return 1
+    if args.action in ("add", "rotate"):
+        done += " (the token above is shown only now: docraft keeps only its SHA-256)"
+    print(done, file=sys.stderr)
+    _audit_cli(path, f"{args.command} {args.action} {args.user}")
+    return 0
+
+
+def _audit_cli(config_path: Path, what: str) -> None:
+    """Record an admin action of the CLI in the audit log next to the cluster file."""
+    from node.audit import AUDIT_NAME, AuditLog
+
+    audit = AuditLog(config_path.parent / AUDIT_NAME, "cli")
+    audit.record(time.time(), getpass.getuser(), what, f"cli@{socket.gethostname()}", "ok")
 
 
 def _dispatcher_url(url: str | None, config: ClusterConfig | None) -> str:
@@ -173,6 +219,7 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--url", default=DEFAULT_URL, help="a dispatcher or replica URL")
     load.add_argument("--app", help=f"app module (default {DEFAULT_APP})")
     load.add_argument("--batch-size", type=int, default=200)
+    load.add_argument("--token-file", help="send the token in this file (docraft-data/admin.token, say)")
     load.set_defaults(run=cmd_load)
 
     schema = commands.add_parser("schema", help="export the app's types: TypeScript, JSDoc, JSON Schema or OpenAPI")
@@ -180,6 +227,25 @@ def parser() -> argparse.ArgumentParser:
     schema.add_argument("--format", required=True, choices=list(FORMATS))
     schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     schema.set_defaults(run=cmd_schema)
+
+    user = commands.add_parser("user", help="add, remove or list the users of a cluster file")
+    user_actions = user.add_subparsers(dest="action", required=True)
+    add = user_actions.add_parser("add", help="add a user with a role; prints its new token once")
+    add.add_argument("--user", required=True, help="the user's name")
+    add.add_argument("--role", required=True, help="admin, reader, writer or a role of [auth.roles]")
+    remove = user_actions.add_parser("remove", help="remove a user; its token stops working")
+    remove.add_argument("--user", required=True)
+    listing = user_actions.add_parser("list", help="print each user's name and role")
+    for action in (add, remove, listing):
+        action.add_argument("--config", required=True, help="the cluster file")
+    user.set_defaults(run=cmd_user)
+
+    token = commands.add_parser("token", help="give a user a new token")
+    token_actions = token.add_subparsers(dest="action", required=True)
+    rotate = token_actions.add_parser("rotate", help="replace a user's token; prints the new one once")
+    rotate.add_argument("--config", required=True, help="the cluster file")
+    rotate.add_argument("--user", required=True)
+    token.set_defaults(run=cmd_user)
     return top
 
 

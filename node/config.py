@@ -25,6 +25,9 @@
     [alerts]                        # optional
     webhooks = ["http://ops.example/hook"]
 
+    [auth]                          # optional; see node.auth (absent: anonymous clients may do nothing)
+    anonymous = ["read"]
+
 ``load_config`` validates everything and raises ``ConfigError`` with a
 sentence that names the offending entry; nothing is checked by assert.
 """
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from consensus.raft_member import RaftTimings
+from node.auth import AuthConfig, parse_auth
 
 SLOT_COUNT = 16384
 
@@ -104,6 +108,7 @@ class ClusterConfig:
     timings: RaftTimings = dataclasses.field(default_factory=RaftTimings)
     integrity: IntegrityConfig = dataclasses.field(default_factory=IntegrityConfig)
     webhooks: tuple[str, ...] = ()
+    auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
 
     def replica(self, replica_id: str) -> ReplicaConfig:
         """The replica called ``replica_id``; raises ``ConfigError`` listing the known ones."""
@@ -224,7 +229,11 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
     webhooks = alerts.get("webhooks", []) if isinstance(alerts, dict) else None
     if not isinstance(webhooks, list) or not all(isinstance(u, str) and u.startswith("http") for u in webhooks):
         raise ConfigError("[alerts] webhooks must be a list of http(s) URLs")
-    return ClusterConfig(secret, app, tuple(shards), dispatchers, path, timings, integrity, tuple(webhooks))
+    try:
+        auth = parse_auth(data.get("auth"), path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    return ClusterConfig(secret, app, tuple(shards), dispatchers, path, timings, integrity, tuple(webhooks), auth)
 
 
 SettingsT = TypeVar("SettingsT")

@@ -4,35 +4,82 @@ Every handler has the same shape: parse the request, call the router or the
 shard service, write JSON. Every non-2xx answer, including Tornado's own 404
 and 405 and any unexpected exception, has the body
 ``{"error": {"code", "message", "details"?}}`` (see ``models.errors``).
+Which route a handler serves, and who may call it, is ``node.routes``'s
+table: before any handler method runs, ``prepare`` has the route's gate
+admit the request or refuse it (401 with ``WWW-Authenticate``, or 403).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ujson
-from tornado.web import HTTPError, RequestHandler
+from tornado.httputil import HTTPServerRequest
+from tornado.web import Application, HTTPError, RequestHandler
 
-from models.errors import BadRequest, DocraftError, MethodNotAllowed, NoLeader, NotFound
+from models.errors import BadRequest, DocraftError, MethodNotAllowed, NoLeader, NotFound, Unauthorized
 from models.json_values import non_finite_path
 from node.alerts import AlertBook
+from node.auth import Gate, Principal
 from node.router import Router, new_idempotency_key, request_id_for
 from node.shard_client import TIMEOUT_HEADER
 from node.shard_service import DEFAULT_TIMEOUT, ShardService
+from query.permissions import Access, Permission
+
+if TYPE_CHECKING:
+    from node.routes import Route
 
 log = logging.getLogger("docraft.http")
 
 MAX_TIMEOUT = 60.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+AUTHENTICATE = 'Bearer realm="docraft"'  # WWW-Authenticate on every 401
 _TORNADO_ERRORS: dict[int, type[DocraftError]] = {404: NotFound, 405: MethodNotAllowed}
 
 
 class JSONHandler(RequestHandler):
-    """Writes JSON bodies and the one error shape."""
+    """Writes JSON bodies and the one error shape; admits requests through its route's gate.
+
+    ``route`` and ``gate`` come with every rule ``node.routes.rules`` builds;
+    a handler without them (the default 404 handler) admits every request.
+    """
 
     _idempotency_key: str | None = None
+    principal: Principal | None = None  # who the gate admitted
+
+    def __init__(
+        self,
+        application: Application,
+        request: HTTPServerRequest,
+        route: Route | None = None,
+        gate: Gate | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.route = route
+        self.gate = gate
+        super().__init__(application, request, **kwargs)
+
+    def prepare(self) -> None:
+        """Admit the request or raise ``Unauthorized`` / ``Forbidden`` (``node.auth.Gate.admit``)."""
+        if self.route is None or self.gate is None:
+            return
+        need, endpoint = self.route.permission, None
+        if need is Access.ENDPOINT:
+            need, endpoint = self.endpoint_permission()
+        self.principal = self.gate.admit(need, self.request, endpoint, time.time())
+
+    def endpoint_permission(self) -> tuple[Permission, str]:
+        """For a route whose permission is the endpoint's: that permission and the endpoint's name."""
+        raise NotImplementedError(f"{type(self).__name__} serves no endpoint")
+
+    def on_finish(self) -> None:
+        """Audit every admitted request to an admin route, with the status it was answered with."""
+        if self.principal is None or self.gate is None or self.route is None or self.route.audience != "admin":
+            return
+        self.gate.record_action(self.principal, self.request, self.get_status(), time.time())
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -52,6 +99,8 @@ class JSONHandler(RequestHandler):
             error, status = DocraftError("internal error; the server log has the details"), status_code
         if isinstance(error, NoLeader):
             self.set_header("Retry-After", str(error.details.get("retry_after", 1)))
+        if isinstance(error, Unauthorized):
+            self.set_header("WWW-Authenticate", AUTHENTICATE)
         if self._idempotency_key is not None:  # send_error cleared the headers; the key matters most now
             self.set_header(IDEMPOTENCY_HEADER, self._idempotency_key)
         self.set_status(status)
@@ -131,6 +180,13 @@ class EndpointHandler(JSONHandler):
 
     def initialize(self, router: Router) -> None:
         self.router = router
+
+    def endpoint_permission(self) -> tuple[Permission, str]:
+        """The called endpoint's declared permission; for a name that is no endpoint, ``read``: only a caller
+        who may read learns (404) that there is none."""
+        name = self.path_args[0]
+        endpoint = self.router.app.endpoints.get(name)
+        return (Permission.READ if endpoint is None else endpoint.permission), name
 
     async def get(self, name: str) -> None:
         await self._call(name)
@@ -313,46 +369,3 @@ class NotFoundHandler(JSONHandler):
 
     def prepare(self) -> None:
         raise NotFound(f"no route {self.request.path!r}", path=self.request.path)
-
-
-ENDPOINT_ROUTE = r"/([A-Za-z_][A-Za-z0-9_]*)"
-
-
-Routes = list[tuple[str, type[RequestHandler], dict[str, Any]]]
-
-
-def router_routes(router: Router) -> Routes:
-    """Routes every router process serves: endpoints, bulk insert, cluster admin."""
-    deps = {"router": router}
-    return [
-        (r"/_admin/cluster", ClusterHandler, deps),
-        (r"/_admin/fingerprint", FingerprintHandler, deps),
-        (r"/_admin/migrate", MigrateHandler, deps),
-        (r"/_bulk/([A-Za-z_][A-Za-z0-9_]*)", BulkInsertHandler, deps),
-        (ENDPOINT_ROUTE, EndpointHandler, deps),
-    ]
-
-
-def shard_routes(service: ShardService, repair: Callable[[], Awaitable[None]], fault_injection: bool) -> Routes:
-    """Routes of a replica: internal ones for routers, its digest, repair and the fault hook."""
-    deps = {"service": service}
-    routes: Routes = [
-        (r"/_shard/write", ShardWriteHandler, deps),
-        (r"/_shard/read", ShardReadHandler, deps),
-        (r"/_shard/status", ShardStatusHandler, deps),
-        (r"/_admin/digest", DigestHandler, deps),
-        (r"/_admin/repair", RepairHandler, {"repair": repair}),
-    ]
-    if fault_injection:
-        routes.append((r"/_admin/fault/corrupt", CorruptHandler, deps))
-    return routes
-
-
-def alert_routes(alerts: AlertBook) -> Routes:
-    """The dispatcher's alert route."""
-    return [(r"/_admin/alerts", AlertsHandler, {"alerts": alerts})]
-
-
-def schema_routes(openapi: dict[str, Any]) -> Routes:
-    """The dispatcher's schema route, answering with ``openapi`` as given."""
-    return [(r"/_schema/openapi\.json", OpenAPIHandler, {"document": openapi})]

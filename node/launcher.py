@@ -2,13 +2,17 @@
 
 The first run writes ``cluster.toml`` (with a fresh Raft secret) into the
 data directory and loads the app's sample data; later runs reuse the file and
-every replica's data. Each process is started as ``docraft node`` or
-``docraft dispatcher`` on that file, exactly as on separate hosts, with its
-output in ``DATA_DIR/logs/``. SIGINT or SIGTERM stops every process.
+every replica's data. The demo's ``[auth]`` lets anonymous clients call the
+app's endpoints and read the cluster's status (``DEMO_AUTH``); the first run
+also creates the user ``admin`` and writes its token to ``DATA_DIR/admin.token``
+(mode 0600), with which it loads the sample. Each process is started as
+``docraft node`` or ``docraft dispatcher`` on that file, exactly as on
+separate hosts, with its output in ``DATA_DIR/logs/``. SIGINT or SIGTERM stops every process.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 import subprocess
@@ -25,10 +29,17 @@ import ujson
 
 from node.config import ClusterConfig, load_config, render_config
 from node.loader import load_csv
+from node.signing import internal_key, sign
+from node.users import add_user
 from query.app import App
 
 CONFIG_NAME = "cluster.toml"
 SAMPLE_MARKER = ".sample-loaded"
+ADMIN_TOKEN_NAME = "admin.token"
+ADMIN_USER = "admin"
+# What anonymous clients of the demo may do: call the app's endpoints (the original notes' URLs) and see
+# the cluster's status. Bulk loading and admin actions take the admin token.
+DEMO_AUTH: dict[str, dict[str, Any]] = {"auth": {"anonymous": ["read", "write", "status"]}}
 
 
 @dataclass(frozen=True)
@@ -129,17 +140,21 @@ class LocalCluster:
     def wait_ready(self, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Wait until the dispatcher reports a leader for every shard; return its status.
 
+        Asks as a cluster member (a signed request), whatever ``[auth]`` grants.
         Raises ``TimeoutError`` naming the shards still without one.
         """
-        url = f"http://{self.config.dispatcher(None).http}/_admin/cluster"
+        path = "/_admin/cluster"
+        url = f"http://{self.config.dispatcher(None).http}{path}"
+        key = internal_key(self.config.secret)
         end = time.monotonic() + timeout
         missing: list[str] = ["(dispatcher not answering)"]
         while time.monotonic() < end:
             exited = [name for name, p in self.processes.items() if p.poll() is not None]
             if exited:
                 raise TimeoutError(f"{', '.join(exited)} exited early; see {self.log_dir}")
+            request = urllib.request.Request(url, headers=sign(key, "GET", path, b"", time.time()))
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with urllib.request.urlopen(request, timeout=2) as response:
                     shards: list[dict[str, Any]] = ujson.loads(response.read())["shards"]
             except OSError:
                 time.sleep(0.2)
@@ -157,7 +172,10 @@ def up(data_dir: Path, app: App, layout: Layout, load_sample: bool = True, extra
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = data_dir / CONFIG_NAME
     if not config_path.exists():
-        config_path.write_text(layout.render(app.module), encoding="utf-8")
+        write_secret(config_path, layout.render(app.module, DEMO_AUTH))
+    token_path = data_dir / ADMIN_TOKEN_NAME
+    if not any(user.name == ADMIN_USER for user in load_config(config_path).auth.users):
+        write_secret(token_path, add_user(config_path, ADMIN_USER, "admin"))
     config = load_config(config_path)
     cluster = LocalCluster(config, app.module, data_dir / "logs", extra_args)
     stopping = threading.Event()
@@ -173,8 +191,10 @@ def up(data_dir: Path, app: App, layout: Layout, load_sample: bool = True, extra
         dispatcher_url = f"http://{config.dispatcher(None).http}"
         marker = data_dir / SAMPLE_MARKER
         if load_sample and app.sample_data and not marker.exists():
+            token = token_path.read_text(encoding="utf-8").strip() if token_path.exists() else None
             for model_name, csv_path in app.sample_data.items():
-                report = load_csv(csv_path, app.model(model_name), dispatcher_url, progress=sys.stderr.isatty())
+                model = app.model(model_name)
+                report = load_csv(csv_path, model, dispatcher_url, progress=sys.stderr.isatty(), token=token)
                 print(f"sample {model_name}: {report.summary()}", flush=True)
             marker.write_text("sample data loaded\n", encoding="utf-8")
         print(f"docraft is up: dispatcher {dispatcher_url}  (data in {data_dir}, app {app.module})")
@@ -182,7 +202,11 @@ def up(data_dir: Path, app: App, layout: Layout, load_sample: bool = True, extra
             for replica in shard["replicas"]:
                 where = f"http://{replica['http']}  raft {replica['raft']}"
                 print(f"  shard {shard['id']}  {replica['id']}  {where}  {replica['role']}")
-        print(f"try: curl '{dispatcher_url}/get_user?country=United%20States&limit=3'", flush=True)
+        anonymous = ", ".join(sorted(str(g) for g in config.auth.anonymous)) or "nothing"
+        print(f"anonymous clients may: {anonymous}; the admin token is in {token_path}")
+        print(f"try: curl '{dispatcher_url}/get_user?country=United%20States&limit=3'")
+        print(f'admin and bulk calls take the token: curl -H "Authorization: Bearer $(cat {token_path})" ...')
+        sys.stdout.flush()
         while not stopping.wait(0.5):
             for name, process in cluster.processes.items():
                 if process.returncode is None and process.poll() is not None:
@@ -197,3 +221,11 @@ def up(data_dir: Path, app: App, layout: Layout, load_sample: bool = True, extra
     finally:
         cluster.stop()
         print("docraft stopped", flush=True)
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (ending it with a newline), readable and writable by its owner only (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the file may have existed with a wider mode
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text if text.endswith("\n") else text + "\n")

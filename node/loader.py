@@ -37,19 +37,20 @@ class LoadReport:
 
 
 class _Cluster:
-    """One kept-alive HTTP connection to a dispatcher."""
+    """One kept-alive HTTP connection to a dispatcher, sending ``token`` (if any) as a bearer token."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, token: str | None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"--url must look like http://host:port, got {url!r}")
         self.connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        self.headers = {"Content-Type": "application/json"}
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
 
     def insert(self, model: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One result per document; raises ``OSError`` or ``ValueError`` if the batch failed whole."""
-        self.connection.request(
-            "POST", f"/_bulk/{model}", ujson.dumps({"docs": docs}), {"Content-Type": "application/json"}
-        )
+        self.connection.request("POST", f"/_bulk/{model}", ujson.dumps({"docs": docs}), self.headers)
         response = self.connection.getresponse()
         body = ujson.loads(response.read())
         if response.status != 200:
@@ -65,13 +66,16 @@ def load_csv(
     batch_size: int = 200,
     progress: bool = True,
     timeout: float = 30.0,
+    token: str | None = None,
 ) -> LoadReport:
     """Store every valid row of ``path`` as a ``model`` document; report the others.
 
-    Raises ``OSError`` when the file cannot be read or the cluster is unreachable.
+    ``token`` is sent as ``Authorization: Bearer``: its user needs the ``bulk``
+    permission, unless the cluster grants it to anonymous clients. Raises
+    ``OSError`` when the file cannot be read or the cluster is unreachable.
     """
     report = LoadReport()
-    cluster = _Cluster(url, timeout)
+    cluster = _Cluster(url, timeout, token)
     with open(path, encoding="utf-8") as counting:
         total = max(sum(1 for _ in counting) - 1, 0)
     bar = tqdm(total=total, unit="row", disable=not progress, desc=f"loading {model.name}")

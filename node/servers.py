@@ -4,6 +4,9 @@ Both embed the same ``Router``, so any of them accepts any endpoint request.
 A replica server also serves the internal ``/_shard/*`` routes, its digest
 and repair routes, and drives its own ``Replica``. A dispatcher also runs the
 integrity monitor and serves its alerts. Both stop cleanly on SIGTERM or SIGINT.
+Their routes come from ``node.routes``'s table, each admitted by the process's
+``Gate`` (``node.auth``), which audits to ``audit.log`` in the replica's data
+directory or, for a dispatcher, next to the cluster file.
 """
 
 from __future__ import annotations
@@ -19,13 +22,18 @@ from tornado.web import Application
 from consensus.replica import Replica
 from consensus.state_machine import StateMachine
 from node.alerts import AlertBook
+from node.audit import AUDIT_NAME, AuditLog
+from node.auth import Authenticator, Gate
 from node.config import ClusterConfig, ReplicaConfig
-from node.handlers import NotFoundHandler, alert_routes, router_routes, schema_routes, shard_routes
+from node.handlers import NotFoundHandler
 from node.monitor import IntegrityMonitor
 from node.repair import check_repair, restart_empty
 from node.router import Router
+from node.routes import dispatcher_routes, rules
 from node.shard_client import ShardClient
+from node.shard_map import ShardMap
 from node.shard_service import ShardService
+from node.signing import Verifier, internal_key
 from query.app import App
 from query.fingerprint import app_fingerprint
 from query.schema import openapi_document
@@ -39,33 +47,45 @@ class Dispatcher:
     router: Router
     monitor: IntegrityMonitor
     alerts: AlertBook
+    gate: Gate
 
 
-def dispatcher(config: ClusterConfig, app: App, client: ShardClient | None = None) -> Dispatcher:
-    """The dispatcher's application, router, alert book and (not yet started) monitor.
+def gate(config: ClusterConfig, audit: AuditLog) -> Gate:
+    """A process's gate: ``config``'s users and roles, its internal key, and ``audit``."""
+    return Gate(Authenticator(config.auth), Verifier(internal_key(config.secret)), audit)
+
+
+def dispatcher(
+    config: ClusterConfig, app: App, client: ShardClient | None = None, dispatcher_id: str | None = None
+) -> Dispatcher:
+    """The dispatcher's application, router, alert book, gate and (not yet started) monitor.
 
     The app's OpenAPI document is built here, once, and served at ``/_schema/openapi.json``.
     """
-    client = client or ShardClient()
+    client = client or ShardClient(config)
     router = Router(config, app, client)
     alerts = AlertBook(config.webhooks)
     monitor = IntegrityMonitor(config, client, alerts, router.flagged)
-    routes = router_routes(router) + alert_routes(alerts) + schema_routes(openapi_document(app))
-    application = Application(routes, default_handler_class=NotFoundHandler)
-    return Dispatcher(application, router, monitor, alerts)
+    name = config.dispatcher(dispatcher_id).id
+    guard = gate(config, AuditLog(config.path.parent / AUDIT_NAME, name))
+    deps = {"router": router, "alerts": alerts, "document": openapi_document(app, dispatcher_routes())}
+    application = Application(rules("dispatcher", deps, guard), default_handler_class=NotFoundHandler)
+    return Dispatcher(application, router, monitor, alerts, guard)
 
 
 def replica_application(config: ClusterConfig, app: App, service: ShardService, fault_injection: bool) -> Application:
     """A replica's Tornado application: shard and admin routes plus the embedded router."""
-    client = ShardClient(local=service)
+    client = ShardClient(config, local=service)
     router = Router(config, app, client)
 
     async def repair() -> None:
         await check_repair(config, service, client)
         asyncio.get_running_loop().call_later(0.2, restart_empty, service)
 
-    routes = shard_routes(service, repair, fault_injection) + router_routes(router)
-    return Application(routes, default_handler_class=NotFoundHandler)
+    replica = service.config
+    guard = gate(config, AuditLog(replica.data_dir / AUDIT_NAME, replica.id))
+    deps = {"service": service, "repair": repair, "router": router}
+    return Application(rules("replica", deps, guard, fault_injection), default_handler_class=NotFoundHandler)
 
 
 def start_replica(config: ClusterConfig, replica: ReplicaConfig, app: App) -> ShardService:
@@ -79,7 +99,7 @@ def start_replica(config: ClusterConfig, replica: ReplicaConfig, app: App) -> Sh
         digests=config.integrity.digests,
     )
     member = Replica(replica.raft, peers, state, replica.data_dir, config.secret, config.timings)
-    return ShardService(member, replica)
+    return ShardService(member, replica, ShardMap(config))
 
 
 async def serve(application: Application, address: str) -> None:
@@ -122,7 +142,7 @@ def run_dispatcher(config: ClusterConfig, dispatcher_id: str | None, app: App) -
     address = config.dispatcher(dispatcher_id).http
 
     async def main() -> None:
-        parts = dispatcher(config, app)
+        parts = dispatcher(config, app, dispatcher_id=dispatcher_id)
         monitoring = asyncio.get_running_loop().create_task(parts.monitor.run())
         try:
             await serve(parts.application, address)

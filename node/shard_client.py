@@ -4,11 +4,14 @@ Replica-to-replica and dispatcher-to-replica calls use Tornado's
 ``CurlAsyncHTTPClient``: it keeps connections open, where the default
 ``simple_httpclient`` opens one per request (FACTS.md: 2,100 req/s behind it
 falls to 550). A router embedded in a replica server calls its own replica's
-``ShardService`` directly instead of over the loopback.
+``ShardService`` directly instead of over the loopback. Every request it
+sends is signed with the cluster's internal key (``node.signing``), so the
+replica accepts it as a cluster member's.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ujson
@@ -16,8 +19,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from consensus.state_machine import Result
 from models.errors import DocraftError, ShardUnavailable, error_from_json
-from node.config import ReplicaConfig
+from node.config import ClusterConfig, ReplicaConfig
 from node.shard_service import ShardService
+from node.signing import internal_key, sign
 
 AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=256)
 
@@ -35,7 +39,9 @@ class ShardClient:
     ``query.collection``), so a router may embed related documents into it.
     """
 
-    def __init__(self, local: ShardService | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, config: ClusterConfig, local: ShardService | None = None, timeout: float = 5.0) -> None:
+        """A client of ``config``'s replicas, signing with its secret; ``local`` is this process's own replica."""
+        self.key = internal_key(config.secret)
         self.local = local
         self.timeout = timeout
         self.http = AsyncHTTPClient()
@@ -68,13 +74,18 @@ class ShardClient:
     async def _call(
         self, replica: ReplicaConfig, method: str, path: str, payload: Any, timeout: float
     ) -> dict[str, Any]:
-        body = None if payload is None else ujson.dumps(payload)
+        body = None if payload is None else ujson.dumps(payload).encode()
+        headers = {
+            **JSON_HEADERS,
+            TIMEOUT_HEADER: f"{max(timeout - 0.05, 0.05):.3f}",
+            **sign(self.key, method, path, body or b"", time.time()),
+        }
         try:
             response = await self.http.fetch(
                 replica.http_url + path,
                 method=method,
                 body=body,
-                headers={**JSON_HEADERS, TIMEOUT_HEADER: f"{max(timeout - 0.05, 0.05):.3f}"},
+                headers=headers,
                 request_timeout=max(timeout, 0.05),
                 connect_timeout=min(max(timeout, 0.05), 1.0),
                 raise_error=False,

@@ -6,11 +6,16 @@
     @mutation(shard_key="id", methods=("GET", "POST"))
     def insert_user(db: WriteView, id: int, first_name: str) -> dict: ...
 
+    @mutation(shard_key="id", permission="admin")
+    def erase_user(db: WriteView, id: int) -> dict: ...
+
 Parameters are typed by their annotations and parsed from the URL query
 string or a JSON body. ``shard_key`` names the parameter whose value decides
 the shard: a query given it reads one shard, a query without it reads every
 shard and the router merges; a mutation must always have it, because a write
-runs inside exactly one shard's state machine.
+runs inside exactly one shard's state machine. ``permission`` names what a
+caller needs to call it (``query.permissions``): ``read`` for a query and
+``write`` for a mutation unless declared otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Literal
 
 from models.errors import BadRequest
 from models.types import ListOf, Optional, ValueType, value_type_of
+from query.permissions import Permission, permission_named
 
 RESERVED_PARAMS = frozenset({"explain", "consistency", "include"})
 
@@ -51,6 +57,7 @@ class Endpoint:
     shard_key: str | None
     consistency: str = "leader"
     returns: Any = None  # what a successful call returns, for schema export: a type, a Model, Page[Model]
+    permission: Permission = Permission.READ  # what a caller needs to call it
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.func(*args, **kwargs)
@@ -108,6 +115,7 @@ def _declare(
     kind: EndpointKind,
     methods: tuple[str, ...],
     shard_key: str | None,
+    permission: str | Permission,
     consistency: str = "leader",
     returns: Any = None,
 ) -> Endpoint:
@@ -130,7 +138,8 @@ def _declare(
         raise TypeError(f"endpoint {func.__name__}: consistency must be one of {', '.join(CONSISTENCY_LEVELS)}")
     result = returns if returns is not None else hints.get("return")
     methods = tuple(m.upper() for m in methods)
-    return Endpoint(func.__name__, func, kind, methods, params, shard_key, consistency, result)
+    needs = permission_named(permission, f"endpoint {func.__name__}")
+    return Endpoint(func.__name__, func, kind, methods, params, shard_key, consistency, result, needs)
 
 
 def query(
@@ -139,32 +148,39 @@ def query(
     methods: tuple[str, ...] = ("GET",),
     consistency: str = "leader",
     returns: Any = None,
+    permission: str | Permission = Permission.READ,
 ) -> Callable[[Callable[..., Any]], Endpoint]:
     """Declare a read endpoint; it receives a ``ReadView`` and must not write.
 
     ``consistency`` is the default level (``stale``, ``leader`` or
     ``linearizable``) when a request does not name one. ``returns`` types the
     result for schema export when the return annotation does not (a Model
-    class means one document of it).
+    class means one document of it). ``permission`` is what a caller needs
+    (``read`` unless named); ``TypeError`` for a name that is no permission.
     """
 
     def wrap(func: Callable[..., Any]) -> Endpoint:
-        return _declare(func, "query", methods, shard_key, consistency, returns)
+        return _declare(func, "query", methods, shard_key, permission, consistency, returns)
 
     return wrap
 
 
 def mutation(
-    *, shard_key: str, methods: tuple[str, ...] = ("POST",), returns: Any = None
+    *,
+    shard_key: str,
+    methods: tuple[str, ...] = ("POST",),
+    returns: Any = None,
+    permission: str | Permission = Permission.WRITE,
 ) -> Callable[[Callable[..., Any]], Endpoint]:
     """Declare a write endpoint; it runs inside the shard's state machine on a ``WriteView``.
 
     It must be deterministic: use ``db.now`` and ``db.request_id``, never the
-    clock or randomness of the process.
+    clock or randomness of the process. ``permission`` is what a caller needs
+    (``write`` unless named); ``TypeError`` for a name that is no permission.
     """
 
     def wrap(func: Callable[..., Any]) -> Endpoint:
-        endpoint = _declare(func, "mutation", methods, shard_key, returns=returns)
+        endpoint = _declare(func, "mutation", methods, shard_key, permission, returns=returns)
 
         key = endpoint.params[shard_key]
         if not key.required or isinstance(key.type, Optional):

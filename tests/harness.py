@@ -3,28 +3,37 @@
 ``Cluster`` writes a cluster file with free ports, starts every process with
 ``node.launcher.LocalCluster`` (the same code ``docraft up`` uses), and always
 stops them in ``close``. Waiting is done on conditions with deadlines.
+``http`` calls a running cluster's internal and admin routes as a cluster
+member would (signed with the cluster's key), and its client routes anonymously.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
+from bench.netns import NetworkUnavailable, TestNetwork, why_unavailable
 from node.admin import http_json
-from node.config import load_config, render_config
+from node.config import ClusterConfig, load_config, render_config
 from node.launcher import LocalCluster
+from node.signing import internal_key
 
 T = TypeVar("T")
 
 FAST_RAFT = {"election_min": 0.3, "election_max": 0.7, "leader_fallback": 1.0, "heartbeat": 0.05}
+# Tests call client routes anonymously: a cluster file for them grants anonymous clients what a writer may do.
+ANONYMOUS_CLIENTS: dict[str, dict[str, Any]] = {"auth": {"anonymous": ["read", "write", "bulk", "status"]}}
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.05) -> T:
@@ -57,9 +66,29 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+# The internal key of every cluster this process runs, by member address ("host:port").
+_MEMBER_KEYS: dict[str, bytes] = {}
+MEMBER_ROUTES = ("/_shard/", "/_admin/")
+
+
+def member_addresses(config: ClusterConfig) -> list[str]:
+    return [r.http for s in config.shards for r in s.replicas] + [d.http for d in config.dispatchers]
+
+
+def member_key(url: str) -> bytes | None:
+    """The key a cluster member signs a call to ``url`` with: that of the running ``Cluster`` it addresses,
+    for its internal and admin routes (``/_shard/...``, ``/_admin/...``); ``None`` for any other call."""
+    parts = urllib.parse.urlsplit(url)
+    return _MEMBER_KEYS.get(parts.netloc) if parts.path.startswith(MEMBER_ROUTES) else None
+
+
 def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
-    """One HTTP call; returns (status, decoded JSON body) for any status."""
-    status, decoded = http_json(method, url, body, timeout)
+    """One HTTP call; returns (status, decoded JSON body) for any status.
+
+    Calls to a running ``Cluster``'s internal and admin routes are signed as a
+    cluster member's (``member_key``); client routes are called anonymously.
+    """
+    status, decoded = http_json(method, url, body, timeout, key=member_key(url))
     return status, decoded
 
 
@@ -73,10 +102,11 @@ class Cluster:
         sections: dict[str, dict[str, Any]] | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        """``sections`` adds cluster-file tables (``integrity``, ``alerts``); replicas get ``extra_args``."""
+        """``sections`` adds cluster-file tables (``integrity``, ``alerts``, ``auth`` instead of
+        ``ANONYMOUS_CLIENTS``); replicas get ``extra_args``."""
         self.root = root
         self.shape = (shards, replicas)
-        self.sections = {"raft": {**FAST_RAFT, **(raft or {})}, **(sections or {})}
+        self.sections = {"raft": {**FAST_RAFT, **(raft or {})}, **ANONYMOUS_CLIENTS, **(sections or {})}
         self.extra_args = extra_args
         self.prefixes: dict[str, list[str]] = {}
         self.local: LocalCluster | None = None
@@ -90,6 +120,8 @@ class Cluster:
         for attempt in range(attempts):
             self._write_config()
             config = load_config(self.root / "cluster.toml")
+            self._forget_keys()
+            _MEMBER_KEYS.update(dict.fromkeys(member_addresses(config), internal_key(config.secret)))
             self.local = LocalCluster(config, config.app, self.root / "logs", self.extra_args, self.prefixes)
             try:
                 self.local.start_all()
@@ -149,6 +181,12 @@ class Cluster:
         shards: list[dict[str, Any]] = body["shards"]
         return shards
 
+    def shard_status(self, replica_id: str, timeout: float = 2.0) -> dict[str, Any]:
+        """``GET /_shard/status`` asked of ``replica_id`` itself. Raises ``OSError`` when it does not answer."""
+        code, body = http("GET", f"{self.replica_url(replica_id)}/_shard/status", timeout=timeout)
+        assert code == 200, body
+        return body
+
     def leader_of(self, shard_id: str, timeout: float = 10.0, other_than: str | None = None) -> str:
         def find() -> str | None:
             for shard in self.status():
@@ -183,6 +221,13 @@ class Cluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGCONT)
             self.local.stop()
+            self._forget_keys()
+
+    def _forget_keys(self) -> None:
+        """Sign nothing more for this cluster's addresses (other processes may take them)."""
+        if self.local is not None:
+            for address in member_addresses(self.local.config):
+                _MEMBER_KEYS.pop(address, None)
 
 
 class Writers:
@@ -237,3 +282,100 @@ class Writers:
         for thread in self._threads:
             thread.join(30)
         return set(self.acked)
+
+
+class PartitionedCluster(Cluster):
+    """A ``Cluster`` whose replicas each run in a network namespace of their own, so links can be cut.
+
+    As in ``bench.nemesis``: ``network`` is a ``bench.netns.TestNetwork`` with
+    one host per replica (``network.isolate(replica_id)``, ``network.heal()``);
+    a replica listens on its host's address, Raft on port 7000 and HTTP on
+    8000. The dispatcher and the test stay in the root namespace and reach every
+    replica, cut off or not. Needs root, ``ip`` and ``iptables``; ``start``
+    raises ``NetworkUnavailable`` without them. ``close`` also removes the network.
+    """
+
+    RAFT_PORT = 7000
+    HTTP_PORT = 8000
+
+    def __init__(self, root: Path, shards: int = 1, replicas: int = 3, **options: Any) -> None:
+        super().__init__(root, shards, replicas, **options)
+        self.names = [f"s{s}r{r}" for s in range(shards) for r in range(replicas)]
+        self._network: TestNetwork | None = None
+
+    @property
+    def network(self) -> TestNetwork:
+        assert self._network is not None, "cluster not started"
+        return self._network
+
+    def start(self, attempts: int = 3) -> PartitionedCluster:
+        self._network = TestNetwork(self.names, net=unused_network_number())
+        self.prefixes.update({name: self._network.prefix(name) for name in self.names})
+        super().start(attempts)
+        return self
+
+    def _write_config(self) -> None:
+        shards, replicas = self.shape
+        layout = []
+        for s in range(shards):
+            members = []
+            for rid in self.names[s * replicas : (s + 1) * replicas]:
+                host = self.network.address(rid)
+                members.append((rid, f"{host}:{self.RAFT_PORT}", f"{host}:{self.HTTP_PORT}", rid))
+            layout.append((f"s{s}", members))
+        (dispatcher_port,) = free_ports(1)
+        text = render_config(
+            "test-secret-" + "x" * 16,
+            "examples.people",
+            layout,
+            [("d0", f"127.0.0.1:{dispatcher_port}")],
+            self.sections,
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "cluster.toml").write_text(text)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._network is not None:
+                self._network.close()
+
+
+_network_turn = itertools.count(os.getpid())  # concurrent test runs, and successive tests, try different numbers
+
+
+def unused_network_number() -> int:
+    """A ``TestNetwork`` number (200-254; ``bench.fault`` takes 100-199) that no interface or namespace uses now.
+
+    TestNetwork names everything it makes ``dc<net>...``; the kernel removes a
+    deleted namespace's interfaces a little later, so a number just given back is not reused at once.
+    """
+    first = next(_network_turn)
+    for offset in range(55):
+        net = 200 + (first + offset) % 55
+        if not [path for where in ("/sys/class/net", "/run/netns") for path in Path(where).glob(f"dc{net}[a-z]*")]:
+            return net
+    raise NetworkUnavailable("every test network number from 200 to 254 is in use")
+
+
+@contextlib.contextmanager
+def partitioned_cluster(root: Path, **options: Any) -> Iterator[PartitionedCluster]:
+    """A started ``PartitionedCluster`` (1 shard x 3 replicas unless ``options`` say otherwise) for one test.
+
+    Skips the test, saying why, when namespaces cannot be made here (not root,
+    no ``ip`` or ``iptables``); fails if they can but building the network
+    does not work. Every process is SIGCONTed and stopped and the network
+    removed on the way out, pass or fail; the logs are printed when the body fails.
+    """
+    reason = why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = PartitionedCluster(root, **options)
+    try:
+        yield cluster.start()
+    except Exception:
+        print(cluster.logs())
+        raise
+    finally:
+        cluster.close()

@@ -1,8 +1,9 @@
-"""The README documents every route, error code, CLI command and [raft] setting."""
+"""The README documents every route (with its audience and permission), error code, CLI command and setting."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from consensus.raft_member import RaftTimings
 from models.errors import ERROR_CLASSES
 from node.cli import parser
 from node.config import IntegrityConfig
+from node.routes import ROUTES, markdown_table
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 
@@ -36,15 +38,16 @@ def test_every_cli_command_is_documented() -> None:
         assert f"docraft {name}" in README, f"docraft {name} undocumented"
 
 
-def test_every_route_is_documented() -> None:
-    routes = (
-        "/_bulk/",
-        "/_admin/cluster",
-        "/_shard/write",
-        "/_shard/read",
-        "/_shard/status",
-        "/_admin/alerts",
-    )
-    routes += ("/_admin/fingerprint", "/_admin/digest", "/_admin/repair", "/_admin/fault/corrupt")
-    for route in routes:
-        assert route in README, f"{route} undocumented"
+def http_api_table() -> str:
+    """The first table under README's "## HTTP API" heading, as text."""
+    section = README[README.index("## HTTP API\n") :]
+    lines = section[section.index("\n| route |") + 1 :].splitlines()
+    return "".join(f"{line}\n" for line in itertools.takewhile(lambda line: line.startswith("|"), lines))
+
+
+def test_the_http_api_table_is_the_route_table() -> None:
+    """Every route, its servers, audience and permission, as node/routes.py declares them (python -m node.routes)."""
+    documented = http_api_table()
+    for route in ROUTES:
+        assert f"| `{'/'.join(route.methods)} {route.path}` |" in documented, f"{route.path} undocumented"
+    assert documented == markdown_table(), "README's HTTP API table differs from `python -m node.routes`"

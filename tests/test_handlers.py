@@ -34,7 +34,8 @@ def two_shard_config() -> ClusterConfig:
     ]
     import tomllib
 
-    text = render_config("secret-for-tests-0123", "examples.people", shards, [("d0", "127.0.0.1:8999")])
+    anonymous = {"auth": {"anonymous": ["read", "write", "bulk", "status"]}}  # the tests call as anonymous clients
+    text = render_config("secret-for-tests-0123", "examples.people", shards, [("d0", "127.0.0.1:8999")], anonymous)
     return parse_config(tomllib.loads(text), Path("/tmp/cluster.toml"))
 
 

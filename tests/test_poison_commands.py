@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -21,9 +23,10 @@ import pytest
 import ujson
 
 from consensus.state_machine import StateMachine
+from node.signing import sign
 from query.app import load_app
 from query.views import WriteView
-from tests.harness import Cluster, wait_for
+from tests.harness import Cluster, member_key, wait_for
 
 PEOPLE = load_app("examples.people")
 PEOPLE_V2 = load_app("examples.people_v2")
@@ -371,8 +374,13 @@ def test_a_bug_around_the_handlers_is_an_internal_error(monkeypatch: pytest.Monk
 
 
 def post_text(url: str, text: bytes, timeout: float) -> tuple[int, dict[str, Any]]:
-    """POST ``text`` as it is (``http_json`` would encode an infinite float as ``Infinity``)."""
-    request = urllib.request.Request(url, data=text, method="POST", headers={"Content-Type": "application/json"})
+    """POST ``text`` as it is (``http_json`` would encode an infinite float as ``Infinity``), signed as a
+    cluster member's call when ``url`` is an internal route."""
+    headers = {"Content-Type": "application/json"}
+    key = member_key(url)
+    if key is not None:
+        headers.update(sign(key, "POST", urllib.parse.urlsplit(url).path, text, time.time()))
+    request = urllib.request.Request(url, data=text, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, ujson.loads(response.read())

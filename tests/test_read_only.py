@@ -160,8 +160,8 @@ class GroupOfOne:
 class InProcessShards:
     """Every replica through its own ``ShardClient(local=service)``: the path a replica's router takes to itself."""
 
-    def __init__(self, services: dict[str, ShardService]) -> None:
-        self.clients = {replica_id: ShardClient(local=service) for replica_id, service in services.items()}
+    def __init__(self, config: ClusterConfig, services: dict[str, ShardService]) -> None:
+        self.clients = {replica_id: ShardClient(config, local=service) for replica_id, service in services.items()}
 
     def is_local(self, replica: ReplicaConfig) -> bool:
         return True
@@ -244,10 +244,10 @@ async def reads_leave_every_snapshot_alone(
     config = one_replica_per_shard(2)
     machines = {shard.id: StateMachine(PEOPLE) for shard in config.shards}
     services = {
-        s.replicas[0].id: ShardService(GroupOfOne(machines[s.id]), s.replicas[0])  # type: ignore[arg-type]
+        s.replicas[0].id: ShardService(GroupOfOne(machines[s.id]), s.replicas[0], ShardMap(config))  # type: ignore[arg-type]
         for s in config.shards
     }
-    router = Router(config, PEOPLE, InProcessShards(services), deadline=1.0)  # type: ignore[arg-type]
+    router = Router(config, PEOPLE, InProcessShards(config, services), deadline=1.0)  # type: ignore[arg-type]
     for uid, country in users.items():
         args = {"id": [str(uid)], "first_name": ["A"], "last_name": ["B"], "country": [country]}
         await router.call("insert_user", "GET", args, None)

@@ -34,6 +34,7 @@ from models import Model, field
 from models.errors import ERROR_CLASSES
 from node.cli import main
 from node.config import ReplicaConfig
+from node.routes import dispatcher_routes
 from node.servers import dispatcher
 from query.app import App, load_app
 from query.schema import export_text, jsdoc, json_schemas, openapi_document, typescript
@@ -110,7 +111,7 @@ def test_json_schema_carries_keys_version_and_references() -> None:
 
 @pytest.mark.parametrize("app", [PEOPLE, SCHEMA_APP], ids=lambda a: a.module)
 def test_openapi_document_is_valid_and_has_every_route(app: App) -> None:
-    document = openapi_document(app)
+    document = openapi_document(app, dispatcher_routes())
     validate(document)  # type: ignore[arg-type]
     assert document["info"]["title"] == f"docraft — {app.module}"
     for endpoint in app.endpoints.values():
@@ -127,7 +128,7 @@ def test_openapi_document_is_valid_and_has_every_route(app: App) -> None:
 
 
 def test_openapi_operations_describe_parameters_and_errors() -> None:
-    paths = openapi_document(PEOPLE)["paths"]
+    paths = openapi_document(PEOPLE, dispatcher_routes())["paths"]
     error = {"$ref": "#/components/schemas/docraft.Error"}
     insert = paths["/insert_user"]["post"]
     assert insert["responses"]["422"]["content"]["application/json"]["schema"] == error
@@ -153,7 +154,7 @@ def test_openapi_operations_describe_parameters_and_errors() -> None:
 
 
 def test_openapi_list_parameters_are_comma_separated() -> None:
-    paths = openapi_document(SCHEMA_APP)["paths"]
+    paths = openapi_document(SCHEMA_APP, dispatcher_routes())["paths"]
     tags = next(p for p in paths["/search_books"]["get"]["parameters"] if p["name"] == "tags")
     assert (tags["style"], tags["explode"]) == ("form", False)
     assert set(paths["/search_books"]) == {"get", "post"}
@@ -166,7 +167,7 @@ def test_a_model_named_like_a_generated_type_is_refused_by_typescript_only() -> 
     app = App("clash", {**SCHEMA_APP.models, "Page": Page}, dict(SCHEMA_APP.endpoints))
     with pytest.raises(ValueError, match="Page"):
         typescript(app)
-    validate(openapi_document(app))  # type: ignore[arg-type]  # generated component names hold a dot
+    validate(openapi_document(app, dispatcher_routes()))  # type: ignore[arg-type]  # generated component names hold a dot
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
@@ -175,11 +176,11 @@ def test_a_model_named_like_a_generated_type_is_refused_by_typescript_only() -> 
 def test_cli_prints_or_writes_each_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("typescript", "jsdoc", "jsonschema", "openapi"):
         assert main(["schema", "--app", "examples.people", "--format", name]) == 0
-        assert capsys.readouterr().out == export_text(PEOPLE, name)
+        assert capsys.readouterr().out == export_text(PEOPLE, name, dispatcher_routes())
         target = tmp_path / f"out.{name}"
         assert main(["schema", "--format", name, "-o", str(target)]) == 0
-        assert target.read_text(encoding="utf-8") == export_text(PEOPLE, name)
-    assert json.loads(export_text(PEOPLE, "jsonschema")) == json_schemas(PEOPLE)
+        assert target.read_text(encoding="utf-8") == export_text(PEOPLE, name, dispatcher_routes())
+    assert json.loads(export_text(PEOPLE, "jsonschema", dispatcher_routes())) == json_schemas(PEOPLE)
 
 
 # -- TypeScript and JSDoc with the real compiler ------------------------------------------------------
@@ -379,7 +380,7 @@ class SchemaRouteTest(AsyncHTTPTestCase):
 
     def get_app(self) -> Any:
         config = two_shard_config()
-        self.document = openapi_document(PEOPLE)
+        self.document = openapi_document(PEOPLE, dispatcher_routes())
         return dispatcher(config, PEOPLE, ServingShards(config, PEOPLE)).application  # type: ignore[arg-type]
 
     def response_validator(self, path: str, method: str, status: int) -> jsonschema.Draft202012Validator:
@@ -392,7 +393,7 @@ class SchemaRouteTest(AsyncHTTPTestCase):
         response = self.fetch("/_schema/openapi.json")
         assert response.code == 200
         assert response.headers["Content-Type"].startswith("application/json")
-        assert ujson.loads(response.body) == json.loads(export_text(PEOPLE, "openapi"))
+        assert ujson.loads(response.body) == json.loads(export_text(PEOPLE, "openapi", dispatcher_routes()))
 
     def test_answers_match_the_document(self) -> None:
         def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -27,6 +27,7 @@ ERRORS: dict[str, tuple[str, ...]] = {
     "bulk": ("bad_request", "no_leader", "code_mismatch", "replica_flagged", "migration_pending", "outcome_unknown"),
     "fingerprint": ("bad_request", "no_leader", "replica_flagged", "outcome_unknown"),
     "migrate": ("bad_request", "not_found", "migration_refused", "no_leader", "replica_flagged", "outcome_unknown"),
+    "auth": ("unauthorized", "forbidden"),  # every route that needs a permission
 }
 
 

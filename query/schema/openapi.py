@@ -1,7 +1,9 @@
 """OpenAPI 3.1 description of a dispatcher's HTTP API for one app.
 
 Paths: one per endpoint (with its declared methods), one bulk insert per model,
-the admin routes and this document's own route (``/_schema/openapi.json``).
+the admin routes and this document's own route (``/_schema/openapi.json``), as
+the dispatcher's route table (``node.routes``) lists them, each with the
+permission it needs (``x-docraft-permission``, the bearer security scheme).
 Schemas are JSON Schema 2020-12, OpenAPI 3.1's dialect; ``components/schemas``
 holds each model, a page of each model, ``ServedBy``, ``Alert`` and the one
 error body.
@@ -10,6 +12,7 @@ error body.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 from models.model import Model
@@ -26,22 +29,43 @@ from query.schema.oas import (
     ref,
     shared_schemas,
 )
-from query.schema.routes import admin_paths, bulk_path
+from query.schema.routes import (
+    BULK_ROUTE,
+    ENDPOINT_ROUTE,
+    RouteDoc,
+    bulk_path,
+    fixed_paths,
+    secure,
+    security_schemes,
+)
 from query.schema.shapes import PageOf, Shape, result_shape, shape_of_type
 
 OPENAPI_VERSION = "3.1.0"
 DOCUMENT_PAGE = "docraft.DocumentPage"
 
 
-def openapi_document(app: App) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of a dispatcher serving ``app``; a fresh dict on every call.
+def openapi_document(app: App, routes: Sequence[RouteDoc]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of a dispatcher serving ``app`` on ``routes``; a fresh dict on every call.
 
-    Model schemas are named after their model; generated ones hold a dot
-    (``User.Page``, ``docraft.Error``), so no model name can clash with them.
+    ``routes`` are the dispatcher's (``node.routes.dispatcher_routes()``):
+    ``/{endpoint}`` stands for one path per endpoint of ``app``, ``/_bulk/{Model}``
+    for one per model, and every other route is described as it is
+    (``ValueError`` for one this export does not know). Model schemas are named
+    after their model; generated ones hold a dot (``User.Page``,
+    ``docraft.Error``), so no model name can clash with them.
     """
-    paths: dict[str, Any] = {f"/{e.name}": _endpoint_path(e) for e in app.endpoints.values()}
-    paths.update({f"/_bulk/{m.name}": bulk_path(m) for m in app.models.values()})
-    paths.update(admin_paths(app))
+    paths: dict[str, Any] = {}
+    bulk: dict[str, Any] = {}
+    fixed: list[RouteDoc] = []
+    for route in routes:
+        if route.path == ENDPOINT_ROUTE:
+            paths.update({f"/{e.name}": _endpoint_path(e) for e in app.endpoints.values()})
+        elif route.path == BULK_ROUTE:
+            bulk.update({f"/_bulk/{m.name}": bulk_path(m, route.permission) for m in app.models.values()})
+        else:
+            fixed.append(route)
+    paths.update(bulk)
+    paths.update(fixed_paths(app, fixed))
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -50,7 +74,7 @@ def openapi_document(app: App) -> dict[str, Any]:
             "description": f"The HTTP API of a docraft dispatcher serving the app module `{app.module}`.",
         },
         "paths": paths,
-        "components": {"schemas": _component_schemas(app)},
+        "components": {"schemas": _component_schemas(app), "securitySchemes": security_schemes()},
     }
 
 
@@ -126,7 +150,7 @@ def _endpoint_path(endpoint: Endpoint) -> dict[str, Any]:
             "200": json_response("The endpoint's answer", result),
             **error_responses(endpoint.kind),
         }
-        item[method.lower()] = operation
+        item[method.lower()] = secure(operation, endpoint.permission)
     return item
 
 

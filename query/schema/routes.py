@@ -1,19 +1,70 @@
-"""OpenAPI paths of the routes that are not app endpoints: bulk insert, admin, this document."""
+"""OpenAPI paths of the routes that are not app endpoints (bulk insert, admin, this document), and security.
+
+Which routes there are, and the permission each needs, is the node's route
+table (``node.routes``): the caller passes its routes in as ``RouteDoc``s.
+Here is what their requests and answers look like.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from models.model import Model
 from query.app import App
+from query.permissions import Access, Permission
 from query.schema.jsonschema import Schema, shape_schema
 from query.schema.oas import ALERT, ERROR, JSON, error_responses, json_response, object_schema, ref
 from query.schema.shapes import shape_of_type
 
 SCHEMA_ROUTE = "/_schema/openapi.json"
+ENDPOINT_ROUTE = "/{endpoint}"
+BULK_ROUTE = "/_bulk/{Model}"
+BEARER = "bearer"
 
 
-def bulk_path(model: type[Model]) -> dict[str, Any]:
+class RouteDoc(Protocol):
+    """What the OpenAPI document needs to know of a route (``node.routes.Route`` is one)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def methods(self) -> tuple[str, ...]: ...
+
+    @property
+    def summary(self) -> str: ...
+
+    @property
+    def permission(self) -> Permission | Access: ...
+
+
+def security_schemes() -> dict[str, Any]:
+    """``components/securitySchemes``: the bearer token clients send."""
+    bearer = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "a token made by `docraft user add`; without one, a client may do what the cluster "
+        "file's [auth] anonymous grants (nothing unless it says so)",
+    }
+    return {BEARER: bearer}
+
+
+def secure(operation: dict[str, Any], permission: Permission | Access) -> dict[str, Any]:
+    """``operation`` with its security requirement, ``x-docraft-permission`` and 401/403 answers; changed in place.
+
+    A public route needs nothing; an admin route a token; any other a token or,
+    where the cluster grants it, none.
+    """
+    if permission is Access.PUBLIC:
+        operation["security"] = []
+        return operation
+    operation["security"] = [{BEARER: []}] if permission is Permission.ADMIN else [{BEARER: []}, {}]
+    operation["x-docraft-permission"] = permission.value
+    operation["responses"] = {**operation["responses"], **error_responses("auth")}
+    return operation
+
+
+def bulk_path(model: type[Model], permission: Permission | Access) -> dict[str, Any]:
     """``POST /_bulk/<Model>``: documents in, one ``{"ok": key}`` or error per document out."""
     key = shape_schema(shape_of_type(model.fields[model.primary_key].type), lambda m: ref(m.name))
     outcome = {"oneOf": [object_schema({"ok": key}, required=("ok",)), ref(ERROR)]}
@@ -26,11 +77,32 @@ def bulk_path(model: type[Model]) -> dict[str, Any]:
         "requestBody": {"required": True, "content": {JSON: {"schema": body}}},
         "responses": {"200": json_response("One result per document", answer), **error_responses("bulk")},
     }
-    return {"post": post}
+    return {"post": secure(post, permission)}
 
 
-def admin_paths(app: App) -> dict[str, Any]:
-    """The dispatcher's admin routes and ``SCHEMA_ROUTE``."""
+def fixed_paths(app: App, routes: list[RouteDoc]) -> dict[str, Any]:
+    """The paths of ``routes`` (routes without a ``{name}`` part); ``ValueError`` for one not described here."""
+    operations = _operations(app)
+    paths: dict[str, Any] = {}
+    for route in routes:
+        if route.path not in operations:
+            raise ValueError(f"the OpenAPI export does not describe the route {route.path}")
+        operation_id, answer, body, errors = operations[route.path]
+        summary = route.summary.replace("`", "")
+        for method in route.methods:
+            operation: dict[str, Any] = {"operationId": operation_id, "tags": ["admin"], "summary": summary}
+            if body is not None:
+                operation["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+            operation["responses"] = {
+                "200": json_response(summary, answer),
+                **(error_responses(errors) if errors else {}),
+            }
+            paths.setdefault(route.path, {})[method.lower()] = secure(operation, route.permission)
+    return paths
+
+
+def _operations(app: App) -> dict[str, tuple[str, Schema, Schema | None, str]]:
+    """By path: operation id, answer schema, request body schema (or ``None``), error kind (``oas.ERRORS``)."""
     shard = object_schema(
         {
             "id": {"type": "string"},
@@ -53,43 +125,29 @@ def admin_paths(app: App) -> dict[str, Any]:
     )
     by_shard = {"type": "object", "additionalProperties": True, "description": "by shard id"}
     return {
-        "/_admin/cluster": _admin(
-            "get",
+        "/_admin/cluster": (
             "cluster",
-            "Shards, slot ranges, leaders and replica status",
             object_schema({"shards": {"type": "array", "items": shard}}, required=("shards",)),
+            None,
+            "",
         ),
-        "/_admin/alerts": _admin(
-            "get",
+        "/_admin/alerts": (
             "alerts",
-            "Active and recent integrity alerts",
             object_schema({"active": alerts, "recent": alerts}, required=("active", "recent")),
+            None,
+            "",
         ),
-        "/_admin/fingerprint": _admin(
-            "post",
+        "/_admin/fingerprint": (
             "accept_fingerprint",
-            "Record new app code on every shard (docraft accept-code)",
             object_schema({"shards": by_shard}, required=("shards",)),
-            body=object_schema({"fingerprint": fingerprint}, required=("fingerprint",)),
-            errors="fingerprint",
+            object_schema({"fingerprint": fingerprint}, required=("fingerprint",)),
+            "fingerprint",
         ),
-        "/_admin/migrate": _admin(
-            "post",
+        "/_admin/migrate": (
             "migrate",
-            "Migrate a model to the code's version on every shard, or only plan it",
             object_schema({"dry_run": {"type": "boolean"}, "shards": by_shard}, required=("dry_run", "shards")),
-            body=migration,
-            errors="migrate",
+            migration,
+            "migrate",
         ),
-        SCHEMA_ROUTE: _admin("get", "openapi", "This document", {"type": "object"}),
+        SCHEMA_ROUTE: ("openapi", {"type": "object"}, None, ""),
     }
-
-
-def _admin(
-    method: str, operation_id: str, summary: str, answer: Schema, body: Schema | None = None, errors: str = ""
-) -> dict[str, Any]:
-    operation: dict[str, Any] = {"operationId": operation_id, "tags": ["admin"], "summary": summary}
-    if body is not None:
-        operation["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
-    operation["responses"] = {"200": json_response(summary, answer), **(error_responses(errors) if errors else {})}
-    return {method: operation}
