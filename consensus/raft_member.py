@@ -44,6 +44,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pysyncobj.syncobj
@@ -81,6 +82,8 @@ _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
 _JOURNAL_FACTORY = threading.Lock()
 # A member that stands out of elections keeps its election deadline this far ahead.
 _NO_ELECTION = 3600.0
+# Written by node.repair before a replica discards its log on purpose; removed once it has caught up.
+REPAIR_MARKER = "repairing"
 # PySyncObj's own read timeout for a link (see RaftMember.__init__); TCP keepalive still applies.
 _IDLE_LINK_TIMEOUT = 60.0
 
@@ -145,7 +148,8 @@ class RaftTimings:
 
 @dataclass(frozen=True)
 class ReplicaFault:
-    """Why a member does not trust its own state: ``entries_lost`` or ``snapshot_unloadable``."""
+    """Why a member does not trust its own state: ``entries_lost``, ``resyncing`` (after a repair)
+    or ``snapshot_unloadable``."""
 
     kind: str
     message: str
@@ -218,6 +222,7 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             finally:
                 pysyncobj.syncobj.createJournal = create_journal
         self.journal: DocraftJournal = self._SyncObj__raftLog
+        self._repair_marker = Path(self.journal.path).parent / REPAIR_MARKER
         transport = self._SyncObj__transport
         try:
             _check_instance(self, "SyncObj instance")
@@ -367,9 +372,10 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         # The log grows only by a leader's appends while the member stands out of elections, and a
         # leader's log holds every committed entry: once it reaches the acknowledged index again, so does
         # this one. (The commit index is no guide: PySyncObj restores it from .meta, beyond the log.)
-        if self.fault.kind == "entries_lost" and self.journal.last_index >= self.journal.acked_at_open:
+        if self.fault.kind in ("entries_lost", "resyncing") and self.journal.last_index >= self.journal.acked_at_open:
             log.warning("replica %s holds index %d again: voting again", self.raft_address, self.journal.last_index)
             self.journal.caught_up()
+            self._repair_marker.unlink(missing_ok=True)
             self.fault = None
             return
         self._SyncObj__raftElectionDeadline = time.monotonic() + _NO_ELECTION
@@ -377,8 +383,18 @@ class RaftMember(SyncObj):  # type: ignore[misc]
     def _check_acknowledged_entries(self) -> None:
         """First tick, after PySyncObj loaded snapshot and journal: a log below the acked index lost entries."""
         acked, last = self.journal.acked_at_open, self.journal.last_index
+        repaired = self._repair_marker.exists()
         if last >= acked:
             self.journal.caught_up()
+            self._repair_marker.unlink(missing_ok=True)
+        elif self.fault is None and repaired:
+            # An operator's repair discarded the log on purpose: the same care, but nothing to alert on.
+            self.fault = ReplicaFault(
+                "resyncing",
+                f"repaired: its log was discarded below index {acked} it had acknowledged; "
+                "it does not vote until its leader has sent it that far again",
+            )
+            log.warning("replica %s: %s", self.raft_address, self.fault.message)
         elif self.fault is None:
             self.fault = ReplicaFault(
                 "entries_lost",

@@ -6,14 +6,14 @@ again. Raft's safety rests on two things a repair must not take away:
 - **Term and vote** (``raft.journal.meta``) are kept, so the repaired replica
   cannot vote twice in a term it already voted in.
 - **What it acknowledged** (``raft.journal.acked``) is kept, so on restart it
-  finds its log ending below that index, reports ``entries_lost`` and neither
+  finds its log ending below that index, reports ``resyncing`` and neither
   votes nor stands for election until its leader has sent it that far again.
   An empty log would otherwise grant its vote to any candidate, and could help
   elect one that lacks entries this replica helped commit.
 
 A repair is refused (``RepairRefused``) on a leader, when another replica of
 the group reports a fault of its own (one repair at a time: a repaired replica
-reports ``entries_lost`` until it has caught up), and unless the other
+reports ``resyncing`` until it has caught up), and unless the other
 replicas that have applied everything the leader had committed when the
 repair was asked for form a majority of the whole group: with the repaired
 replica out of elections, they must be able to elect and commit on their own.
@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from consensus.raft_member import REPAIR_MARKER
 from models.errors import DocraftError, RepairRefused
 from node.config import ClusterConfig
 from node.shard_client import ShardClient
@@ -114,6 +115,7 @@ def restart_empty(service: ShardService) -> None:
     data_dir = service.config.data_dir
     log.warning("repair: discarding the log and snapshot in %s and restarting", data_dir)
     service.replica.destroy_synchronous()
+    (data_dir / REPAIR_MARKER).touch()
     for name in DISCARDED:
         (data_dir / name).unlink(missing_ok=True)
     logging.shutdown()
