@@ -92,18 +92,36 @@ def _writes(op: Op) -> Any:
     return op.value if op.kind == "write" else op.value[1]
 
 
+def _relied_on(ops: list[Op]) -> set[Any]:
+    """Values ``ops`` rely on having been written.
+
+    Those completed reads and cas observed, and the ``old`` value of each
+    unknown cas whose own value is relied on: it can only have swapped from it.
+    """
+    values = _observed(ops)
+    unknown_swaps = [op.value for op in ops if op.kind == "cas" and op.complete is None]
+    grew = True
+    while grew:
+        grew = False
+        for old, new in unknown_swaps:
+            if new in values and old not in values:
+                values.add(old)
+                grew = True
+    return values
+
+
 def prune(ops: list[Op]) -> list[Op]:
-    """Drop unknown-outcome writes and swaps whose value nobody observed.
+    """Drop unknown-outcome writes and swaps whose value nothing relies on (``_relied_on``).
 
     Such an op may be taken never to have happened: its value would have been
     overwritten unseen, so leaving it out cannot turn a valid linearization
     invalid. With unique written values this removes nearly all of them and
     keeps the search from branching on each.
     """
-    observed = _observed(ops)
+    relied_on = _relied_on(ops)
 
     def needed(op: Op) -> bool:
-        return op.complete is not None or (op.kind != "read" and _writes(op) in observed)
+        return op.complete is not None or (op.kind != "read" and _writes(op) in relied_on)
 
     return [op for op in ops if needed(op)]
 
@@ -164,10 +182,11 @@ class KeyVerdict:
 
 
 def check_history(history: Iterable[Op], initial: Any = None) -> list[KeyVerdict]:
-    """Check every key; for a key that fails, also find the smallest failing prefix.
+    """Check every key; for a key that fails, also find a smallest failing prefix.
 
-    The prefix is taken in invocation order: the first ``k`` operations of the
-    key with ``k`` as small as possible such that they alone are not linearizable.
+    The prefix is taken in invocation order: the first ``k`` operations of
+    the key, with the writes whose values they observed (``_closure``), and
+    ``k`` as small as possible such that these alone are not linearizable.
     """
     by_key = _by_key(history)
     verdicts = []
@@ -176,12 +195,43 @@ def check_history(history: Iterable[Op], initial: Any = None) -> list[KeyVerdict
         verdict = is_linearizable(ops, initial)
         smallest: list[dict[str, Any]] = []
         if verdict is False:
-            for k in range(1, len(ops) + 1):
-                if is_linearizable(ops[:k], initial) is False:
-                    smallest = [op.to_json() for op in ops[:k]]
-                    break
+            smallest = [op.to_json() for op in _smallest_failing_prefix(ops, initial)]
         verdicts.append(KeyVerdict(key, len(ops), verdict, smallest))
     return verdicts
+
+
+def _closure(prefix: list[Op], ops: list[Op]) -> list[Op]:
+    """``prefix`` with every op of ``ops`` that wrote (or may have written) a value the set relies on.
+
+    A linearization of all of ``ops``, restricted to this set, is one of the
+    set: every value the set relies on (``_relied_on``) is written inside it,
+    and values are unique. So the set of a linearizable history is
+    linearizable, and the larger ``prefix``, the more it constrains: failing
+    is monotone in it.
+    """
+    chosen = list(prefix)
+    while True:
+        relied_on = _relied_on(chosen)
+        inside = set(map(id, chosen))
+        writers = [op for op in ops if id(op) not in inside and _writes(op) is not None and _writes(op) in relied_on]
+        if not writers:
+            return sorted(chosen, key=lambda o: o.invoke)
+        chosen += writers
+
+
+def _smallest_failing_prefix(ops: list[Op], initial: Any) -> list[Op]:
+    """The smallest failing ``_closure`` of a prefix of ``ops`` (in invocation order), by bisection.
+
+    ``ops`` must not be linearizable. A prefix whose search ran out of budget counts as not failing.
+    """
+    low, high = 1, len(ops)  # the closure of ops[:high] fails
+    while low < high:
+        middle = (low + high) // 2
+        if is_linearizable(_closure(ops[:middle], ops), initial) is False:
+            high = middle
+        else:
+            low = middle + 1
+    return _closure(ops[:high], ops)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
 """The fault benchmark's cluster and its nemesis: one fault at a time, each healed before the next.
 
-Faults (``NEMESES``), each aimed at the leader or a random replica as ``kill`` picks unless said otherwise:
+Faults (``NEMESES``), each aimed at the leader or a random replica unless said otherwise (the first
+fault of each kind at the leader, later ones at it 60% of the time):
 
 - ``kill``: SIGKILL a replica, restart it 1.5-3 s later.
 - ``pause``: SIGSTOP a replica for 1.5-3 s, then SIGCONT.
-- ``partition``: cut a replica (or a random one-replica minority) off its group for 1.5-3 s (needs root).
+- ``partition``: cut a replica (a one-replica minority) off its group for 1.5-3 s (needs root); the
+  dispatcher still reaches it.
+- ``partition-dispatcher``: the same, and the dispatcher (and the benchmark) cannot reach it either.
 - ``restart-all``: SIGKILL every replica of the group, restart them all.
 - ``restart``: SIGTERM a replica (it snapshots and stops gracefully), wait for it to exit, start it again.
 - ``repair``: ``docraft repair`` on a follower. A refusal (exit 2) is ``skipped``, a timeout ``failed``.
@@ -16,6 +19,10 @@ Faults (``NEMESES``), each aimed at the leader or a random replica as ``kill`` p
 Before each fault the nemesis waits (up to ``SETTLE_LIMIT``) until every replica answers and has
 applied what its leader had committed, so one fault's tail does not stack onto the next and take a
 majority away for longer than either intends.
+
+After healing a fault (a restart, SIGCONT or a healed partition) the nemesis measures each healed
+replica's catch-up: the seconds until its own ``/_shard/status`` shows it has applied the leader's
+commit index as of the heal (with no leader then, as of the first leader seen).
 """
 
 from __future__ import annotations
@@ -24,10 +31,11 @@ import asyncio
 import contextlib
 import io
 import random
+import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,58 +44,101 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from bench.netns import TestNetwork
 from consensus.replica import SNAPSHOT_FILE
+from models.errors import DocraftError
 from node.admin import repair
 from node.config import load_config, render_config
 from node.launcher import LocalCluster
+from node.shard_client import ShardClient
 
-NEMESES = ("kill", "pause", "partition", "restart-all", "restart", "repair", "lag")
+NEMESES = ("kill", "pause", "partition", "partition-dispatcher", "restart-all", "restart", "repair", "lag")
+PARTITIONS = ("partition", "partition-dispatcher")  # the kinds that need the test network
 APP = "bench.register_app"
 SHARD = "s0"
 SETTLE_LIMIT = 20.0  # seconds to wait for the group to be whole and caught up before the next fault
 STOP_LIMIT = 15.0  # seconds a SIGTERMed replica may take to exit before it counts as failed (and is killed)
 REPAIR_LIMIT = 30.0  # seconds ``docraft repair`` may take to make the replica agree again
-CATCH_UP_LIMIT = 30.0  # seconds a resumed lagging follower may take to catch up
+CATCH_UP_LIMIT = 30.0  # seconds a healed replica may take to catch up (a lagging follower past this fails)
+CATCH_UP_POLL = 0.05  # seconds between status polls of a healed replica
 ELECTION_LIMIT = 5.0  # seconds the lag nemesis waits for a leader before restarting the last replica it stopped
 LAG_MIN, LAG_MAX = 3.0, 15.0  # seconds a lagging follower stays stopped (at least; at most, waiting for compactions)
 
 
-async def fetch(url: str, timeout: float) -> tuple[int, bytes]:
-    """GET ``url``: (status, body); a timeout or lost connection is status 599 with an empty body."""
+async def fetch(
+    url: str, timeout: float, headers: dict[str, str] | None = None, post: dict[str, Any] | None = None
+) -> tuple[int, bytes]:
+    """GET ``url``, or POST ``post`` to it as JSON: (status, body).
+
+    A timeout or lost connection is status 599 with an empty body.
+    """
+    if post is not None:
+        headers = {**(headers or {}), "Content-Type": "application/json"}
+    method, body = ("GET", None) if post is None else ("POST", ujson.dumps(post))
     try:
-        response = await AsyncHTTPClient().fetch(url, raise_error=False, request_timeout=timeout)
+        response = await AsyncHTTPClient().fetch(
+            url, method=method, body=body, raise_error=False, request_timeout=timeout, headers=headers
+        )
     except (HTTPClientError, OSError):  # raise_error=False still raises for these
         return 599, b""
     return response.code, response.body or b""
 
 
+def error_code(body: bytes) -> str | None:
+    """The ``code`` of a JSON error body (models/errors.py), or ``None`` if the body is not one."""
+    try:
+        code = ujson.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
 @dataclass
 class Fault:
-    """One injected fault; times are seconds since the run started."""
+    """One injected fault; times are seconds since the run started.
+
+    ``start`` is when the fault took effect: the kill, stop or cut done; for
+    ``restart`` once the replica has exited, for ``lag`` once the others it
+    stops have (the follower was stopped before), for ``repair`` when the
+    nemesis began it.
+    """
 
     kind: str
     start: float
     target: str = ""
     end: float = 0.0
     leader: bool = False  # the fault took the leader away
-    failover: float | None = None
+    failover: float | None = None  # seconds from ``start`` to the next successful write (set by the benchmark)
+    elected: float | None = None  # leader faults: seconds from ``start`` until a newer term's leader was seen
     outcome: str = "done"  # "done", "skipped" (a refused repair) or "failed"
     detail: str = ""
+    healed: float | None = None  # when the nemesis healed it (restarted, resumed, reconnected everything)
+    # Per healed replica: seconds from ``healed`` until it had caught up; None if not within CATCH_UP_LIMIT.
+    catch_up: dict[str, float | None] = field(default_factory=dict)
+
+
+def has_applied(status: dict[str, Any], index: int) -> bool:
+    """Whether a replica's ``/_shard/status`` (``{}`` if it did not answer) shows no fault and ``index`` applied."""
+    return status.get("fault") is None and status.get("applied_index", -1) >= index
 
 
 @dataclass(frozen=True)
 class GroupStatus:
-    """The group as the dispatcher sees it: its leader and each replica's ``/_shard/status``."""
+    """The group's leader and each replica's ``/_shard/status``."""
 
     leader: str | None
     replicas: dict[str, dict[str, Any]]  # a silent replica has role "unreachable"
+
+    @classmethod
+    def of(cls, replicas: dict[str, dict[str, Any]]) -> GroupStatus:
+        """The group as its replicas' own answers show it: the leader is the one leading in the newest term."""
+        leaders = [(status["term"], name) for name, status in replicas.items() if status.get("role") == "leader"]
+        return cls(max(leaders)[1] if leaders else None, replicas)
 
     def followers(self) -> list[str]:
         return [name for name, status in self.replicas.items() if status.get("role") == "follower"]
 
     def caught_up(self, name: str, index: int) -> bool:
         """Whether ``name`` answers, reports no fault and has applied ``index``."""
-        status = self.replicas.get(name, {})
-        return status.get("fault") is None and status.get("applied_index", -1) >= index
+        return has_applied(self.replicas.get(name, {}), index)
 
     def committed(self) -> int | None:
         """The leader's commit index, or ``None`` without a leader."""
@@ -117,15 +168,21 @@ class Harness:
                     members.append((name, f"127.0.0.1:{port + 200 + n}", f"127.0.0.1:{port + 100 + n}", name))
             layout.append((f"s{s}", members))
         config_path = root / "cluster.toml"
-        raft = {"raft": {"compaction_min_entries": compaction_entries}}
+        # The benchmark's clients call the app's endpoints and /_admin/cluster without a token.
+        raft: dict[str, dict[str, Any]] = {
+            "raft": {"compaction_min_entries": compaction_entries},
+            "auth": {"anonymous": ["read", "write", "status"]},
+        }
         dispatchers = [("d0", f"127.0.0.1:{port}")]
-        config_path.write_text(render_config("fault-benchmark-secret-0", APP, layout, dispatchers, raft))
+        secret = secrets.token_hex(24)  # a fresh one per run, as docraft up makes them
+        config_path.write_text(render_config(secret, APP, layout, dispatchers, raft))
         self.config = load_config(config_path)
         prefixes = {name: self.network.prefix(name) for name in names} if self.network else {}
         self.cluster = LocalCluster(self.config, APP, root / "logs", prefixes=prefixes)
         self.url = f"http://127.0.0.1:{port}"
         self.paused: set[str] = set()
         self.dead: set[str] = set()
+        self._shard_client: ShardClient | None = None
 
     def replicas(self, shard: str = SHARD) -> list[str]:
         return [r.id for r in self.config.shard(shard).replicas]
@@ -142,6 +199,26 @@ class Harness:
             if entry["id"] == shard:
                 return GroupStatus(entry["leader"], {r["id"]: r for r in entry["replicas"]})
         return GroupStatus(None, {})
+
+    async def replica_status(self, name: str, timeout: float = 0.5) -> dict[str, Any]:
+        """``name``'s own ``/_shard/status``, asked directly (not through the dispatcher); ``{}`` if silent.
+
+        Asked as a cluster member asks (``ShardClient``, which signs with the cluster secret). Event loop only.
+        """
+        if self._shard_client is None:  # made on the event loop, whose HTTP client it uses
+            self._shard_client = ShardClient(self.config)
+        try:
+            return await self._shard_client.status(self.config.replica(name), timeout)
+        except DocraftError:
+            return {}
+
+    async def replica_statuses(self, shard: str = SHARD) -> GroupStatus:
+        """The group as its replicas answer directly; a silent replica has role ``unreachable``."""
+        names = self.replicas(shard)
+        answers = await asyncio.gather(*(self.replica_status(name) for name in names))
+        return GroupStatus.of(
+            {name: answer or {"role": "unreachable"} for name, answer in zip(names, answers, strict=True)}
+        )
 
     def kill(self, name: str) -> None:
         process = self.cluster.processes[name]
@@ -223,6 +300,54 @@ class SnapshotWatch:
             await asyncio.sleep(self.interval)
 
 
+class LeaderWatch:
+    """Records each replica's role and term as they change, polling each one's own status.
+
+    Each replica is polled on its own every ``interval`` seconds, so a silent
+    one does not delay the others; a record's time is when the answer
+    arrived, at most about ``interval`` after the change. A replica that does
+    not answer within ``timeout`` is recorded as ``unreachable`` (term -1).
+    """
+
+    def __init__(
+        self, harness: Harness, clock: Callable[[], float], interval: float = 0.05, timeout: float = 0.25
+    ) -> None:
+        self.harness = harness
+        self.clock = clock
+        self.interval = interval
+        self.timeout = timeout
+        self.changes: list[tuple[float, str, str, int]] = []  # (time, replica, role, term), in time order
+        self._stopped = asyncio.Event()
+
+    @property
+    def elections(self) -> list[tuple[float, str, int]]:
+        """``(time, replica, term)`` each time a replica was first seen leading in a term."""
+        seen: set[tuple[str, int]] = set()
+        found = []
+        for time_seen, name, role, term in self.changes:
+            if role == "leader" and (name, term) not in seen:
+                seen.add((name, term))
+                found.append((time_seen, name, term))
+        return found
+
+    async def run(self) -> None:
+        """Poll until ``stop``; returns once the polls in flight have ended (a cancelled fetch would log an error)."""
+        await asyncio.gather(*(self._watch(name) for name in self.harness.replicas()))
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def _watch(self, name: str) -> None:
+        last: tuple[str, int] | None = None
+        while not self._stopped.is_set():
+            status = await self.harness.replica_status(name, self.timeout)
+            now = (str(status.get("role", "unreachable")), int(status.get("term", -1)))
+            if now != last:
+                self.changes.append((self.clock(), name, *now))
+                last = now
+            await asyncio.sleep(self.interval)
+
+
 class Nemesis:
     """Injects faults of ``kinds`` into ``harness`` one at a time; records them in ``faults`` and ``notes``.
 
@@ -249,6 +374,7 @@ class Nemesis:
             "kill": self._kill,
             "pause": self._pause,
             "partition": self._partition,
+            "partition-dispatcher": self._partition,
             "restart-all": self._restart_all,
             "restart": self._restart,
             "repair": self._repair,
@@ -288,16 +414,49 @@ class Nemesis:
             await asyncio.sleep(0.25)
         return None
 
-    def _pick(self, status: GroupStatus, among: list[str]) -> str:
-        """The leader (if among them) 60% of the time, else a random one of ``among``."""
-        if status.leader in among and self.rng.random() < 0.6:
+    async def catch_up(self, fault: Fault, names: list[str]) -> None:
+        """Mark ``fault`` healed now and record in ``fault.catch_up`` how long each of ``names`` takes to catch up.
+
+        The target is the leader's commit index now, asked of the replicas
+        themselves (without a leader now, that of the first leader seen); each
+        of ``names`` is polled directly until it has applied it, for at most
+        ``CATCH_UP_LIMIT`` seconds (then its time is ``None``).
+        """
+        fault.healed = healed = self.clock()
+        target: int | None = None
+        while target is None and self.clock() - healed < CATCH_UP_LIMIT:
+            target = (await self.harness.replica_statuses()).committed()
+            if target is None:
+                await asyncio.sleep(CATCH_UP_POLL)
+
+        async def watch(name: str, index: int) -> float | None:
+            while self.clock() - healed < CATCH_UP_LIMIT:
+                if has_applied(await self.harness.replica_status(name), index):
+                    return self.clock() - healed
+                await asyncio.sleep(CATCH_UP_POLL)
+            return None
+
+        if target is None:
+            fault.catch_up = dict.fromkeys(names)
+            return
+        times = await asyncio.gather(*(watch(name, target) for name in names))
+        fault.catch_up = dict(zip(names, times, strict=True))
+
+    def _pick(self, status: GroupStatus, among: list[str], kind: str) -> str:
+        """The leader (if among them) for the first fault of ``kind``, later 60% of the time; else a random one."""
+        first = sum(f.kind == kind for f in self.faults) <= 1  # the fault being aimed is already listed
+        if status.leader in among and (first or self.rng.random() < 0.6):
             return status.leader
         return self.rng.choice(among)
 
     def _aim(self, fault: Fault, status: GroupStatus, among: list[str] | None = None) -> str:
-        fault.target = self._pick(status, among or self.harness.replicas())
+        fault.target = self._pick(status, among or self.harness.replicas(), fault.kind)
         fault.leader = fault.target == status.leader
         return fault.target
+
+    def _struck(self, fault: Fault) -> None:
+        """The fault is in effect from now."""
+        fault.start = self.clock()
 
     async def _hold(self) -> None:
         await asyncio.sleep(self.rng.uniform(1.5, 3.0))
@@ -305,37 +464,48 @@ class Nemesis:
     async def _kill(self, fault: Fault, status: GroupStatus) -> None:
         target = self._aim(fault, status)
         self.harness.kill(target)
+        self._struck(fault)
         await self._hold()
         self.harness.restart(target)
+        await self.catch_up(fault, [target])
 
     async def _pause(self, fault: Fault, status: GroupStatus) -> None:
         target = self._aim(fault, status)
         self.harness.pause(target)
+        self._struck(fault)
         await self._hold()
         self.harness.resume(target)
+        await self.catch_up(fault, [target])
 
     async def _partition(self, fault: Fault, status: GroupStatus) -> None:
         network = self.harness.network
         if network is None:
-            raise RuntimeError("the partition nemesis needs the harness built with partitions=True")
-        network.isolate(self._aim(fault, status))
+            raise RuntimeError("the partition nemeses need the harness built with partitions=True")
+        target = self._aim(fault, status)
+        network.isolate(target, outside=fault.kind == "partition-dispatcher")
+        self._struck(fault)
         await self._hold()
         network.heal()
+        await self.catch_up(fault, [target])
 
     async def _restart_all(self, fault: Fault, status: GroupStatus) -> None:
         fault.target, fault.leader = SHARD, True
         replicas = self.harness.replicas()
         for name in replicas:
             self.harness.kill(name)
+        self._struck(fault)
         await asyncio.sleep(self.rng.uniform(0.3, 1.0))
         for name in replicas:
             self.harness.restart(name)
+        await self.catch_up(fault, replicas)
 
     async def _restart(self, fault: Fault, status: GroupStatus) -> None:
         target = self._aim(fault, status)
         stopped, fault.detail = await self._stop(target, graceful=True)
+        self._struck(fault)
         fault.outcome = "done" if stopped else "failed"
         self.harness.restart(target)
+        await self.catch_up(fault, [target])
 
     async def _stop(self, name: str, graceful: bool) -> tuple[bool, str]:
         """SIGTERM ``name`` and wait for it to exit, or SIGKILL it.
@@ -375,20 +545,22 @@ class Nemesis:
         others = [name for name in replicas if name != slow]
         fault.target = slow
         if self.rng.random() < 0.5:  # one other replica, SIGTERMed or SIGKILLed
-            victims = [(self._pick(status, others), self.rng.random() < 0.5)]
+            victims = [(self._pick(status, others, fault.kind), self.rng.random() < 0.5)]
         else:  # issue 8: SIGTERM the other follower, then crash or stop the leader
             others.sort(key=lambda name: name == status.leader)
             victims = [(others[0], True), (others[1], self.rng.random() < 0.5)]
         fault.leader = status.leader in [name for name, _ in victims]
         lagged = await self._fall_behind(slow, others)
         outcomes = [await self._stop(name, graceful) for name, graceful in victims]
+        self._struck(fault)
         await asyncio.sleep(self.rng.uniform(0.3, 1.0))
         self.harness.resume(slow)
         self.harness.restart(victims[0][0])
         if len(victims) > 1:  # let the slow follower and the restarted one elect a leader without the last
             await self.caught_up([], ELECTION_LIMIT)  # no leader in time: restart it anyway
             self.harness.restart(victims[1][0])
-        caught_up = await self.caught_up([slow], CATCH_UP_LIMIT)
+        await self.catch_up(fault, [slow, *(name for name, _ in victims)])
+        caught_up = fault.catch_up[slow]
         fault.outcome = "done" if all(ok for ok, _ in outcomes) and caught_up is not None else "failed"
         late = (
             f"did not catch up within {CATCH_UP_LIMIT:.0f}s" if caught_up is None else f"caught up in {caught_up:.2f}s"

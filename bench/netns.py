@@ -2,10 +2,13 @@
 
 ``TestNetwork(hosts)`` makes a bridge in the root namespace (it gets
 ``10.77.<net>.1``) and, per host, a namespace joined to the bridge by a veth
-pair with its own address ``10.77.<net>.<10 + i>``. ``cut(a, b)`` drops all
-traffic between two hosts (inside both namespaces), ``heal()`` restores every
-link, ``close()`` removes everything. Needs root, ``ip`` and ``iptables``.
-Every address lives only inside namespaces this process made.
+pair with its own address ``10.77.<net>.<10 + i>``. Processes left in the root
+namespace (a dispatcher, the benchmark's clients) reach the hosts from the
+bridge's address. ``cut(a, b)`` drops all traffic between two hosts (inside
+both namespaces), ``isolate(host, outside=True)`` also cuts a host off the
+root namespace, ``heal()`` restores every link, ``close()`` removes
+everything. Needs root, ``ip`` and ``iptables``. Every address lives only
+inside namespaces this process made.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ def why_unavailable() -> str | None:
     """A sentence saying why partitions cannot run here, or ``None`` when they can."""
     if os.geteuid() != 0:
         return "network partitions need root (network namespaces and iptables)"
-    missing = [tool for tool in ("ip", "iptables") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "iptables", "iptables-restore") if shutil.which(tool) is None]
     if missing:
         return f"network partitions need {' and '.join(missing)} (Debian packages iproute2, iptables)"
     return None
 
 
-def _run(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True)
+def _run(*args: str, stdin: str | None = None) -> None:
+    subprocess.run(args, check=True, capture_output=True, input=None if stdin is None else stdin.encode())
 
 
 class TestNetwork:
@@ -43,6 +46,7 @@ class TestNetwork:
         self.bridge = f"{self.tag}br"
         self.hosts = {name: (f"{self.tag}h{i}", f"10.77.{self.net}.{10 + i}") for i, name in enumerate(hosts)}
         self._cuts: set[tuple[str, str]] = set()
+        self._outside: set[str] = set()  # hosts cut off the root namespace
         self.close()  # leftovers of a run that died
         try:
             self._build()
@@ -52,7 +56,7 @@ class TestNetwork:
 
     def _build(self) -> None:
         _run("ip", "link", "add", self.bridge, "type", "bridge")
-        _run("ip", "addr", "add", f"10.77.{self.net}.1/24", "dev", self.bridge)
+        _run("ip", "addr", "add", f"{self.outside_address}/24", "dev", self.bridge)
         _run("ip", "link", "set", self.bridge, "up")
         for i, (namespace, address) in enumerate(self.hosts.values()):
             outside, inside = f"{self.tag}v{i}", f"{self.tag}p{i}"
@@ -68,34 +72,51 @@ class TestNetwork:
     def address(self, host: str) -> str:
         return self.hosts[host][1]
 
+    @property
+    def outside_address(self) -> str:
+        """The bridge's address: where traffic from the root namespace comes from."""
+        return f"10.77.{self.net}.1"
+
     def prefix(self, host: str) -> list[str]:
         """Command prefix that runs a program inside ``host``'s namespace."""
         return ["ip", "netns", "exec", self.hosts[host][0]]
 
+    def _drop(self, host: str, peers: list[str]) -> None:
+        """Inside ``host``'s namespace, drop every packet from or to each of ``peers``, all in one step."""
+        rules = [f"-A INPUT -s {peer} -j DROP\n-A OUTPUT -d {peer} -j DROP" for peer in peers]
+        _run(*self.prefix(host), "iptables-restore", "--noflush", stdin="\n".join(["*filter", *rules, "COMMIT", ""]))
+
     def cut(self, a: str, b: str) -> None:
         """Drop every packet between hosts ``a`` and ``b``, both ways."""
-        for here, there in ((a, b), (b, a)):
-            namespace, _ = self.hosts[here]
-            peer = self.address(there)
-            _run("ip", "netns", "exec", namespace, "iptables", "-A", "INPUT", "-s", peer, "-j", "DROP")
-            _run("ip", "netns", "exec", namespace, "iptables", "-A", "OUTPUT", "-d", peer, "-j", "DROP")
+        self._drop(a, [self.address(b)])
+        self._drop(b, [self.address(a)])
         self._cuts.add((a, b))
 
-    def isolate(self, host: str) -> None:
-        """Cut ``host`` from every other host (clients in the root namespace still reach it)."""
-        for other in self.hosts:
-            if other != host:
-                self.cut(host, other)
+    def isolate(self, host: str, outside: bool = False) -> None:
+        """Cut ``host`` from every other host and, with ``outside``, from the root namespace too.
+
+        Without ``outside``, processes in the root namespace (the dispatcher,
+        the benchmark) still reach it. ``host``'s own rules go in first, in one
+        step, so it is cut off at once rather than link by link.
+        """
+        others = [other for other in self.hosts if other != host]
+        self._drop(host, [self.address(other) for other in others] + ([self.outside_address] if outside else []))
+        for other in others:
+            self._drop(other, [self.address(host)])
+            self._cuts.add((host, other))
+        if outside:
+            self._outside.add(host)
 
     def heal(self) -> None:
         """Restore every link."""
         for namespace, _ in self.hosts.values():
             _run("ip", "netns", "exec", namespace, "iptables", "-F")
         self._cuts.clear()
+        self._outside.clear()
 
     @property
     def partitioned(self) -> bool:
-        return bool(self._cuts)
+        return bool(self._cuts or self._outside)
 
     def close(self) -> None:
         """Remove the namespaces, veths and bridge; safe to call twice."""

@@ -2,13 +2,18 @@
 
     python -m bench.throughput --start              # starts a `docraft up`-shaped cluster itself
     python -m bench.throughput --url http://127.0.0.1:8000 --clients 32 --duration 10 --json out.json
+    python -m bench.throughput --start --token      # each workload anonymous, then with a token, in one run
 
 Runs, in order: a no-op Tornado endpoint in a separate process (the
 machine's baseline, measured in the same run), key-addressed writes
 (``insert_user``), reads by key (``get_user?id=``) and the scatter query
 (``get_user?country=``), each with N concurrent clients for D seconds, plus
 writes with one client for the lone-write latency. Prints ops/s and p50/p99
-latency, and each throughput as a ratio to the no-op baseline.
+latency, and each throughput as a ratio to the no-op baseline. With
+``--token`` each workload runs twice in turn, anonymously and with clients
+sending ``Authorization: Bearer`` (the admin token: of a user made for the
+run with ``--start``, else the one in ``--token-file``), so the cost of
+authenticating a request is measured under the same conditions.
 """
 
 from __future__ import annotations
@@ -63,8 +68,15 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[min(int(fraction * len(sorted_values)), len(sorted_values) - 1)]
 
 
-async def drive(name: str, base_url: str, clients: int, seconds: float, next_path: Callable[[], str]) -> Result:
-    """``clients`` connections each sending GET ``next_path()`` back to back for ``seconds``."""
+async def drive(
+    name: str,
+    base_url: str,
+    clients: int,
+    seconds: float,
+    next_path: Callable[[], str],
+    headers: dict[str, str] | None = None,
+) -> Result:
+    """``clients`` connections each sending GET ``next_path()`` (with ``headers``) back to back for ``seconds``."""
     latencies: list[float] = []
     errors = 0
     end = time.perf_counter() + seconds
@@ -75,7 +87,7 @@ async def drive(name: str, base_url: str, clients: int, seconds: float, next_pat
         nonlocal errors
         while time.perf_counter() < end:
             start = time.perf_counter()
-            response = await http.fetch(base_url + next_path(), raise_error=False)
+            response = await http.fetch(base_url + next_path(), headers=headers, raise_error=False)
             if response.code == 200:
                 latencies.append(time.perf_counter() - start)
             else:
@@ -136,7 +148,8 @@ def wait_until_up(url: str, timeout: float = 30.0) -> None:
     raise SystemExit(f"nothing answers at {url}")
 
 
-async def run(args: argparse.Namespace, cluster_url: str) -> list[Result]:
+async def run(args: argparse.Namespace, cluster_url: str, token: str | None = None) -> list[Result]:
+    """The baseline, then every workload: once anonymously, and once more with ``token`` right after if given."""
     results: list[Result] = []
     noop = subprocess.Popen([sys.executable, "-m", "bench.noop_server", "--port", str(args.noop_port)])
     try:
@@ -149,28 +162,26 @@ async def run(args: argparse.Namespace, cluster_url: str) -> list[Result]:
         noop.terminate()
         noop.wait()
 
+    modes: list[tuple[str, dict[str, str] | None]] = [("", None)]
+    if token is not None:
+        modes.append((" [token]", {"Authorization": f"Bearer {token}"}))
+
+    async def measure(name: str, clients: int, path: Callable[[], str]) -> None:
+        for suffix, headers in modes:
+            result = await drive(name + suffix, cluster_url, clients, args.duration, path, headers)
+            results.append(result)
+            print(result.line(), flush=True)
+
     first_id = 10_000_000 + random.randrange(10_000) * 100_000
-    write_path, written = user_paths(first_id)
-    steps: list[tuple[str, int, Callable[[], str]]] = [("write (insert_user)", args.clients, write_path)]
-    lone_path, _ = user_paths(first_id + 50_000)
-    steps.append(("write, one client", 1, lone_path))
-    for name, clients, path in steps:
-        result = await drive(name, cluster_url, clients, args.duration, path)
-        results.append(result)
-        print(result.line(), flush=True)
+    write_path, written = user_paths(first_id)  # one sequence of fresh ids for every write workload
+    await measure("write (insert_user)", args.clients, write_path)
     keys = written[: min(len(written), 5000)] or [1001]
+    await measure("write, one client", 1, write_path)
     random.shuffle(keys)
-    read_steps = [
-        ("read by key (get_user)", cycle_paths([f"/get_user?id={k}" for k in keys])),
-        (
-            "scatter (get_user?country)",
-            cycle_paths([f"/get_user?country={c}&limit=10" for c in ("United%20States", "Australia", "Japan")]),
-        ),
-    ]
-    for name, path in read_steps:
-        result = await drive(name, cluster_url, args.clients, args.duration, path)
-        results.append(result)
-        print(result.line(), flush=True)
+    await measure("read by key (get_user)", args.clients, cycle_paths([f"/get_user?id={k}" for k in keys]))
+    countries = ("United%20States", "Australia", "Japan")
+    scatter = cycle_paths([f"/get_user?country={c}&limit=10" for c in countries])
+    await measure("scatter (get_user?country)", args.clients, scatter)
     for result in results[1:]:
         result.ratio_to_noop = result.ops_per_s / baseline.ops_per_s if baseline.ops_per_s else None
     return results
@@ -195,21 +206,41 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --start: [raft] fsync = true, each replica flushes its journal before acknowledging",
     )
+    parser.add_argument(
+        "--token",
+        action="store_true",
+        help="run each workload again with clients sending the admin token, to price authentication",
+    )
+    parser.add_argument(
+        "--token-file",
+        default="docraft-data/admin.token",
+        help="without --start: the file holding the token --token sends (docraft up's admin token by default)",
+    )
 
     args = parser.parse_args(argv)
 
     cluster = None
     url = args.url
+    token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token and not args.start else None
     if args.start:
         from node.config import load_config
         from node.launcher import Layout, LocalCluster
+        from node.users import add_user
 
         folder = Path(tempfile.mkdtemp(prefix="docraft-bench-"))
         (folder / "cluster.toml").write_text(
             Layout(port=args.port, raft_port=args.port - 500).render(
-                "examples.people", {"integrity": {"digests": not args.no_digests}, "raft": {"fsync": args.fsync}}
+                "examples.people",
+                {
+                    "integrity": {"digests": not args.no_digests},
+                    "raft": {"fsync": args.fsync},
+                    "auth": {"anonymous": ["read", "write", "status"]},  # its clients send no token
+                    "http": {"mutations_by_get": True},  # they write with GET /insert_user?...
+                },
             )
         )
+        if args.token:
+            token = add_user(folder / "cluster.toml", "admin", "admin")
         cluster = LocalCluster(load_config(folder / "cluster.toml"), "examples.people", folder / "logs")
         cluster.start_all()
         cluster.wait_ready()
@@ -217,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"started a 2x3 cluster in {folder}", flush=True)
     try:
         wait_until_up(url + "/_admin/cluster")
-        results = asyncio.run(run(args, url))
+        results = asyncio.run(run(args, url, token))
     finally:
         if cluster is not None:
             cluster.stop()

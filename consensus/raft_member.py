@@ -177,12 +177,20 @@ logging.getLogger("pysyncobj.syncobj").addHandler(truncations)
 class RaftMember(SyncObj):  # type: ignore[misc]
     """A ``SyncObj`` with docraft's journal and Raft fixes; subclasses add the state machine.
 
+    ``raft_address`` is where the other members reach this one, ``bind_address`` where it listens
+    (default: the same host and port; never every interface unless asked for with ``0.0.0.0``).
     ``conf_options`` are further ``SyncObjConf`` options (serializer hooks, journal files...).
     Subclasses that take ``onStateChanged`` call ``RaftMember._on_state_changed`` from theirs.
     """
 
     def __init__(
-        self, raft_address: str, peers: list[str], password: str, timings: RaftTimings, **conf_options: Any
+        self,
+        raft_address: str,
+        peers: list[str],
+        password: str,
+        timings: RaftTimings,
+        bind_address: str | None = None,
+        **conf_options: Any,
     ) -> None:
         check_pysyncobj()
         self.raft_address = raft_address
@@ -197,6 +205,8 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         self._lease_expiry = 0.0
         conf = SyncObjConf(
             password=password,
+            # PySyncObj binds 0.0.0.0 (every interface) when no bindAddress is given.
+            bindAddress=bind_address or raft_address,
             appendEntriesUseBatch=False,
             raftMinTimeout=timings.election_min,
             raftMaxTimeout=timings.election_max,
@@ -296,6 +306,12 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             self._heard_from_leader = time.monotonic()
             self._echo = message.get("lease")
             self._conflict_from = self._first_index_of_conflict(message)
+            if "prevLogIdx" not in message and message.get("commit_index", -1) > self.raftCommitIndex:
+                # A snapshot-install message (no prevLogIdx: nothing about this log was checked).
+                # PySyncObj would still raise the commit index to min(leader's, own log end), so a
+                # deposed leader applied its own uncommitted tail and acknowledged those writes.
+                # The installed snapshot moves raftLastApplied; the next checked append moves the commit.
+                message = {**message, "commit_index": self.raftCommitIndex}
         try:
             handle(self, node, message)
         finally:

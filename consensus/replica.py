@@ -51,7 +51,8 @@ SNAPSHOT_FILE = "snapshot.json"
 class Replica(RaftMember):
     """A Raft member holding one shard's state machine.
 
-    ``peers`` are the Raft addresses (``host:port``) of the other members.
+    ``peers`` are the Raft addresses (``host:port``) of the other members; it listens on
+    ``bind_address`` (default: ``raft_address``).
     ``on_role_change`` is called on the Raft thread after every state change.
     """
 
@@ -63,6 +64,7 @@ class Replica(RaftMember):
         data_dir: Path,
         password: str,
         timings: RaftTimings,
+        bind_address: str | None = None,
     ) -> None:
         self.state_machine = state_machine
         self.data_dir = data_dir
@@ -84,6 +86,7 @@ class Replica(RaftMember):
             peers,
             password,
             timings,
+            bind_address,
             journalFile=str(data_dir / JOURNAL_FILE),
             fullDumpFile=str(data_dir / SNAPSHOT_FILE),
             serializer=self._write_snapshot,

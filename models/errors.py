@@ -55,6 +55,27 @@ class Forbidden(DocraftError):
     code = "forbidden"
 
 
+class HostNotAllowed(DocraftError):
+    """The request's ``Host`` names none of the names this server answers to (``[http] hosts``)."""
+
+    status = 421
+    code = "host_not_allowed"
+
+
+class PayloadTooLarge(DocraftError):
+    """The request is larger than the cluster's ``[limits]`` allow: body bytes, or documents in one bulk request."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(DocraftError):
+    """A POST that does not say ``Content-Type: application/json``."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 class NotFound(DocraftError):
     """No such endpoint, route or admin resource."""
 
@@ -160,6 +181,13 @@ class MigrationRefused(DocraftError):
     code = "migration_refused"
 
 
+class FingerprintRefused(DocraftError):
+    """No replica of some shard runs the code fingerprint the cluster was asked to accept; nothing changed."""
+
+    status = 409
+    code = "fingerprint_refused"
+
+
 class RepairRefused(DocraftError):
     """Repairing this replica now could cost the group its majority or its data; nothing was done."""
 
@@ -187,6 +215,9 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         BadRequest,
         Unauthorized,
         Forbidden,
+        HostNotAllowed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
         NotFound,
         MethodNotAllowed,
         DocumentNotFound,
@@ -202,6 +233,7 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         ReplicaFlagged,
         MigrationPending,
         MigrationRefused,
+        FingerprintRefused,
         RepairRefused,
         ReplicaFaulted,
         ShardUnavailable,

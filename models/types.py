@@ -3,7 +3,9 @@
 A ``ValueType`` checks a JSON value (``check``) and parses the text a URL
 query string or a CSV cell carries (``parse``). Both raise ``ValueError``
 with a message a person can act on; callers add the field or parameter name.
-Every value they let through is valid JSON: floats are finite.
+Every value they let through is valid JSON: floats are finite, and integers
+are 64-bit signed (``INT64_MIN`` to ``INT64_MAX``), as every JSON reader with
+64-bit integers (and the OpenAPI export's ``format: int64``) can hold them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import math
 import types
 import typing
 from typing import Any
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -37,7 +42,8 @@ class Scalar(ValueType):
         self.name = python_type.__name__
 
     def check(self, value: Any) -> Any:
-        """A float is finite (JSON has no NaN or infinity); an int given for one becomes a float."""
+        """A float is finite (JSON has no NaN or infinity); an int given for one becomes a float; an int fits
+        in 64 bits."""
         kind = self.python_type
         if isinstance(value, bool) and kind is not bool:
             raise ValueError(f"expected {self.name}, got a boolean")
@@ -50,10 +56,13 @@ class Scalar(ValueType):
             raise ValueError(f"expected {self.name}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"expected a finite float, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            _check_int64(value)
         return value
 
     def parse(self, text: str) -> Any:
-        """Python's own syntax for ints and floats; ``nan``, ``inf`` and overflowing ``1e999`` are refused."""
+        """Python's own syntax for ints and floats; ``nan``, ``inf``, overflowing ``1e999`` and ints beyond
+        64 bits are refused."""
         kind = self.python_type
         if kind is str:
             return text
@@ -70,7 +79,15 @@ class Scalar(ValueType):
             raise ValueError(f"expected {self.name}, got {text!r}") from None
         if kind is float and not math.isfinite(value):
             raise ValueError(f"expected a finite float, got {text!r}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            _check_int64(value)
         return value
+
+
+def _check_int64(value: int) -> None:
+    """Raise ``ValueError`` for an integer a 64-bit signed integer cannot hold."""
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"expected a 64-bit signed integer ({INT64_MIN} to {INT64_MAX}), got {value}")
 
 
 class Optional(ValueType):

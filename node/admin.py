@@ -1,7 +1,8 @@
 """Admin commands that act on a running cluster: ``docraft repair``, ``accept-code`` and ``migrate``.
 
 Holding the cluster file, the CLI is a cluster member: it signs its calls
-with the cluster's internal key (``node.signing``) like a dispatcher does.
+with the cluster's internal key (``node.signing``) like a dispatcher does,
+and with ``[tls]`` it trusts the servers the cluster's CA certified.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ujson
@@ -17,6 +19,7 @@ import ujson
 from node.config import ClusterConfig
 from node.monitor import judge
 from node.signing import internal_key, sign
+from node.tls import client_context
 from query.app import App
 from query.fingerprint import app_fingerprint
 
@@ -28,11 +31,15 @@ def http_json(
     timeout: float = 5.0,
     key: bytes | None = None,
     headers: Mapping[str, str] | None = None,
+    ca: Path | None = None,
 ) -> tuple[int, Any]:
     """One blocking HTTP call with a JSON body; (status, decoded JSON) for any status. Raises ``OSError``.
 
     With ``key`` (``node.signing.internal_key``) the request is signed as a
     cluster member's; ``headers`` are sent as well (an ``Authorization`` header, say).
+    An ``https`` URL's server must have a certificate from ``ca`` (a CA file;
+    default: the system's CAs), for the host in ``url``: an ``ssl.SSLCertVerificationError``
+    (in a ``URLError``, an ``OSError``) if not. ``TlsUnusable`` when ``ca`` is no CA file.
     """
     data = None if body is None else ujson.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
@@ -42,7 +49,8 @@ def http_json(
         for name, value in sign(key, method, request.selector, data or b"", time.time()).items():
             request.add_header(name, value)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        context = client_context(ca) if ca is not None else None
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, ujson.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, ujson.loads(exc.read() or b"null")
@@ -55,7 +63,7 @@ def agrees(config: ClusterConfig, replica_id: str) -> bool:
     reports = {}
     for replica in shard.replicas:
         try:
-            status, report = http_json("GET", f"{replica.http_url}/_admin/digest", timeout=2.0, key=key)
+            status, report = http_json("GET", f"{replica.http_url}/_admin/digest", timeout=2.0, key=key, ca=config.ca)
         except OSError:
             continue
         if status == 200:
@@ -72,7 +80,7 @@ def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
     replica = config.replica(replica_id)
     key = internal_key(config.secret)
     try:
-        status, body = http_json("POST", f"{replica.http_url}/_admin/repair", key=key)
+        status, body = http_json("POST", f"{replica.http_url}/_admin/repair", key=key, ca=config.ca)
     except OSError as exc:
         print(f"docraft repair: {replica_id} at {replica.http} is unreachable: {exc}")
         return 2
@@ -84,7 +92,7 @@ def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
     while time.monotonic() < end:
         time.sleep(0.5)  # the replica restarts; poll until it is back, caught up and agreeing
         try:
-            code, own = http_json("GET", f"{replica.http_url}/_shard/status", timeout=2.0, key=key)
+            code, own = http_json("GET", f"{replica.http_url}/_shard/status", timeout=2.0, key=key, ca=config.ca)
             if code == 200 and own.get("fault") is None and agrees(config, replica_id):
                 print(f"{replica_id} agrees with its group again")
                 return 0
@@ -94,13 +102,14 @@ def repair(config: ClusterConfig, replica_id: str, timeout: float) -> int:
     return 1
 
 
-def accept_code(app: App, url: str, key: bytes) -> int:
+def accept_code(app: App, url: str, key: bytes, ca: Path | None = None) -> int:
     """Record ``app``'s fingerprint as the cluster's on every shard, through the dispatcher at ``url``. Exit code.
 
-    The call is signed with ``key``, the cluster's internal key.
+    The call is signed with ``key``, the cluster's internal key; ``ca`` as for ``http_json``.
     """
     fingerprint = app_fingerprint(app)
-    status, body = http_json("POST", f"{url}/_admin/fingerprint", {"fingerprint": fingerprint}, timeout=30, key=key)
+    payload = {"fingerprint": fingerprint}
+    status, body = http_json("POST", f"{url}/_admin/fingerprint", payload, timeout=30, key=key, ca=ca)
     if status != 200:
         print(f"docraft accept-code: {body}")
         return 1
@@ -109,10 +118,12 @@ def accept_code(app: App, url: str, key: bytes) -> int:
     return 0
 
 
-def migrate(app: App, target: int, only: str | None, dry_run: bool, url: str, key: bytes | None) -> int:
+def migrate(
+    app: App, target: int, only: str | None, dry_run: bool, url: str, key: bytes | None, ca: Path | None = None
+) -> int:
     """Migrate (or plan migrating) every model of ``app`` at version ``target``. Exit code.
 
-    Calls are signed with ``key`` (the cluster's internal key) when there is one.
+    Calls are signed with ``key`` (the cluster's internal key) when there is one; ``ca`` as for ``http_json``.
     """
     models = [m for m in app.models.values() if m.version == target and only in (None, m.name)]
     if not models:
@@ -121,7 +132,7 @@ def migrate(app: App, target: int, only: str | None, dry_run: bool, url: str, ke
     code = 0
     for model in models:
         body = {"model": model.name, "to": target, "dry_run": dry_run}
-        status, answer = http_json("POST", f"{url}/_admin/migrate", body, timeout=120, key=key)
+        status, answer = http_json("POST", f"{url}/_admin/migrate", body, timeout=120, key=key, ca=ca)
         if status != 200:
             error = answer.get("error", {})
             print(f"{model.name}: {error.get('message', answer)}")

@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from node.certs import VALID_DAYS, make_certificates
 from node.config import ClusterConfig, ConfigError, load_config
 from node.signing import internal_key
+from node.tls import TlsUnusable
 from query.app import App, load_app
 from query.schema import FORMATS, export_text
 
@@ -41,7 +43,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     layout = Layout(shards=args.shards, replicas=args.replicas, port=args.port, raft_port=args.raft_port)
     extra = ("--unsafe-fault-injection",) if args.unsafe_fault_injection else ()
-    return up(Path(args.data_dir), _app(args.app), layout, load_sample=not args.no_sample, extra_args=extra)
+    return up(Path(args.data_dir), _app(args.app), layout, not args.no_sample, extra, tls=args.tls)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -68,7 +70,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     app = _app(args.app)
     try:
         token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else None
-        report = load_csv(Path(args.file), app.model(args.model), args.url, batch_size=args.batch_size, token=token)
+        ca = Path(args.ca) if args.ca else None
+        report = load_csv(Path(args.file), app.model(args.model), args.url, args.batch_size, token=token, ca=ca)
     except OSError as exc:
         print(f"docraft load: {exc}", file=sys.stderr)
         return 2
@@ -105,15 +108,34 @@ def cmd_accept_code(args: argparse.Namespace) -> int:
     from node.admin import accept_code
 
     config = load_config(Path(args.config))
-    return accept_code(_app(args.app, config.app), _dispatcher_url(args.url, config), internal_key(config.secret))
+    url = _dispatcher_url(args.url, config)
+    return accept_code(_app(args.app, config.app), url, internal_key(config.secret), config.ca)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from node.admin import migrate
 
     config = load_config(Path(args.config)) if args.config else None
-    key = internal_key(config.secret) if config is not None else None
-    return migrate(_app(args.app), args.to, args.model, args.dry_run, _dispatcher_url(args.url, config), key)
+    key, ca = (internal_key(config.secret), config.ca) if config is not None else (None, None)
+    return migrate(_app(args.app), args.to, args.model, args.dry_run, _dispatcher_url(args.url, config), key, ca)
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    config = load_config(Path(args.config))
+    out = Path(args.out) if args.out else config.tls.dir if config.tls is not None else None
+    if out is None:
+        print("docraft certs: give --out DIR (the cluster file has no [tls] dir)", file=sys.stderr)
+        return 2
+    try:
+        written = make_certificates(config, out, args.days)
+    except (OSError, ValueError) as exc:
+        print(f"docraft certs: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written)} files to {out}: the CA (ca.pem; ca.key certifies anything, keep it offline)")
+    print("and a certificate and key (ID.pem, ID.key; keys 0600) for each replica and dispatcher")
+    if config.tls is None or config.tls.dir.resolve() != out.resolve():
+        print(f'serve HTTPS with them: add to {config.path}\n[tls]\ndir = "{out.resolve()}"')
+    return 0
 
 
 def cmd_user(args: argparse.Namespace) -> int:
@@ -158,7 +180,7 @@ def _dispatcher_url(url: str | None, config: ClusterConfig | None) -> str:
     """``--url`` if given, else the cluster file's first dispatcher, else the local default."""
     if url:
         return url
-    return f"http://{config.dispatcher(None).http}" if config is not None else DEFAULT_URL
+    return config.dispatcher(None).http_url if config is not None else DEFAULT_URL
 
 
 def parser() -> argparse.ArgumentParser:
@@ -175,6 +197,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--raft-port", type=int, default=7100, help="first Raft port")
     up.add_argument("--no-sample", action="store_true", help="do not load the app's sample data")
     up.add_argument("--unsafe-fault-injection", action="store_true", help="replicas accept /_admin/fault/*")
+    up.add_argument("--tls", action="store_true", help="serve HTTPS, with a CA and certificates in DATA_DIR/tls")
     up.set_defaults(run=cmd_up)
 
     node = commands.add_parser("node", help="run one replica process from a cluster file")
@@ -220,6 +243,7 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--app", help=f"app module (default {DEFAULT_APP})")
     load.add_argument("--batch-size", type=int, default=200)
     load.add_argument("--token-file", help="send the token in this file (docraft-data/admin.token, say)")
+    load.add_argument("--ca", help="with an https URL: the cluster's CA certificate (docraft-data/tls/ca.pem, say)")
     load.set_defaults(run=cmd_load)
 
     schema = commands.add_parser("schema", help="export the app's types: TypeScript, JSDoc, JSON Schema or OpenAPI")
@@ -227,6 +251,12 @@ def parser() -> argparse.ArgumentParser:
     schema.add_argument("--format", required=True, choices=list(FORMATS))
     schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
     schema.set_defaults(run=cmd_schema)
+
+    certs = commands.add_parser("certs", help="make a CA and a TLS certificate for each replica and dispatcher")
+    certs.add_argument("--config", required=True, help="the cluster file")
+    certs.add_argument("--out", help="directory to write them to (default: the cluster file's [tls] dir)")
+    certs.add_argument("--days", type=int, default=VALID_DAYS, help="how long members' certificates are valid")
+    certs.set_defaults(run=cmd_certs)
 
     user = commands.add_parser("user", help="add, remove or list the users of a cluster file")
     user_actions = user.add_subparsers(dest="action", required=True)
@@ -253,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except ConfigError as exc:
+    except (ConfigError, TlsUnusable) as exc:
         print(f"docraft: {exc}", file=sys.stderr)
         return 2
     return code

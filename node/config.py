@@ -1,6 +1,6 @@
 """The cluster configuration: one TOML file describing every process.
 
-    secret = "..."                 # Raft encryption password, shared by all replicas
+    secret = "..."                 # Raft password and signing key root; random (see node.cluster_secret)
     app = "examples.people"        # default app module
 
     [[shards]]
@@ -8,8 +8,10 @@
     slots = [0, 8191]              # inclusive range of the 16384 hash slots
     [[shards.replicas]]
     id = "s0r0"
-    raft = "127.0.0.1:7100"
+    raft = "127.0.0.1:7100"        # advertised: where the others reach it
     http = "127.0.0.1:8100"
+    raft_listen = "0.0.0.0:7100"   # optional: where it binds, when not the advertised address (NAT, containers)
+    http_listen = "0.0.0.0:8100"   # optional, likewise (dispatchers too)
     data_dir = "docraft-data/s0r0"  # relative paths are relative to this file
 
     [[dispatchers]]
@@ -28,6 +30,15 @@
     [auth]                          # optional; see node.auth (absent: anonymous clients may do nothing)
     anonymous = ["read"]
 
+    [tls]                           # optional; see node.tls (absent: plain HTTP)
+    dir = "tls"
+
+    [limits]                        # optional; see node.limits
+    body_bytes = 4194304
+
+    [http]                          # optional; see node.browsers
+    hosts = ["db.example.com"]
+
 ``load_config`` validates everything and raises ``ConfigError`` with a
 sentence that names the offending entry; nothing is checked by assert.
 """
@@ -43,6 +54,10 @@ from typing import Any, TypeVar
 
 from consensus.raft_member import RaftTimings
 from node.auth import AuthConfig, parse_auth
+from node.browsers import HttpConfig, parse_http
+from node.cluster_secret import secret_problem
+from node.limits import Limits, parse_limits
+from node.tls import CA_NAME, TlsConfig, parse_tls
 
 SLOT_COUNT = 16384
 
@@ -53,15 +68,20 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ReplicaConfig:
+    """A replica: ``raft`` and ``http`` are the addresses others reach it at, ``*_listen`` those it binds."""
+
     id: str
     shard: str
     raft: str
     http: str
     data_dir: Path
+    raft_listen: str
+    http_listen: str
+    scheme: str = "http"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.http}"
+        return f"{self.scheme}://{self.http}"
 
 
 @dataclass(frozen=True)
@@ -76,6 +96,12 @@ class ShardConfig:
 class DispatcherConfig:
     id: str
     http: str
+    http_listen: str
+    scheme: str = "http"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.scheme}://{self.http}"
 
 
 @dataclass(frozen=True)
@@ -109,6 +135,14 @@ class ClusterConfig:
     integrity: IntegrityConfig = dataclasses.field(default_factory=IntegrityConfig)
     webhooks: tuple[str, ...] = ()
     auth: AuthConfig = dataclasses.field(default_factory=AuthConfig)
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
+    tls: TlsConfig | None = None
+
+    @property
+    def ca(self) -> Path | None:
+        """The CA file a client of this cluster verifies its servers against; ``None`` without ``[tls]``."""
+        return self.tls.ca if self.tls is not None else None
 
     def replica(self, replica_id: str) -> ReplicaConfig:
         """The replica called ``replica_id``; raises ``ConfigError`` listing the known ones."""
@@ -161,8 +195,14 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
     """Validate parsed TOML; raises ``ConfigError``."""
     base = path.parent
     secret = _text(data, "secret", "the cluster")
-    if len(secret) < 16:
-        raise ConfigError("the cluster secret must be at least 16 characters")
+    problem = secret_problem(secret)
+    if problem is not None:
+        raise ConfigError(f"the cluster secret {problem}")
+    try:
+        tls = parse_tls(data.get("tls"), base)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    scheme = "https" if tls is not None else "http"
     shards: list[ShardConfig] = []
     seen: set[str] = set()
     for i, table in enumerate(_tables(data, "shards", "the cluster")):
@@ -179,13 +219,17 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
             what = f"shard {shard_id} replicas[{j}]"
             replica_id = _text(entry, "id", what)
             data_dir = Path(_text(entry, "data_dir", what))
+            raft, http = _address(entry.get("raft"), f"{what} raft"), _address(entry.get("http"), f"{what} http")
             replicas.append(
                 ReplicaConfig(
                     id=replica_id,
                     shard=shard_id,
-                    raft=_address(entry.get("raft"), f"{what} raft"),
-                    http=_address(entry.get("http"), f"{what} http"),
+                    raft=raft,
+                    http=http,
                     data_dir=data_dir if data_dir.is_absolute() else base / data_dir,
+                    raft_listen=_address(entry.get("raft_listen", raft), f"{what} raft_listen"),
+                    http_listen=_address(entry.get("http_listen", http), f"{what} http_listen"),
+                    scheme=scheme,
                 )
             )
         if not replicas:
@@ -209,8 +253,8 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
         raise ConfigError(f"shard slots end at {expected - 1}, they must reach {SLOT_COUNT - 1}")
     addresses = [a for s in shards for r in s.replicas for a in (r.raft, r.http)]
     dispatchers = tuple(
-        DispatcherConfig(_text(t, "id", f"dispatchers[{i}]"), _address(t.get("http"), f"dispatchers[{i}] http"))
-        for i, t in enumerate(_tables(data, "dispatchers", "the cluster"))
+        _dispatcher(table, f"dispatchers[{i}]", scheme)
+        for i, table in enumerate(_tables(data, "dispatchers", "the cluster"))
     )
     for dispatcher in dispatchers:
         if dispatcher.id in seen:
@@ -220,6 +264,8 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
     duplicated = sorted({a for a in addresses if addresses.count(a) > 1})
     if duplicated:
         raise ConfigError(f"address {duplicated[0]} is used by two processes")
+    if tls is not None and CA_NAME in seen:
+        raise ConfigError(f"with [tls], no process may be called {CA_NAME!r}: its certificate would be the CA's")
     app = data.get("app", "examples.people")
     if not isinstance(app, str):
         raise ConfigError("app must be a module name")
@@ -231,9 +277,30 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
         raise ConfigError("[alerts] webhooks must be a list of http(s) URLs")
     try:
         auth = parse_auth(data.get("auth"), path)
+        limits = parse_limits(data.get("limits"))
+        http_config = parse_http(data.get("http"))
     except (OSError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
-    return ClusterConfig(secret, app, tuple(shards), dispatchers, path, timings, integrity, tuple(webhooks), auth)
+    return ClusterConfig(
+        secret,
+        app,
+        tuple(shards),
+        dispatchers,
+        path,
+        timings,
+        integrity,
+        tuple(webhooks),
+        auth,
+        limits,
+        http_config,
+        tls=tls,
+    )
+
+
+def _dispatcher(table: dict[str, Any], what: str, scheme: str) -> DispatcherConfig:
+    http = _address(table.get("http"), f"{what} http")
+    listen = _address(table.get("http_listen", http), f"{what} http_listen")
+    return DispatcherConfig(_text(table, "id", what), http, listen, scheme)
 
 
 SettingsT = TypeVar("SettingsT")

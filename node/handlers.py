@@ -5,8 +5,12 @@ shard service, write JSON. Every non-2xx answer, including Tornado's own 404
 and 405 and any unexpected exception, has the body
 ``{"error": {"code", "message", "details"?}}`` (see ``models.errors``).
 Which route a handler serves, and who may call it, is ``node.routes``'s
-table: before any handler method runs, ``prepare`` has the route's gate
-admit the request or refuse it (401 with ``WWW-Authenticate``, or 403).
+table: before any handler method runs, ``prepare`` checks the request's
+``Host`` (421, ``node.browsers``), has the route's gate admit the request or
+refuse it (401 with ``WWW-Authenticate``, or 403), and refuses a POST that
+is not JSON (415). What a request may ask is held to the cluster's
+``[limits]`` (``node.limits``); both come in the application's settings
+(``request_settings``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from models.errors import BadRequest, DocraftError, MethodNotAllowed, NoLeader, 
 from models.json_values import non_finite_path
 from node.alerts import AlertBook
 from node.auth import Gate, Principal
+from node.browsers import HostCheck, check_content_type
+from node.limits import Limits
 from node.router import Router, new_idempotency_key, request_id_for
 from node.shard_client import TIMEOUT_HEADER
 from node.shard_service import DEFAULT_TIMEOUT, ShardService
@@ -38,6 +44,12 @@ MAX_TIMEOUT = 60.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 AUTHENTICATE = 'Bearer realm="docraft"'  # WWW-Authenticate on every 401
 _TORNADO_ERRORS: dict[int, type[DocraftError]] = {404: NotFound, 405: MethodNotAllowed}
+DEFAULT_LIMITS = Limits()
+
+
+def request_settings(limits: Limits, hosts: HostCheck) -> dict[str, Any]:
+    """The ``Application`` settings every ``JSONHandler`` of a server reads: its limits and the names it answers to."""
+    return {"limits": limits, "host_check": hosts}
 
 
 class JSONHandler(RequestHandler):
@@ -63,13 +75,31 @@ class JSONHandler(RequestHandler):
         super().__init__(application, request, **kwargs)
 
     def prepare(self) -> None:
-        """Admit the request or raise ``Unauthorized`` / ``Forbidden`` (``node.auth.Gate.admit``)."""
-        if self.route is None or self.gate is None:
-            return
-        need, endpoint = self.route.permission, None
-        if need is Access.ENDPOINT:
-            need, endpoint = self.endpoint_permission()
-        self.principal = self.gate.admit(need, self.request, endpoint, time.time())
+        """Check the ``Host``, admit the request, check a POST's ``Content-Type``; each raises what it refuses.
+
+        ``HostNotAllowed``, then ``Unauthorized`` / ``Forbidden``
+        (``node.auth.Gate.admit``), then ``UnsupportedMediaType``.
+        """
+        self.check_host()
+        if self.route is not None and self.gate is not None:
+            need, endpoint = self.route.permission, None
+            if need is Access.ENDPOINT:
+                need, endpoint = self.endpoint_permission()
+            self.principal = self.gate.admit(need, self.request, endpoint, time.time())
+        check_content_type(self.request.method or "", self.request.headers)
+
+    def check_host(self) -> None:
+        """Raise ``HostNotAllowed`` for a ``Host`` this server does not answer to (nothing is checked when the
+        application names no ``host_check``)."""
+        hosts: HostCheck | None = self.settings.get("host_check")
+        if hosts is not None:
+            hosts.check(self.request.headers)
+
+    @property
+    def limits(self) -> Limits:
+        """The server's ``[limits]`` (the defaults when the application names none)."""
+        limits: Limits = self.settings.get("limits", DEFAULT_LIMITS)
+        return limits
 
     def endpoint_permission(self) -> tuple[Permission, str]:
         """For a route whose permission is the endpoint's: that permission and the endpoint's name."""
@@ -120,7 +150,8 @@ class JSONHandler(RequestHandler):
         Raises ``BadRequest`` if it is not valid JSON, not an object, or holds
         a number JSON cannot: ujson reads ``NaN`` and ``Infinity`` and turns an
         overflowing literal such as ``1e999`` into infinity, and no stored
-        value or response may hold one.
+        value or response may hold one; or if it nests deeper than
+        ``[limits] json_depth`` or holds an integer beyond 64 bits.
         """
         if not self.request.body:
             return None
@@ -137,6 +168,7 @@ class JSONHandler(RequestHandler):
                 "JSON has no NaN or Infinity, and a literal such as 1e999 is too large for a float",
                 path=path,
             )
+        self.limits.check_json(body)
         return body
 
     def idempotency_key(self, mutation: bool) -> str | None:
@@ -217,6 +249,7 @@ class BulkInsertHandler(JSONHandler):
             docs = body.get("docs")
             if not isinstance(docs, list):
                 raise BadRequest('the body must be {"docs": [ ...documents... ]}', param="docs")
+            self.limits.check_bulk(docs)
             results = await self.router.insert_batch(model, docs, self.idempotency_key(True))
         except DocraftError as exc:
             self.send_error_for(exc)
@@ -270,7 +303,7 @@ class MigrateHandler(JSONHandler):
         try:
             body = self.json_body() or {}
             model, target, dry_run = body.get("model"), body.get("to"), body.get("dry_run", False)
-            if not isinstance(model, str) or not isinstance(target, int) or not isinstance(dry_run, bool):
+            if not isinstance(model, str) or type(target) is not int or not isinstance(dry_run, bool):
                 raise BadRequest('the body must be {"model": NAME, "to": VERSION, "dry_run": BOOL}')
             self.write_json(await self.router.migrate(model, target, dry_run))
         except DocraftError as exc:
@@ -368,4 +401,5 @@ class NotFoundHandler(JSONHandler):
     """Every path no route matches."""
 
     def prepare(self) -> None:
+        self.check_host()
         raise NotFound(f"no route {self.request.path!r}", path=self.request.path)

@@ -3,33 +3,37 @@
 The first run writes ``cluster.toml`` (with a fresh Raft secret) into the
 data directory and loads the app's sample data; later runs reuse the file and
 every replica's data. The demo's ``[auth]`` lets anonymous clients call the
-app's endpoints and read the cluster's status (``DEMO_AUTH``); the first run
+app's endpoints and read the cluster's status (``DEMO_AUTH``), and its
+``[http]`` lets them call mutations by GET (``DEMO_HTTP``); the first run
 also creates the user ``admin`` and writes its token to ``DATA_DIR/admin.token``
 (mode 0600), with which it loads the sample. Each process is started as
 ``docraft node`` or ``docraft dispatcher`` on that file, exactly as on
 separate hosts, with its output in ``DATA_DIR/logs/``. SIGINT or SIGTERM stops every process.
+Every process binds the loopback address only. ``--tls`` adds ``[tls]`` to the
+cluster file and makes its certificates in ``DATA_DIR/tls/`` (``node.certs``;
+the CA is ``DATA_DIR/tls/ca.pem``). The data directory is 0700 and the cluster
+file, the token and the keys 0600.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import ujson
-
+from node.admin import http_json
+from node.certs import make_certificates
+from node.cluster_secret import new_secret
 from node.config import ClusterConfig, load_config, render_config
 from node.loader import load_csv
-from node.signing import internal_key, sign
+from node.private_files import private_dir, write_secret
+from node.signing import internal_key
 from node.users import add_user
 from query.app import App
 
@@ -37,9 +41,12 @@ CONFIG_NAME = "cluster.toml"
 SAMPLE_MARKER = ".sample-loaded"
 ADMIN_TOKEN_NAME = "admin.token"
 ADMIN_USER = "admin"
+TLS_DIR = "tls"
 # What anonymous clients of the demo may do: call the app's endpoints (the original notes' URLs) and see
 # the cluster's status. Bulk loading and admin actions take the admin token.
 DEMO_AUTH: dict[str, dict[str, Any]] = {"auth": {"anonymous": ["read", "write", "status"]}}
+# The original notes insert with a plain GET URL (insert_user?id=...); a cluster file for real deployments does not.
+DEMO_HTTP: dict[str, dict[str, Any]] = {"http": {"mutations_by_get": True}}
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ class Layout:
                 members.append((rid, f"{self.host}:{self.raft_port + n}", f"{self.host}:{self.port + 100 + n}", rid))
             shard_list.append((f"s{s}", members))
         dispatchers = [("d0", f"{self.host}:{self.port}")]
-        return render_config(secrets.token_hex(24), app, shard_list, dispatchers, sections)
+        return render_config(new_secret(), app, shard_list, dispatchers, sections)
 
 
 class LocalCluster:
@@ -143,8 +150,7 @@ class LocalCluster:
         Asks as a cluster member (a signed request), whatever ``[auth]`` grants.
         Raises ``TimeoutError`` naming the shards still without one.
         """
-        path = "/_admin/cluster"
-        url = f"http://{self.config.dispatcher(None).http}{path}"
+        url = f"{self.config.dispatcher(None).http_url}/_admin/cluster"
         key = internal_key(self.config.secret)
         end = time.monotonic() + timeout
         missing: list[str] = ["(dispatcher not answering)"]
@@ -152,13 +158,14 @@ class LocalCluster:
             exited = [name for name, p in self.processes.items() if p.poll() is not None]
             if exited:
                 raise TimeoutError(f"{', '.join(exited)} exited early; see {self.log_dir}")
-            request = urllib.request.Request(url, headers=sign(key, "GET", path, b"", time.time()))
             try:
-                with urllib.request.urlopen(request, timeout=2) as response:
-                    shards: list[dict[str, Any]] = ujson.loads(response.read())["shards"]
+                status, body = http_json("GET", url, timeout=2, key=key, ca=self.config.ca)
             except OSError:
+                status, body = 0, None
+            if status != 200:
                 time.sleep(0.2)
                 continue
+            shards: list[dict[str, Any]] = body["shards"]
             missing = [s["id"] for s in shards if s["leader"] is None]
             if not missing:
                 return shards
@@ -166,17 +173,43 @@ class LocalCluster:
         raise TimeoutError(f"no leader after {timeout:.0f}s for: {', '.join(missing)}")
 
 
-def up(data_dir: Path, app: App, layout: Layout, load_sample: bool = True, extra_args: tuple[str, ...] = ()) -> int:
-    """Run a local cluster in the foreground until SIGINT/SIGTERM; returns an exit code."""
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+def prepare(data_dir: Path, app_module: str, layout: Layout, tls: bool = False) -> ClusterConfig:
+    """The cluster file of ``data_dir``, written (0600, with a fresh secret) if there is none; the directory is 0700.
+
+    It has the user ``admin``, whose token is in ``data_dir/admin.token`` (0600).
+    With ``tls`` a file without ``[tls]`` gains one naming ``data_dir/tls``, and
+    a ``[tls]`` directory without a CA gets one and every member's certificate.
+    """
+    private_dir(data_dir)
     config_path = data_dir / CONFIG_NAME
     if not config_path.exists():
-        write_secret(config_path, layout.render(app.module, DEMO_AUTH))
-    token_path = data_dir / ADMIN_TOKEN_NAME
-    if not any(user.name == ADMIN_USER for user in load_config(config_path).auth.users):
-        write_secret(token_path, add_user(config_path, ADMIN_USER, "admin"))
+        write_secret(config_path, layout.render(app_module, {**DEMO_AUTH, **DEMO_HTTP}))
     config = load_config(config_path)
+    if tls and config.tls is None:
+        write_secret(config_path, f'{config_path.read_text(encoding="utf-8").rstrip()}\n\n[tls]\ndir = "{TLS_DIR}"\n')
+        config = load_config(config_path)
+    if config.tls is not None and not config.tls.ca.exists():
+        make_certificates(config, config.tls.dir)
+    if not any(user.name == ADMIN_USER for user in config.auth.users):
+        write_secret(data_dir / ADMIN_TOKEN_NAME, add_user(config_path, ADMIN_USER, "admin"))
+    return load_config(config_path)
+
+
+def up(
+    data_dir: Path,
+    app: App,
+    layout: Layout,
+    load_sample: bool = True,
+    extra_args: tuple[str, ...] = (),
+    tls: bool = False,
+) -> int:
+    """Run a local cluster in the foreground until SIGINT/SIGTERM; returns an exit code.
+
+    ``tls``: serve HTTPS with certificates of its own (see ``prepare``).
+    """
+    data_dir = data_dir.resolve()
+    config = prepare(data_dir, app.module, layout, tls)
+    token_path = data_dir / ADMIN_TOKEN_NAME
     cluster = LocalCluster(config, app.module, data_dir / "logs", extra_args)
     stopping = threading.Event()
 
@@ -188,24 +221,26 @@ def up(data_dir: Path, app: App, layout: Layout, load_sample: bool = True, extra
     try:
         cluster.start_all()
         shards = cluster.wait_ready()
-        dispatcher_url = f"http://{config.dispatcher(None).http}"
+        dispatcher_url = config.dispatcher(None).http_url
         marker = data_dir / SAMPLE_MARKER
         if load_sample and app.sample_data and not marker.exists():
             token = token_path.read_text(encoding="utf-8").strip() if token_path.exists() else None
             for model_name, csv_path in app.sample_data.items():
                 model = app.model(model_name)
-                report = load_csv(csv_path, model, dispatcher_url, progress=sys.stderr.isatty(), token=token)
+                progress = sys.stderr.isatty()
+                report = load_csv(csv_path, model, dispatcher_url, progress=progress, token=token, ca=config.ca)
                 print(f"sample {model_name}: {report.summary()}", flush=True)
             marker.write_text("sample data loaded\n", encoding="utf-8")
         print(f"docraft is up: dispatcher {dispatcher_url}  (data in {data_dir}, app {app.module})")
         for shard in shards:
             for replica in shard["replicas"]:
-                where = f"http://{replica['http']}  raft {replica['raft']}"
+                where = f"{config.replica(replica['id']).http_url}  raft {replica['raft']}"
                 print(f"  shard {shard['id']}  {replica['id']}  {where}  {replica['role']}")
         anonymous = ", ".join(sorted(str(g) for g in config.auth.anonymous)) or "nothing"
         print(f"anonymous clients may: {anonymous}; the admin token is in {token_path}")
-        print(f"try: curl '{dispatcher_url}/get_user?country=United%20States&limit=3'")
-        print(f'admin and bulk calls take the token: curl -H "Authorization: Bearer $(cat {token_path})" ...')
+        curl = f"curl --cacert {config.ca}" if config.ca is not None else "curl"
+        print(f"try: {curl} '{dispatcher_url}/get_user?country=United%20States&limit=3'")
+        print(f'admin and bulk calls take the token: {curl} -H "Authorization: Bearer $(cat {token_path})" ...')
         sys.stdout.flush()
         while not stopping.wait(0.5):
             for name, process in cluster.processes.items():
@@ -221,11 +256,3 @@ def up(data_dir: Path, app: App, layout: Layout, load_sample: bool = True, extra
     finally:
         cluster.stop()
         print("docraft stopped", flush=True)
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (ending it with a newline), readable and writable by its owner only (0600)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # the file may have existed with a wider mode
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text if text.endswith("\n") else text + "\n")

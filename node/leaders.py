@@ -65,6 +65,9 @@ class LeaderTracker:
         Only the other replicas are asked: the one being tried is the slow one,
         and waiting for its answer would pace every probe by its timeout.
         """
+        known = self.leaders[shard.id]
+        if known is not None and known.id != current.id:
+            return known  # another attempt already found the new leader
         answers = await self._shared_probe(shard, current)
         newer = [a for a in answers if a.get("role") == "leader" and a["term"] > self.terms[shard.id]]
         if not newer:

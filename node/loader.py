@@ -3,7 +3,10 @@
 Rows are parsed against the model locally (so a bad row is reported with its
 line number without a round trip), sent in batches to the dispatcher's
 ``POST /_bulk/{model}``, and every row's outcome is counted. A bad row never
-stops the load or hides the good rows around it.
+stops the load or hides the good rows around it: neither a row the model
+refuses, nor one with a field over ``CSV_FIELD_LIMIT`` characters, nor one too
+large for the cluster's ``[limits] body_bytes`` (a batch the cluster answers
+413 is sent again in halves, down to single rows).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import csv
 import http.client
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +22,12 @@ from typing import Any
 import ujson
 from tqdm import tqdm
 
-from models.errors import DocraftError
+from models.errors import DocraftError, PayloadTooLarge
 from models.model import Model
+from node.tls import client_context
+
+# The longest CSV field a row may have, in characters (Python's csv default); a longer one rejects its row.
+CSV_FIELD_LIMIT = 128 * 1024
 
 
 @dataclass
@@ -37,24 +45,34 @@ class LoadReport:
 
 
 class _Cluster:
-    """One kept-alive HTTP connection to a dispatcher, sending ``token`` (if any) as a bearer token."""
+    """One kept-alive HTTP(S) connection to a dispatcher, sending ``token`` (if any) as a bearer token.
 
-    def __init__(self, url: str, timeout: float, token: str | None) -> None:
+    An ``https`` dispatcher must have a certificate from ``ca`` (default: the system's CAs).
+    """
+
+    def __init__(self, url: str, timeout: float, token: str | None, ca: Path | None) -> None:
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"--url must look like http://host:port, got {url!r}")
-        self.connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"--url must look like http(s)://host:port, got {url!r}")
+        self.connection: http.client.HTTPConnection
+        if parts.scheme == "https":
+            context = client_context(ca) if ca is not None else None  # None: the system's CAs
+            self.connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
+        else:
+            self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
         self.headers = {"Content-Type": "application/json"}
         if token is not None:
             self.headers["Authorization"] = f"Bearer {token}"
 
     def insert(self, model: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One result per document; raises ``OSError`` or ``ValueError`` if the batch failed whole."""
+        """One result per document; raises ``OSError`` or ``ValueError`` if the batch failed whole,
+        ``PayloadTooLarge`` if it was too large for the cluster to take."""
         self.connection.request("POST", f"/_bulk/{model}", ujson.dumps({"docs": docs}), self.headers)
         response = self.connection.getresponse()
         body = ujson.loads(response.read())
         if response.status != 200:
-            raise ValueError(body.get("error", {}).get("message", f"HTTP {response.status}"))
+            message = body.get("error", {}).get("message", f"HTTP {response.status}")
+            raise PayloadTooLarge(message) if response.status == PayloadTooLarge.status else ValueError(message)
         results: list[dict[str, Any]] = body["results"]
         return results
 
@@ -67,48 +85,80 @@ def load_csv(
     progress: bool = True,
     timeout: float = 30.0,
     token: str | None = None,
+    ca: Path | None = None,
 ) -> LoadReport:
     """Store every valid row of ``path`` as a ``model`` document; report the others.
 
     ``token`` is sent as ``Authorization: Bearer``: its user needs the ``bulk``
-    permission, unless the cluster grants it to anonymous clients. Raises
-    ``OSError`` when the file cannot be read or the cluster is unreachable.
+    permission, unless the cluster grants it to anonymous clients. An ``https``
+    ``url`` is trusted if ``ca`` (a CA file) certified it. Raises ``OSError``
+    when the file cannot be read or the cluster is unreachable, ``TlsUnusable`` when ``ca`` is no CA file.
     """
     report = LoadReport()
-    cluster = _Cluster(url, timeout, token)
+    cluster = _Cluster(url, timeout, token, ca)
     with open(path, encoding="utf-8") as counting:
         total = max(sum(1 for _ in counting) - 1, 0)
     bar = tqdm(total=total, unit="row", disable=not progress, desc=f"loading {model.name}")
     batch: list[tuple[int, dict[str, Any]]] = []
 
-    def flush() -> None:
+    def flush(rows: list[tuple[int, dict[str, Any]]]) -> None:
         try:
-            results = cluster.insert(model.name, [doc for _, doc in batch])
+            results = cluster.insert(model.name, [doc for _, doc in rows])
+        except PayloadTooLarge as exc:
+            if len(rows) == 1:
+                report.rejected.append((rows[0][0], f"too large for the cluster: {exc.message}"))
+            else:
+                flush(rows[: len(rows) // 2])
+                flush(rows[len(rows) // 2 :])
         except (OSError, ValueError, http.client.HTTPException) as exc:
-            report.rejected += [(line, f"batch failed: {exc}") for line, _ in batch]
+            report.rejected += [(line, f"batch failed: {exc}") for line, _ in rows]
         else:
-            for (line, _), result in zip(batch, results, strict=True):
+            for (line, _), result in zip(rows, results, strict=True):
                 if "error" in result:
                     report.rejected.append((line, result["error"]["message"]))
                 else:
                     report.stored += 1
-        batch.clear()
 
     with open(path, newline="", encoding="utf-8") as source:
-        reader = csv.DictReader(source)
-        for row in reader:
-            bar.update(1)
-            if None in row or any(v is None for v in row.values()):
-                report.rejected.append((reader.line_num, "wrong number of cells for the header"))
+        for line, row in _rows(csv.DictReader(source), bar):
+            if isinstance(row, str):
+                report.rejected.append((line, row))
                 continue
             try:
-                batch.append((reader.line_num, model.from_text(row)))
+                batch.append((line, model.from_text(row)))
             except DocraftError as exc:
-                report.rejected.append((reader.line_num, exc.message))
+                report.rejected.append((line, exc.message))
             if len(batch) >= batch_size:
-                flush()
+                flush(batch)
+                batch.clear()
     if batch:
-        flush()
+        flush(batch)
     bar.close()
     report.rejected.sort()
     return report
+
+
+def _rows(reader: csv.DictReader[str], bar: tqdm[Any]) -> Iterator[tuple[int, dict[str, str] | str]]:
+    """Each row with its line number, or for a row that cannot be read, the reason (a string) instead.
+
+    Fields longer than ``CSV_FIELD_LIMIT`` characters are refused while this
+    runs (the csv module's limit is process-wide; the previous one is restored).
+    """
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # the reader resumes at the next line
+                bar.update(1)
+                yield reader.reader.line_num, f"unreadable: {exc}"
+                continue
+            bar.update(1)
+            if None in row or any(v is None for v in row.values()):
+                yield reader.line_num, "wrong number of cells for the header"
+            else:
+                yield reader.line_num, row
+    finally:
+        csv.field_size_limit(previous)

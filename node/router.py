@@ -24,6 +24,7 @@ from consensus.state_machine import Result
 from models.errors import (
     BadRequest,
     DocraftError,
+    FingerprintRefused,
     MethodNotAllowed,
     MigrationRefused,
     NoLeader,
@@ -41,6 +42,8 @@ from node.leaders import LeaderTracker
 from node.shard_client import ShardClient
 from node.shard_map import ShardMap
 from query.app import App
+from query.cursors import cursor_key, open_cursor, seal_cursor
+from query.endpoints import CURSOR_PARAM, Endpoint
 from query.merge import merge_pages, merge_values
 from query.ordering import value_key
 
@@ -69,6 +72,8 @@ class Router:
         self.client = client
         self.deadline = deadline
         self.shard_map = ShardMap(config)
+        self.limits = config.limits
+        self.cursor_key = cursor_key(config.secret)
         self.leaders = LeaderTracker(config, client)
         # Replicas the integrity monitor flagged (divergent or wrong code): nothing is read from them.
         self.flagged: set[str] = set()
@@ -93,15 +98,17 @@ class Router:
 
         A mutation is committed under the request id of ``idempotency_key``
         (see ``request_id_for``): retried with the same key, it is applied at
-        most once. Raises the ``DocraftError`` to answer with: ``NotFound``,
+        most once; it is called by GET only where ``[http] mutations_by_get``
+        allows it. A page's ``next`` is sealed, and a ``cursor`` argument
+        opened (``query.cursors``); ``limit`` and ``include`` are held to
+        ``[limits]``. Raises the ``DocraftError`` to answer with: ``NotFound``,
         ``MethodNotAllowed``, ``BadRequest``, ``NoLeader``, ``OutcomeUnknown``, app errors...
         """
         endpoint = self.app.endpoint(name)
-        if method not in endpoint.methods:
-            raise MethodNotAllowed(
-                f"{name} accepts {', '.join(endpoint.methods)}, not {method}", allowed=list(endpoint.methods)
-            )
-        args = endpoint.parse(query_args, body)
+        self._check_method(endpoint, method)
+        args = self.limits.page_arguments(endpoint, endpoint.parse(query_args, body), {*query_args, *(body or {})})
+        if endpoint.takes_cursor and isinstance(args[CURSOR_PARAM], str):
+            args[CURSOR_PARAM] = open_cursor(self.cursor_key, name, args[CURSOR_PARAM], CURSOR_PARAM)
         explain = _flag(query_args, body, "explain")
         if endpoint.kind == "mutation":
             shard = self.shard_map.shard_for_key(endpoint.shard_key_of(args))
@@ -114,18 +121,38 @@ class Router:
             outcome = await self.write(shard, command)
             return {"result": _unwrap(outcome), "served_by": [outcome.get("served_by")]}
         consistency = Consistency.parse(_single(query_args, body, "consistency"), endpoint.consistency)
+        includes = self.limits.includes(_single(query_args, body, "include"))
         request = {"endpoint": name, "args": args, "explain": explain, "consistency": consistency.value}
         key = endpoint.shard_key_of(args)
         shards = self.config.shards if key is None else (self.shard_map.shard_for_key(key),)
         results = await asyncio.gather(*(self.read(shard, request, consistency) for shard in shards))
-        includes = [n for n in str(_single(query_args, body, "include") or "").split(",") if n]
         model_name = results[0].get("model")
         response = self._response(results, explain)
+        if response.get("next") is not None:
+            response["next"] = seal_cursor(self.cursor_key, name, response["next"])
         if includes:
             if "items" not in response:
                 raise BadRequest(f"{name} does not return documents, so include= cannot apply", param="include")
             await self._include(self.app.model(str(model_name)), response["items"], includes, consistency)
         return response
+
+    def _check_method(self, endpoint: Endpoint, method: str) -> None:
+        """Raise ``MethodNotAllowed`` unless ``endpoint`` may be called by ``method`` in this cluster."""
+        by_get = endpoint.kind == "query" or self.config.http.mutations_by_get
+        allowed = [m for m in endpoint.methods if m != "GET" or by_get]
+        if method in allowed:
+            return
+        if method in endpoint.methods:
+            how = f"call it with {' or '.join(allowed)}" if allowed else "it declares no other method"
+            raise MethodNotAllowed(
+                f"{endpoint.name} is a mutation and this cluster does not take mutations by GET ([http] "
+                f"mutations_by_get is false): {how}",
+                allowed=allowed,
+            )
+        raise MethodNotAllowed(
+            f"{endpoint.name} accepts {', '.join(allowed) or 'no method in this cluster'}, not {method}",
+            allowed=allowed,
+        )
 
     async def _include(
         self, model: type[Model], items: list[dict[str, Any]], names: list[str], consistency: Consistency
@@ -214,17 +241,56 @@ class Router:
         return {shard.id: result for shard, result in zip(self.config.shards, results, strict=True)}
 
     async def set_fingerprint(self, fingerprint: str) -> dict[str, Any]:
-        """Record ``fingerprint`` as the cluster's app code on every shard (a deliberate upgrade)."""
+        """Record ``fingerprint`` as the cluster's app code on every shard (a deliberate upgrade).
+
+        Only code that runs: each shard's replicas are asked for their own
+        fingerprint first, and ``FingerprintRefused`` names every shard none
+        of whose answering replicas runs ``fingerprint``; nothing changes then.
+        """
+        running = await asyncio.gather(*(self._running_code(shard) for shard in self.config.shards))
+        refused = {
+            shard.id: by_replica
+            for shard, by_replica in zip(self.config.shards, running, strict=True)
+            if fingerprint not in by_replica.values()
+        }
+        if refused:
+            raise FingerprintRefused(
+                f"no replica of shard {', '.join(refused)} runs app code {fingerprint[:12]}…: deploy the code, "
+                "restart its replicas, then accept it; nothing changed",
+                shards=refused,
+            )
         return await self._write_everywhere({"type": "set_fingerprint", "fingerprint": fingerprint})
+
+    async def _running_code(self, shard: ShardConfig) -> dict[str, str | None]:
+        """Each replica of ``shard``'s own code fingerprint, ``None`` for one that did not answer."""
+
+        async def local(replica: ReplicaConfig) -> str | None:
+            try:
+                report = await self.client.integrity(replica)
+            except DocraftError:
+                return None
+            fingerprint = report.get("fingerprint", {}).get("local")
+            return fingerprint if isinstance(fingerprint, str) else None
+
+        fingerprints = await asyncio.gather(*(local(replica) for replica in shard.replicas))
+        return {replica.id: fp for replica, fp in zip(shard.replicas, fingerprints, strict=True)}
 
     async def migrate(self, model_name: str, target: int, dry_run: bool) -> dict[str, Any]:
         """Migrate ``model_name`` to version ``target`` on every shard, or only plan it.
 
-        Every shard first checks that each document would validate after the
-        change; if any would not, nothing starts and ``MigrationRefused`` lists
-        them. Then each shard migrates in one replicated command, atomically.
+        ``BadRequest`` unless ``target`` is the version this process's code
+        declares for the model (replicas check theirs too). Every shard first
+        checks that each document would validate after the change; if any would
+        not, nothing starts and ``MigrationRefused`` lists them. Then each shard
+        migrates in one replicated command, atomically.
         """
         model = self.app.model(model_name)
+        if target != model.version:
+            raise BadRequest(
+                f"the running code declares {model.name} version {model.version}, not {target}: "
+                "deploy the code that declares it first",
+                param="to",
+            )
         request = {"migration_plan": {"model": model.name, "to": target}, "consistency": "linearizable"}
 
         plans = await asyncio.gather(*(self.read(s, request, Consistency.LINEARIZABLE) for s in self.config.shards))

@@ -6,7 +6,9 @@ and repair routes, and drives its own ``Replica``. A dispatcher also runs the
 integrity monitor and serves its alerts. Both stop cleanly on SIGTERM or SIGINT.
 Their routes come from ``node.routes``'s table, each admitted by the process's
 ``Gate`` (``node.auth``), which audits to ``audit.log`` in the replica's data
-directory or, for a dispatcher, next to the cluster file.
+directory or, for a dispatcher, next to the cluster file. Each binds its
+``http_listen`` address (a replica's Raft member its ``raft_listen``), and with
+``[tls]`` serves HTTPS only, with its own certificate (``node.tls``).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from dataclasses import dataclass
 
-from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
 from consensus.replica import Replica
@@ -24,9 +26,12 @@ from consensus.state_machine import StateMachine
 from node.alerts import AlertBook
 from node.audit import AUDIT_NAME, AuditLog
 from node.auth import Authenticator, Gate
+from node.browsers import HostCheck
 from node.config import ClusterConfig, ReplicaConfig
-from node.handlers import NotFoundHandler
+from node.handlers import NotFoundHandler, request_settings
+from node.limits import Limits, http_server
 from node.monitor import IntegrityMonitor
+from node.private_files import private_dir
 from node.repair import check_repair, restart_empty
 from node.router import Router
 from node.routes import dispatcher_routes, rules
@@ -34,6 +39,7 @@ from node.shard_client import ShardClient
 from node.shard_map import ShardMap
 from node.shard_service import ShardService
 from node.signing import Verifier, internal_key
+from node.tls import server_context
 from query.app import App
 from query.fingerprint import app_fingerprint
 from query.schema import openapi_document
@@ -66,10 +72,12 @@ def dispatcher(
     router = Router(config, app, client)
     alerts = AlertBook(config.webhooks)
     monitor = IntegrityMonitor(config, client, alerts, router.flagged)
-    name = config.dispatcher(dispatcher_id).id
-    guard = gate(config, AuditLog(config.path.parent / AUDIT_NAME, name))
-    deps = {"router": router, "alerts": alerts, "document": openapi_document(app, dispatcher_routes())}
-    application = Application(rules("dispatcher", deps, guard), default_handler_class=NotFoundHandler)
+    me = config.dispatcher(dispatcher_id)
+    guard = gate(config, AuditLog(config.path.parent / AUDIT_NAME, me.id))
+    document = openapi_document(app, dispatcher_routes(), mutations_by_get=config.http.mutations_by_get)
+    deps = {"router": router, "alerts": alerts, "document": document}
+    settings = request_settings(config.limits, HostCheck(me.http, config.http.hosts))
+    application = Application(rules("dispatcher", deps, guard), default_handler_class=NotFoundHandler, **settings)
     return Dispatcher(application, router, monitor, alerts, guard)
 
 
@@ -85,7 +93,10 @@ def replica_application(config: ClusterConfig, app: App, service: ShardService, 
     replica = service.config
     guard = gate(config, AuditLog(replica.data_dir / AUDIT_NAME, replica.id))
     deps = {"service": service, "repair": repair, "router": router}
-    return Application(rules("replica", deps, guard, fault_injection), default_handler_class=NotFoundHandler)
+    settings = request_settings(config.limits, HostCheck(replica.http, config.http.hosts))
+    return Application(
+        rules("replica", deps, guard, fault_injection), default_handler_class=NotFoundHandler, **settings
+    )
 
 
 def start_replica(config: ClusterConfig, replica: ReplicaConfig, app: App) -> ShardService:
@@ -98,20 +109,27 @@ def start_replica(config: ClusterConfig, replica: ReplicaConfig, app: App) -> Sh
         checkpoint_interval=config.integrity.checkpoint_interval,
         digests=config.integrity.digests,
     )
-    member = Replica(replica.raft, peers, state, replica.data_dir, config.secret, config.timings)
+    member = Replica(
+        replica.raft, peers, state, replica.data_dir, config.secret, config.timings, bind_address=replica.raft_listen
+    )
     return ShardService(member, replica, ShardMap(config))
 
 
-async def serve(application: Application, address: str) -> None:
-    """Serve ``application`` on ``host:port`` until SIGTERM or SIGINT."""
+async def serve(
+    application: Application, address: str, limits: Limits, ssl_options: ssl.SSLContext | None = None
+) -> None:
+    """Serve ``application`` on ``host:port``, refusing bodies over ``limits``, until SIGTERM or SIGINT.
+
+    With ``ssl_options`` it serves HTTPS only: a plain HTTP request fails the TLS handshake.
+    """
     host, port = address.rsplit(":", 1)
-    server = HTTPServer(application, xheaders=False)
+    server = http_server(application, limits, xheaders=False, ssl_options=ssl_options)
     server.listen(int(port), address=host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("serving on http://%s", address)
+    log.info("serving on %s://%s", "https" if ssl_options else "http", address)
     await stop.wait()
     server.stop()
 
@@ -119,14 +137,16 @@ async def serve(application: Application, address: str) -> None:
 def run_replica(config: ClusterConfig, replica_id: str, app: App, fault_injection: bool = False) -> None:
     """Run one replica process: Raft member, routes and router, until signalled."""
     replica = config.replica(replica_id)
-    replica.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(replica.data_dir)
+    tls = server_context(config.tls, replica.id) if config.tls else None
 
     async def main() -> None:
         service = start_replica(config, replica, app)
         if fault_injection:
             log.warning("UNSAFE: fault injection routes are enabled on this replica")
         try:
-            await serve(replica_application(config, app, service, fault_injection), replica.http)
+            application = replica_application(config, app, service, fault_injection)
+            await serve(application, replica.http_listen, config.limits, tls)
             await service.replica.drain(grace=1.0)
             await asyncio.sleep(0.05)  # one more turn of the loop for handlers to send those answers
         finally:
@@ -139,13 +159,14 @@ def run_replica(config: ClusterConfig, replica_id: str, app: App, fault_injectio
 
 def run_dispatcher(config: ClusterConfig, dispatcher_id: str | None, app: App) -> None:
     """Run one dispatcher process, with its integrity monitor, until signalled."""
-    address = config.dispatcher(dispatcher_id).http
+    me = config.dispatcher(dispatcher_id)
+    tls = server_context(config.tls, me.id) if config.tls else None
 
     async def main() -> None:
         parts = dispatcher(config, app, dispatcher_id=dispatcher_id)
         monitoring = asyncio.get_running_loop().create_task(parts.monitor.run())
         try:
-            await serve(parts.application, address)
+            await serve(parts.application, me.http_listen, config.limits, tls)
         finally:
             monitoring.cancel()
 

@@ -6,7 +6,9 @@ Replica-to-replica and dispatcher-to-replica calls use Tornado's
 falls to 550). A router embedded in a replica server calls its own replica's
 ``ShardService`` directly instead of over the loopback. Every request it
 sends is signed with the cluster's internal key (``node.signing``), so the
-replica accepts it as a cluster member's.
+replica accepts it as a cluster member's. With ``[tls]`` it speaks HTTPS and
+verifies each replica's certificate, host name included, against the
+cluster's CA (``node.tls``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ class ShardClient:
         self.key = internal_key(config.secret)
         self.local = local
         self.timeout = timeout
-        self.http = AsyncHTTPClient()
+        self.ca_certs = str(config.ca) if config.ca is not None else None
+        # With a CA of its own it needs curl handles of its own: curl cannot unset a CA file once set, so
+        # sharing them would make other requests (alert webhooks, say) trust the cluster's CA only.
+        self.http = AsyncHTTPClient(force_instance=self.ca_certs is not None)
 
     def is_local(self, replica: ReplicaConfig) -> bool:
         return self.local is not None and self.local.config.id == replica.id
@@ -88,6 +93,7 @@ class ShardClient:
                 headers=headers,
                 request_timeout=max(timeout, 0.05),
                 connect_timeout=min(max(timeout, 0.05), 1.0),
+                ca_certs=self.ca_certs,
                 raise_error=False,
             )
         except (OSError, HTTPClientError) as exc:

@@ -16,6 +16,11 @@ shard and the router merges; a mutation must always have it, because a write
 runs inside exactly one shard's state machine. ``permission`` names what a
 caller needs to call it (``query.permissions``): ``read`` for a query and
 ``write`` for a mutation unless declared otherwise.
+
+Two parameter names mean something to routers: a query's ``cursor`` takes a
+page's ``next`` (routers hand cursors out sealed and accept only those,
+``query.cursors``), and any endpoint's ``limit`` is capped by the cluster's
+``[limits]`` (``node.limits``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from models.types import ListOf, Optional, ValueType, value_type_of
 from query.permissions import Permission, permission_named
 
 RESERVED_PARAMS = frozenset({"explain", "consistency", "include"})
+CURSOR_PARAM = "cursor"
+LIMIT_PARAM = "limit"
 
 CONSISTENCY_LEVELS = ("stale", "leader", "linearizable")
 
@@ -104,6 +111,11 @@ class Endpoint:
             known = ", ".join(sorted(self.params)) or "none"
             raise BadRequest(f"{self.name} takes no parameter {name!r} (it takes: {known})", param=name)
         return param
+
+    @property
+    def takes_cursor(self) -> bool:
+        """Whether this is a query with a ``cursor`` parameter, which takes a page's ``next``."""
+        return self.kind == "query" and CURSOR_PARAM in self.params
 
     def shard_key_of(self, args: Mapping[str, Any]) -> Any:
         """The value that picks the shard, or ``None`` for a scatter read."""

@@ -13,6 +13,7 @@ copy per returned document, not per scanned one.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -180,8 +181,8 @@ def find(
     for name in (*where, order_by):
         if name not in model.fields:
             raise BadRequest(f"{model.name} has no field {name!r}", field=name)
-    if limit < 0:
-        raise BadRequest("limit must not be negative", param="limit")
+    if not 0 <= limit < sys.maxsize:  # islice takes limit + 1
+        raise BadRequest(f"limit must be between 0 and {sys.maxsize - 1}", param="limit")
     plan = choose_plan(model, where, order_by, descending)
     pk = model.primary_key
     matching: Iterator[dict[str, Any]] = (

@@ -14,6 +14,8 @@ import itertools
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -25,15 +27,21 @@ import pytest
 
 from bench.netns import NetworkUnavailable, TestNetwork, why_unavailable
 from node.admin import http_json
+from node.cluster_secret import new_secret
 from node.config import ClusterConfig, load_config, render_config
 from node.launcher import LocalCluster
+from node.private_files import write_secret
 from node.signing import internal_key
 
 T = TypeVar("T")
 
 FAST_RAFT = {"election_min": 0.3, "election_max": 0.7, "leader_fallback": 1.0, "heartbeat": 0.05}
-# Tests call client routes anonymously: a cluster file for them grants anonymous clients what a writer may do.
-ANONYMOUS_CLIENTS: dict[str, dict[str, Any]] = {"auth": {"anonymous": ["read", "write", "bulk", "status"]}}
+# Tests call client routes anonymously, and mutations by GET as the original notes do: a cluster file for them
+# grants anonymous clients what a writer may do, and allows mutations by GET.
+ANONYMOUS_CLIENTS: dict[str, dict[str, Any]] = {
+    "auth": {"anonymous": ["read", "write", "bulk", "status"]},
+    "http": {"mutations_by_get": True},
+}
 
 
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: float = 0.05) -> T:
@@ -66,8 +74,9 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-# The internal key of every cluster this process runs, by member address ("host:port").
+# The internal key, and with [tls] the CA, of every cluster this process runs, by member address ("host:port").
 _MEMBER_KEYS: dict[str, bytes] = {}
+_MEMBER_CAS: dict[str, Path] = {}
 MEMBER_ROUTES = ("/_shard/", "/_admin/")
 
 
@@ -82,14 +91,40 @@ def member_key(url: str) -> bytes | None:
     return _MEMBER_KEYS.get(parts.netloc) if parts.path.startswith(MEMBER_ROUTES) else None
 
 
+def member_ca(url: str) -> Path | None:
+    """The CA of the running ``Cluster`` that ``url`` addresses, if it serves HTTPS."""
+    return _MEMBER_CAS.get(urllib.parse.urlsplit(url).netloc)
+
+
 def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
     """One HTTP call; returns (status, decoded JSON body) for any status.
 
     Calls to a running ``Cluster``'s internal and admin routes are signed as a
     cluster member's (``member_key``); client routes are called anonymously.
+    An HTTPS cluster's certificates are checked against its CA (``member_ca``).
     """
-    status, decoded = http_json(method, url, body, timeout, key=member_key(url))
+    status, decoded = http_json(method, url, body, timeout, key=member_key(url), ca=member_ca(url))
     return status, decoded
+
+
+def write_cluster_file(
+    root: Path,
+    layout: list[tuple[str, list[tuple[str, str, str, str]]]],
+    dispatcher: str,
+    sections: dict[str, dict[str, Any]],
+) -> Path:
+    """Write ``root/cluster.toml`` (0600) for the example app, with a fresh secret and dispatcher ``d0``."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "cluster.toml"
+    write_secret(path, render_config(new_secret(), "examples.people", layout, [("d0", dispatcher)], sections))
+    return path
+
+
+def make_certificates(config: ClusterConfig) -> None:
+    """Make the certificates of ``config``'s ``[tls] dir`` as an operator would, with ``docraft certs``."""
+    command = [sys.executable, "-m", "node.cli", "certs", "--config", str(config.path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"docraft certs failed:\n{done.stdout}{done.stderr}"
 
 
 class Cluster:
@@ -103,7 +138,8 @@ class Cluster:
         extra_args: tuple[str, ...] = (),
     ) -> None:
         """``sections`` adds cluster-file tables (``integrity``, ``alerts``, ``auth`` instead of
-        ``ANONYMOUS_CLIENTS``); replicas get ``extra_args``."""
+        ``ANONYMOUS_CLIENTS``, ``tls``: its certificates are then made with ``docraft certs`` on the
+        first start); replicas get ``extra_args``."""
         self.root = root
         self.shape = (shards, replicas)
         self.sections = {"raft": {**FAST_RAFT, **(raft or {})}, **ANONYMOUS_CLIENTS, **(sections or {})}
@@ -120,8 +156,12 @@ class Cluster:
         for attempt in range(attempts):
             self._write_config()
             config = load_config(self.root / "cluster.toml")
+            if config.tls is not None and not config.tls.ca.exists():
+                make_certificates(config)
             self._forget_keys()
             _MEMBER_KEYS.update(dict.fromkeys(member_addresses(config), internal_key(config.secret)))
+            if config.ca is not None:
+                _MEMBER_CAS.update(dict.fromkeys(member_addresses(config), config.ca))
             self.local = LocalCluster(config, config.app, self.root / "logs", self.extra_args, self.prefixes)
             try:
                 self.local.start_all()
@@ -144,21 +184,13 @@ class Cluster:
                 rid = f"s{s}r{r}"
                 members.append((rid, f"127.0.0.1:{ports[n]}", f"127.0.0.1:{ports[n + 1]}", rid))
             layout.append((f"s{s}", members))
-        text = render_config(
-            "test-secret-" + "x" * 16,
-            "examples.people",
-            layout,
-            [("d0", f"127.0.0.1:{ports[-1]}")],
-            self.sections,
-        )
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "cluster.toml").write_text(text)
+        write_cluster_file(self.root, layout, f"127.0.0.1:{ports[-1]}", self.sections)
 
     # -- addresses --------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        return f"http://{self.processes.config.dispatcher(None).http}"
+        return self.processes.config.dispatcher(None).http_url
 
     def replica_url(self, replica_id: str) -> str:
         return self.processes.config.replica(replica_id).http_url
@@ -224,10 +256,11 @@ class Cluster:
             self._forget_keys()
 
     def _forget_keys(self) -> None:
-        """Sign nothing more for this cluster's addresses (other processes may take them)."""
+        """Sign and trust nothing more for this cluster's addresses (other processes may take them)."""
         if self.local is not None:
             for address in member_addresses(self.local.config):
                 _MEMBER_KEYS.pop(address, None)
+                _MEMBER_CAS.pop(address, None)
 
 
 class Writers:
@@ -324,15 +357,7 @@ class PartitionedCluster(Cluster):
                 members.append((rid, f"{host}:{self.RAFT_PORT}", f"{host}:{self.HTTP_PORT}", rid))
             layout.append((f"s{s}", members))
         (dispatcher_port,) = free_ports(1)
-        text = render_config(
-            "test-secret-" + "x" * 16,
-            "examples.people",
-            layout,
-            [("d0", f"127.0.0.1:{dispatcher_port}")],
-            self.sections,
-        )
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "cluster.toml").write_text(text)
+        write_cluster_file(self.root, layout, f"127.0.0.1:{dispatcher_port}", self.sections)
 
     def close(self) -> None:
         try:

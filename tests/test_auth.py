@@ -31,6 +31,7 @@ from node.admin import http_json
 from node.audit import AUDIT_NAME, AuditLog
 from node.auth import Authenticator, Grant, hash_token
 from node.cli import main
+from node.cluster_secret import new_secret
 from node.config import ClusterConfig, ConfigError, load_config, parse_config, render_config
 from node.handlers import NotFoundHandler
 from node.launcher import ADMIN_TOKEN_NAME, DEMO_AUTH
@@ -49,7 +50,7 @@ from tests.test_handlers import FakeShards
 PEOPLE = load_app("examples.people")
 GUARDED = load_app("tests.apps.guarded_app")
 ANALYST = ["read", "status", "write:insert_order"]
-SECRET = "secret-for-auth-tests-0123456789"
+SECRET = new_secret()
 
 
 def write_cluster_file(directory: Path, auth: dict[str, Any] | None) -> Path:
@@ -64,6 +65,7 @@ def write_cluster_file(directory: Path, auth: dict[str, Any] | None) -> Path:
     ]
     sections: dict[str, dict[str, Any]] = {} if auth is None else {"auth": auth}
     sections["auth.roles.analyst"] = {"permissions": ANALYST}
+    sections["http"] = {"hosts": ["127.0.0.1"]}  # the test server's port is not the file's
     path = directory / "cluster.toml"
     path.write_text(render_config(SECRET, "examples.people", shards, [("d0", "127.0.0.1:8999")], sections))
     return path
@@ -411,7 +413,7 @@ class ProductionDispatcherTest(ServerCase):
         assert self.ask("anonymous", "GET", "/_no/such/route", None)[0] == 404
 
     def test_refusals_and_admin_actions_go_to_the_audit_log(self) -> None:
-        fingerprint = {"fingerprint": "f" * 64}
+        fingerprint = {"fingerprint": app_fingerprint(PEOPLE)}  # the code the (fake) replicas run
         assert self.ask("anonymous", "POST", "/_admin/fingerprint", fingerprint)[0] == 401
         assert self.ask("reader", "POST", "/_admin/migrate", {"model": "User", "to": 1})[0] == 403
         assert self.ask("unknown token", "GET", "/get_user", None)[0] == 401

@@ -14,10 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consensus.raft_member import RaftTimings
+from node.cluster_secret import new_secret
 from node.config import SLOT_COUNT, ConfigError, load_config, parse_config, render_config
 from node.shard_map import ShardMap, slot_of
 
-SECRET = "correct-horse-battery"
+SECRET = new_secret()
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -158,7 +159,7 @@ INVALID: list[tuple[str, Any, str]] = [
     ("no secret", lambda data: data.pop("secret"), "the cluster needs a non-empty string 'secret'"),
     ("empty secret", set_secret(""), "needs a non-empty string 'secret'"),
     ("secret not text", set_secret(1234567890123456789), "needs a non-empty string 'secret'"),
-    ("short secret", set_secret("x" * 15), "secret must be at least 16 characters"),
+    ("short secret", set_secret("0f" * 15), "secret is 30 characters long, it needs at least 32"),
     ("gap", set_slots([0, 8000], [8002, 16383]), "shard s1 starts at 8002, expected 8001"),
     ("overlap", set_slots([0, 8191], [8000, 16383]), "shard s1 starts at 8000, expected 8192"),
     ("not from zero", set_slots([1, 8191], [8192, 16383]), "shard s0 starts at 1, expected 0"),

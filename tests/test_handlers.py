@@ -17,9 +17,11 @@ from tornado.testing import AsyncHTTPTestCase
 
 from consensus.state_machine import StateMachine
 from models.errors import NoLeader, NotLeader
+from node.cluster_secret import new_secret
 from node.config import ClusterConfig, ReplicaConfig, parse_config, render_config
 from node.servers import dispatcher
 from query.app import App, load_app
+from query.fingerprint import app_fingerprint
 
 APP = load_app("examples.people")
 
@@ -34,8 +36,11 @@ def two_shard_config() -> ClusterConfig:
     ]
     import tomllib
 
-    anonymous = {"auth": {"anonymous": ["read", "write", "bulk", "status"]}}  # the tests call as anonymous clients
-    text = render_config("secret-for-tests-0123", "examples.people", shards, [("d0", "127.0.0.1:8999")], anonymous)
+    sections = {
+        "auth": {"anonymous": ["read", "write", "bulk", "status"]},  # the tests call as anonymous clients
+        "http": {"hosts": ["127.0.0.1"], "mutations_by_get": True},  # on the test server's port, and by GET
+    }
+    text = render_config(new_secret(), "examples.people", shards, [("d0", "127.0.0.1:8999")], sections)
     return parse_config(tomllib.loads(text), Path("/tmp/cluster.toml"))
 
 
@@ -44,6 +49,7 @@ class FakeShards:
 
     def __init__(self, config: ClusterConfig, app: App) -> None:
         self.machines = {s.id: StateMachine(app) for s in config.shards}
+        self.fingerprint = app_fingerprint(app)
         self.leader = {s.id: s.replicas[0] for s in config.shards}
         self.no_leader = False
         self.writes: list[str] = []
@@ -75,6 +81,10 @@ class FakeShards:
             result = machine.query(request["endpoint"], request["args"], request["explain"])
         return {**result, "served_by": {"replica": replica.id}}
 
+    async def integrity(self, replica: ReplicaConfig, timeout: float = 1.0) -> dict[str, Any]:
+        """What a replica reports of its code: every fake runs the app's."""
+        return {"replica": replica.id, "fingerprint": {"local": self.fingerprint}}
+
     async def status(self, replica: ReplicaConfig, timeout: float = 1.0) -> dict[str, Any]:
         leads = not self.no_leader and self.leader[replica.shard].id == replica.id
         return {
@@ -101,7 +111,8 @@ class FakeClusterCase(AsyncHTTPTestCase):
         data = raw if raw is not None else (None if body is None else ujson.dumps(body).encode())
         if method == "POST" and data is None:
             data = b""
-        response = self.fetch(path, method=method, body=data, allow_nonstandard_methods=True)
+        headers = {"Content-Type": "application/json"} if method == "POST" else None
+        response = self.fetch(path, method=method, body=data, headers=headers, allow_nonstandard_methods=True)
         return response.code, ujson.loads(response.body)
 
 

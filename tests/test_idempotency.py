@@ -22,11 +22,12 @@ from tests.harness import Cluster
 from tests.test_handlers import FakeClusterCase
 
 USER = {"id": 7, "first_name": "A", "last_name": "B", "country": "France"}
+JSON = {"Content-Type": "application/json"}
 
 
 class IdempotencyTest(FakeClusterCase):
     def post(self, path: str, body: Any, key: str | None = None) -> tuple[int, Any, Any]:
-        headers = {} if key is None else {"Idempotency-Key": key}
+        headers = {"Content-Type": "application/json"} if key is None else {**JSON, "Idempotency-Key": key}
         response = self.fetch(path, method="POST", body=ujson.dumps(body), headers=headers)
         return response.code, ujson.loads(response.body), response.headers.get("Idempotency-Key")
 
@@ -53,7 +54,7 @@ class IdempotencyTest(FakeClusterCase):
     def test_a_malformed_key_is_a_bad_request(self) -> None:
         for key in ("x" * 129, "has space", "semi;colon", "colon:inside", "über"):
             response = self.fetch(
-                "/insert_user", method="POST", body=ujson.dumps(USER), headers={"Idempotency-Key": key}
+                "/insert_user", method="POST", body=ujson.dumps(USER), headers={**JSON, "Idempotency-Key": key}
             )
             assert response.code == 400, (key, response.body)
             assert ujson.loads(response.body)["error"]["code"] == "bad_request"
@@ -126,7 +127,7 @@ def test_a_keyed_write_retried_after_its_leader_died_is_applied_once(cluster_fac
 
     def post(body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(
-            url, data=ujson.dumps(body).encode(), method="POST", headers={"Idempotency-Key": key}
+            url, data=ujson.dumps(body).encode(), method="POST", headers={**JSON, "Idempotency-Key": key}
         )
         try:
             with urllib.request.urlopen(request, timeout=15) as response:

@@ -30,6 +30,7 @@ from tornado.web import Application, RequestHandler
 from consensus.state_machine import CHECKPOINTS_KEPT, StateMachine
 from models.errors import NotFound, ShardUnavailable
 from node.alerts import KINDS, Alert, AlertBook
+from node.cluster_secret import new_secret
 from node.config import ClusterConfig, ReplicaConfig, ShardConfig, parse_config, render_config
 from node.fault_injection import corrupt
 from node.monitor import IntegrityMonitor, Judgement, Lag, ProgressWatch, judge, leader_of
@@ -635,7 +636,7 @@ def test_leader_of_counts_only_an_answering_leader_of_the_newest_term(
 def cluster_config(**integrity: Any) -> ClusterConfig:
     replicas = [(f"s0r{r}", f"127.0.0.1:{7100 + r}", f"127.0.0.1:{8100 + r}", f"data/s0r{r}") for r in range(3)]
     text = render_config(
-        "secret-for-tests-0123",
+        new_secret(),
         "examples.people",
         [("s0", replicas)],
         [("d0", "127.0.0.1:8000")],

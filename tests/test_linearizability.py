@@ -184,3 +184,23 @@ def real_histories(draw: st.DrawFn) -> list[Op]:
 def test_histories_that_really_happened_lose_nothing_and_linearize(history: list[Op]) -> None:
     assert lost_writes(history) == []
     assert is_linearizable(history)
+
+
+def test_an_unknown_cas_keeps_the_unknown_write_it_can_only_have_swapped_from() -> None:
+    # Nobody read 6, but 4 was read, and only the unknown cas 6 -> 4 wrote it: the unknown write of 6 took effect.
+    history = [w(0, 6, 0, None), cas(1, 6, 4, None, 0, None), r(2, None, 0, 6), r(3, 4, 0, 6)]
+    assert is_linearizable(history)
+    assert is_linearizable([w(0, 9, 0, None), *history[1:]]) is False  # with no write of 6, 4 cannot appear
+
+
+def test_the_smallest_failing_prefix_brings_the_writes_its_reads_observed() -> None:
+    # The read at 1 sees 2, written by an op invoked later but concurrent with it: not a failure on its own.
+    history = [w(0, 1, 0, 0.5), r(1, 2, 1, 5), w(2, 2, 2, 3), r(1, 1, 6, 7)]
+    (verdict,) = check_history(history)
+    assert verdict.linearizable is False
+    assert [(op["kind"], op["value"], op["output"]) for op in verdict.smallest_failing] == [
+        ("write", 1, None),
+        ("read", None, 2),
+        ("write", 2, None),
+        ("read", None, 1),
+    ]

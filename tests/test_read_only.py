@@ -22,6 +22,7 @@ from tornado.httpclient import AsyncHTTPClient
 from consensus.state_machine import Result, StateMachine
 from models.errors import DocraftError
 from models.types import ListOf, Optional, Reference, Scalar, ValueType
+from node.cluster_secret import new_secret
 from node.config import ClusterConfig, ReplicaConfig, parse_config, render_config
 from node.router import Router
 from node.shard_client import ShardClient
@@ -116,7 +117,7 @@ def test_a_mutation_that_changes_what_it_wrote_leaves_the_validated_documents_st
 def one_replica_per_shard(shards: int) -> ClusterConfig:
     """A cluster file whose addresses are never dialled: every call below stays in this process."""
     layout = [(f"s{s}", [(f"s{s}r0", f"127.0.0.1:{7100 + s}", f"127.0.0.1:{7200 + s}", ".")]) for s in range(shards)]
-    text = render_config("secret-for-tests-0123", "examples.people", layout, [("d0", "127.0.0.1:7299")])
+    text = render_config(new_secret(), "examples.people", layout, [("d0", "127.0.0.1:7299")])
     return parse_config(tomllib.loads(text), Path("/tmp/cluster.toml"))
 
 
@@ -250,11 +251,11 @@ async def reads_leave_every_snapshot_alone(
     router = Router(config, PEOPLE, InProcessShards(config, services), deadline=1.0)  # type: ignore[arg-type]
     for uid, country in users.items():
         args = {"id": [str(uid)], "first_name": ["A"], "last_name": ["B"], "country": [country]}
-        await router.call("insert_user", "GET", args, None)
+        await router.call("insert_user", "POST", args, None)
     ids = sorted(users)
     for oid, (pick, amount) in enumerate(orders):
         args = {"id": [str(oid)], "user_id": [str(ids[pick % len(ids)])], "item": ["book"], "amount": [repr(amount)]}
-        await router.call("insert_order", "GET", args, None)
+        await router.call("insert_order", "POST", args, None)
     before = {shard_id: snapshot_of(machine) for shard_id, machine in machines.items()}
     for name, args in calls:
         for response in await read_pages(router, name, args):

@@ -21,9 +21,15 @@ import time
 from pathlib import Path
 
 import pytest
+from pysyncobj.node import TCPNode
 
+from consensus.raft_member import RaftTimings
+from consensus.replica import Replica
+from consensus.state_machine import StateMachine
+from examples.people import app as people
 from node.admin import agrees
-from tests.harness import Cluster, Writers, http, partitioned_cluster, wait_for
+from query.app import load_app
+from tests.harness import Cluster, Writers, free_ports, http, partitioned_cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -180,3 +186,34 @@ def test_a_deposed_leader_with_a_long_divergent_tail_agrees_with_its_group_withi
         took = seconds_to_catch_up(cluster, old, target, time.monotonic(), agreeing=True)
         print(f"deposed leader {old} applied index {target} and agreed {took:.2f}s after the heal")
         assert took < CATCH_UP_LIMIT, f"{old} took {took:.2f}s after the heal to catch up past its divergent tail"
+
+
+def test_a_snapshot_install_does_not_commit_a_deposed_leaders_own_uncommitted_tail(tmp_path: Path) -> None:
+    # Found by bench.fault --nemesis partition (3 runs in 6 lost writes): after the heal the new leader,
+    # which had compacted past the old leader's divergent tail, sent it a snapshot. PySyncObj raised the
+    # receiver's commit index to min(leader's commit, its own log end) on every snapshot chunk, without
+    # checking its log, so the old leader applied its own uncommitted entries and answered those writes
+    # as successes (then truncated them: "truncating already-applied log entries").
+    ports = free_ports(3)
+    state = StateMachine(load_app(people.__name__))
+    peers = [f"127.0.0.1:{port}" for port in ports[1:]]  # nobody listens: it never leads
+    replica = Replica(f"127.0.0.1:{ports[0]}", peers, state, tmp_path, "x" * 32, RaftTimings())
+    try:
+        wait_for(lambda: replica.raftLastApplied >= replica.journal.last_index, 10, "the replica started")
+        commit = replica.raftCommitIndex
+        first = replica.journal.last_index + 1
+        for index in range(first, first + 5):  # an old leader's tail of its own term, never committed
+            replica.journal.add(b"\x00", index, 3)
+        leader = TCPNode(peers[0])
+        chunk = {
+            "type": "append_entries",
+            "term": 4,
+            "commit_index": first + 100,
+            "serialized": (b"part of a snapshot", True, False),  # first chunk, not the last
+        }
+        replica._SyncObj__onMessageReceived(leader, chunk)
+        time.sleep(0.3)  # several ticks, in which anything committed would be applied
+        assert replica.raftCommitIndex == commit, "a snapshot chunk committed entries nobody checked"
+        assert replica.raftLastApplied < first, "the replica applied its own uncommitted tail"
+    finally:
+        replica.destroy_synchronous()

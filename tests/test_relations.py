@@ -14,6 +14,8 @@ from node.shard_map import ShardMap
 from query.app import load_app
 from tests.test_handlers import FakeClusterCase
 
+JSON = {"Content-Type": "application/json"}
+
 PEOPLE = load_app("examples.people")
 
 
@@ -106,10 +108,11 @@ class CrossShardRelationTest(FakeClusterCase):
 
     def test_include_gathers_related_documents_from_every_shard(self) -> None:
         for pid in (1, 2):
-            assert self.fetch("/add_family", method="POST", body=ujson.dumps({"id": pid, "children": 0})).code == 200
+            family = ujson.dumps({"id": pid, "children": 0})
+            assert self.fetch("/add_family", method="POST", body=family, headers=JSON).code == 200
         for gid in range(100, 130):
             body = ujson.dumps({"id": gid, "to": 1 if gid % 3 else 2})
-            assert self.fetch("/add_gift", method="POST", body=body).code == 200
+            assert self.fetch("/add_gift", method="POST", body=body, headers=JSON).code == 200
         holders = [s for s, m in self.shards.machines.items() if len(m.collections["Gift"])]
         assert len(holders) == 2, "gifts should spread over both shards"
         response = self.fetch("/get_parent?include=gifts,children")

@@ -17,6 +17,7 @@ import pytest
 
 from consensus.state_machine import Result, StateMachine
 from models.errors import DocraftError
+from node.cluster_secret import new_secret
 from node.config import ClusterConfig, parse_config, render_config
 from node.shard_map import ShardMap
 from node.shard_service import ShardService
@@ -38,7 +39,7 @@ APP = App("tests.test_replica_checks", dict(PEOPLE.models), {**PEOPLE.endpoints,
 
 def two_shards() -> ClusterConfig:
     layout = [(f"s{s}", [(f"s{s}r0", f"127.0.0.1:{7100 + s}", f"127.0.0.1:{7200 + s}", ".")]) for s in range(2)]
-    text = render_config("secret-for-tests-0123", "examples.people", layout, [("d0", "127.0.0.1:7299")])
+    text = render_config(new_secret(), "examples.people", layout, [("d0", "127.0.0.1:7299")])
     return parse_config(tomllib.loads(text), Path("/tmp/cluster.toml"))
 
 

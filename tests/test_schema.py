@@ -149,7 +149,7 @@ def test_openapi_operations_describe_parameters_and_errors() -> None:
         "name": "user_id",
         "in": "query",
         "required": True,
-        "schema": {"type": "integer", "description": "shard key: picks the shard"},
+        "schema": {"type": "integer", "format": "int64", "description": "shard key: picks the shard"},
     }
 
 
@@ -398,7 +398,8 @@ class SchemaRouteTest(AsyncHTTPTestCase):
     def test_answers_match_the_document(self) -> None:
         def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
             data = None if body is None else json.dumps(body).encode()
-            response = self.fetch(path, method=method, body=data, raise_error=False)
+            headers = {"Content-Type": "application/json"} if method == "POST" else None
+            response = self.fetch(path, method=method, body=data, headers=headers, raise_error=False)
             return response.code, json.loads(response.body)
 
         mary = {"id": 321, "first_name": "Mary", "last_name": "Smith", "country": "Australia"}
@@ -509,6 +510,7 @@ class Received:
     path: str
     idempotency_key: str | None
     at: float  # time.monotonic() on arrival
+    authorization: str | None = None
 
 
 def refusal(status: int, code: str, headers: dict[str, str] | None = None) -> Answer:
@@ -565,7 +567,8 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
 
     def answer(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        request = Received(self.command, self.path, self.headers.get("Idempotency-Key"), time.monotonic())
+        key, authorization = self.headers.get("Idempotency-Key"), self.headers.get("Authorization")
+        request = Received(self.command, self.path, key, time.monotonic(), authorization)
         answer = self.server.next_answer(request)
         if answer == HANG:
             self.server.hold()
@@ -724,3 +727,14 @@ def test_client_times_out_each_attempt_and_fails_after_its_retries(client_progra
     assert len(server.received) == 3 and len(keys) == 1, server.received
     assert outcome["error"] == {"status": 0, "code": "timeout", "idempotencyKey": keys.pop()}
     assert 880 <= outcome["ms"] < 2000, "three attempts of 300 ms, and two short waits"
+
+
+def test_client_with_a_token_sends_it_on_every_attempt_and_without_one_sends_none(
+    client_program: Path, scripted: Any
+) -> None:
+    server = scripted([refusal(503, "no_leader"), MARY_INSERTED, MARY_PAGE])
+    run_calls(client_program, server, {**QUICK, "token": "t0k-EN_1"}, INSERT, {"method": "get_user"})
+    assert [r.authorization for r in server.received] == ["Bearer t0k-EN_1"] * 3
+    anonymous = scripted([MARY_INSERTED])
+    run_calls(client_program, anonymous, QUICK, INSERT)
+    assert [r.authorization for r in anonymous.received] == [None]

@@ -19,6 +19,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from models.errors import Unauthorized
 from node.admin import http_json
+from node.cluster_secret import new_secret
 from node.config import ClusterConfig, parse_config, render_config
 from node.shard_client import ShardClient
 from node.signing import (
@@ -34,8 +35,9 @@ from node.signing import (
 )
 from tests.harness import Cluster, http, member_key
 
-KEY = internal_key("cluster-secret-" + "a" * 32)
-OTHER_KEY = internal_key("cluster-secret-" + "b" * 32)
+SECRET, OTHER_SECRET = new_secret(), new_secret()
+KEY = internal_key(SECRET)
+OTHER_KEY = internal_key(OTHER_SECRET)
 NOW = 1_700_000_000.0
 BODY = b'{"type":"mutation","endpoint":"insert_user","args":{"id":1}}'
 
@@ -58,7 +60,7 @@ def signed(key: bytes = KEY, now: float = NOW, method: str = "POST", path: str =
 
 
 def test_the_internal_key_is_derived_from_the_secret_and_is_not_the_secret() -> None:
-    secret = "cluster-secret-" + "a" * 32
+    secret = SECRET
     assert internal_key(secret) == KEY and len(KEY) == 32
     assert KEY != OTHER_KEY
     assert secret.encode() not in KEY
@@ -315,8 +317,8 @@ def test_http_json_sends_the_headers_it_is_given(server: VerifyingServer) -> Non
 
 
 def test_a_shard_client_signs_every_call_with_its_cluster_secret(server: VerifyingServer) -> None:
-    member = config_with_secret("cluster-secret-" + "a" * 32, server.address)
-    stranger = config_with_secret("cluster-secret-" + "b" * 32, server.address)
+    member = config_with_secret(SECRET, server.address)
+    stranger = config_with_secret(OTHER_SECRET, server.address)
     replica = member.replica("s0r0")
 
     async def calls() -> tuple[list[Any], Unauthorized]:

@@ -25,9 +25,11 @@ ERRORS: dict[str, tuple[str, ...]] = {
     "query": (*_CALL, "shard_unavailable"),
     "mutation": (*_CALL, "document_not_found", "duplicate_key", "validation_failed", "outcome_unknown"),
     "bulk": ("bad_request", "no_leader", "code_mismatch", "replica_flagged", "migration_pending", "outcome_unknown"),
-    "fingerprint": ("bad_request", "no_leader", "replica_flagged", "outcome_unknown"),
+    "fingerprint": ("bad_request", "fingerprint_refused", "no_leader", "replica_flagged", "outcome_unknown"),
     "migrate": ("bad_request", "not_found", "migration_refused", "no_leader", "replica_flagged", "outcome_unknown"),
     "auth": ("unauthorized", "forbidden"),  # every route that needs a permission
+    "request": ("host_not_allowed",),  # every operation (node.browsers)
+    "body": ("payload_too_large", "unsupported_media_type"),  # every operation with a body (node.limits)
 }
 
 

@@ -6,7 +6,9 @@ the dispatcher's route table (``node.routes``) lists them, each with the
 permission it needs (``x-docraft-permission``, the bearer security scheme).
 Schemas are JSON Schema 2020-12, OpenAPI 3.1's dialect; ``components/schemas``
 holds each model, a page of each model, ``ServedBy``, ``Alert`` and the one
-error body.
+error body. Every integer is ``format: int64``, the range docraft accepts, and
+every operation lists the refusals any request can meet (a ``Host`` the
+server does not answer to; a body too large or not JSON).
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ OPENAPI_VERSION = "3.1.0"
 DOCUMENT_PAGE = "docraft.DocumentPage"
 
 
-def openapi_document(app: App, routes: Sequence[RouteDoc]) -> dict[str, Any]:
+def openapi_document(app: App, routes: Sequence[RouteDoc], mutations_by_get: bool = True) -> dict[str, Any]:
     """The OpenAPI 3.1 document of a dispatcher serving ``app`` on ``routes``; a fresh dict on every call.
 
-    ``routes`` are the dispatcher's (``node.routes.dispatcher_routes()``):
+    Without ``mutations_by_get`` (a cluster's ``[http]`` setting), a mutation
+    has no GET operation even where it declares one (and no path when GET is all
+    it declares). ``routes`` are the dispatcher's (``node.routes.dispatcher_routes()``):
     ``/{endpoint}`` stands for one path per endpoint of ``app``, ``/_bulk/{Model}``
     for one per model, and every other route is described as it is
     (``ValueError`` for one this export does not know). Model schemas are named
@@ -59,14 +63,20 @@ def openapi_document(app: App, routes: Sequence[RouteDoc]) -> dict[str, Any]:
     fixed: list[RouteDoc] = []
     for route in routes:
         if route.path == ENDPOINT_ROUTE:
-            paths.update({f"/{e.name}": _endpoint_path(e) for e in app.endpoints.values()})
+            endpoints = {f"/{e.name}": _endpoint_path(e, mutations_by_get) for e in app.endpoints.values()}
+            paths.update({path: item for path, item in endpoints.items() if item})
         elif route.path == BULK_ROUTE:
             bulk.update({f"/_bulk/{m.name}": bulk_path(m, route.permission) for m in app.models.values()})
         else:
             fixed.append(route)
     paths.update(bulk)
     paths.update(fixed_paths(app, fixed))
-    return {
+    for item in paths.values():
+        for method, operation in item.items():
+            kinds = ("request", "body") if method == "post" else ("request",)
+            for kind in kinds:
+                operation["responses"].update(error_responses(kind))
+    document = {
         "openapi": OPENAPI_VERSION,
         "info": {
             "title": f"docraft — {app.module}",
@@ -76,6 +86,21 @@ def openapi_document(app: App, routes: Sequence[RouteDoc]) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": _component_schemas(app), "securitySchemes": security_schemes()},
     }
+    _as_int64(document)
+    return document
+
+
+def _as_int64(node: Any) -> None:
+    """Mark every integer schema under ``node`` ``format: int64`` (``models.types``' range), in place."""
+    if isinstance(node, dict):
+        kind = node.get("type")
+        if kind == "integer" or (isinstance(kind, list) and "integer" in kind):
+            node["format"] = "int64"
+        for value in node.values():
+            _as_int64(value)
+    elif isinstance(node, list):
+        for value in node:
+            _as_int64(value)
 
 
 def _document(model: type[Model]) -> Schema:
@@ -122,7 +147,7 @@ def _page(item: Schema, title: str) -> Schema:
     )
 
 
-def _endpoint_path(endpoint: Endpoint) -> dict[str, Any]:
+def _endpoint_path(endpoint: Endpoint, mutations_by_get: bool) -> dict[str, Any]:
     doc = inspect.getdoc(endpoint.func) or ""
     shape = result_shape(endpoint)
     if isinstance(shape, PageOf):
@@ -131,7 +156,8 @@ def _endpoint_path(endpoint: Endpoint) -> dict[str, Any]:
         value = shape_schema(shape, _document)
         result = object_schema({"result": value, "served_by": SERVED_BY_LIST}, required=("result", "served_by"))
     reserved = _reserved_params(endpoint, shape) if endpoint.kind == "query" else []
-    methods = [m for m in endpoint.methods if m in ("GET", "POST")]  # the only ones EndpointHandler serves
+    served = ("GET", "POST") if endpoint.kind == "query" or mutations_by_get else ("POST",)
+    methods = [m for m in endpoint.methods if m in served]  # the only ones EndpointHandler serves
     item: dict[str, Any] = {}
     for method in methods:
         operation: dict[str, Any] = {

@@ -10,6 +10,9 @@ otherwise (lists comma-joined); a failed call rejects with
 
 Every mutation call sends one ``Idempotency-Key`` (the caller's, or a fresh
 random one) on each of its attempts, so the server applies it at most once.
+With the ``token`` option every request carries ``Authorization: Bearer``
+(a ``RangeError`` for a token that is empty or holds spaces); without it the
+client is anonymous.
 An attempt is aborted after ``timeoutMs``; a call is retried, up to
 ``retries`` times and with the same key, after 408, 429, 503 or 504 or when
 no answer came, waiting ``retryDelayMs`` doubled per retry or the answer's
@@ -66,7 +69,7 @@ def _client(app: App, methods: tuple[Method, ...]) -> str:
         "",
         "  /**",
         "   * `baseUrl`: a dispatcher's, e.g. `http://127.0.0.1:8000`; `options`: see `DocraftClientOptions`, or the",
-        "   * `fetch` to call. A `RangeError` if an option is negative or not a number.",
+        "   * `fetch` to call. A `RangeError` if an option is negative or not a number, or the token is malformed.",
         "   */",
         "  constructor(baseUrl: string, options: DocraftClientOptions | typeof fetch = {}) {",
         '    const given: DocraftClientOptions = typeof options === "function" ? { fetch: options } : options;',
@@ -77,6 +80,7 @@ def _client(app: App, methods: tuple[Method, ...]) -> str:
         '      retries: setting("retries", given.retries, 3, true),',
         '      retryDelayMs: setting("retryDelayMs", given.retryDelayMs, 100),',
         '      maxRetryDelayMs: setting("maxRetryDelayMs", given.maxRetryDelayMs, 2000),',
+        "      token: bearerToken(given.token ?? null),",
         "    };",
         "  }",
     ]
@@ -116,6 +120,8 @@ export interface DocraftClientOptions {
   maxRetryDelayMs?: number;
   /** The `fetch` to call (default: the global one). */
   fetch?: typeof fetch;
+  /** A token of `docraft user add`, sent as `Authorization: Bearer <token>` (default: none, anonymous). */
+  token?: string | null;
 }
 
 /**
@@ -170,6 +176,13 @@ function setting(name: string, value: number | undefined, fallback: number, inte
   return value;
 }
 
+function bearerToken(token: string | null): string | null {
+  if (token !== null && !/^[\\x21-\\x7e]+$/.test(token)) {
+    throw new RangeError("DocraftClient: token must be the printable characters of a docraft token, without spaces");
+  }
+  return token;
+}
+
 /** `base/endpoint?query`: undefined values left out, null as empty (None), lists comma-joined. */
 function url(base: string, endpoint: string, query: object): string {
   const search = new URLSearchParams();
@@ -218,6 +231,9 @@ async function send<T>(
   }
   if (idempotencyKey !== undefined) {
     headers["Idempotency-Key"] = idempotencyKey;
+  }
+  if (settings.token !== null) {
+    headers["Authorization"] = `Bearer ${settings.token}`;
   }
   const init: RequestInit = {
     method: body === undefined ? "GET" : "POST",
