@@ -57,7 +57,7 @@ class Result:
     def line(self) -> str:
         ratio = "" if self.ratio_to_noop is None else f"  {self.ratio_to_noop:5.2f}x no-op"
         return (
-            f"{self.name:<24} {self.clients:>3} clients  {self.ops_per_s:8.0f} ops/s  "
+            f"{self.name:<34} {self.clients:>3} clients  {self.ops_per_s:8.0f} ops/s  "
             f"p50 {self.p50_ms:6.2f} ms  p99 {self.p99_ms:6.2f} ms  errors {self.errors}{ratio}"
         )
 

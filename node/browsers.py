@@ -9,9 +9,9 @@ network, and, by DNS rebinding (its name re-pointed at 127.0.0.1), read the
 answers. Three checks stop it, none of which a client other than a browser
 notices:
 
-- ``HostCheck``: a server answers only requests whose ``Host`` is its own
-  configured address, ``localhost``, ``127.0.0.1`` or ``[::1]`` at its own
-  port, or a name ``[http] hosts`` lists (421 ``host_not_allowed``);
+- ``HostCheck``: a server answers only requests whose ``Host`` is one of its
+  configured addresses, ``localhost``, ``127.0.0.1`` or ``[::1]`` at one of
+  its ports, or a name ``[http] hosts`` lists (421 ``host_not_allowed``);
 - ``check_content_type``: a POST must say ``Content-Type: application/json``,
   which a page can send elsewhere only with the CORS preflight docraft never
   grants, so a form or a ``fetch`` without one cannot reach an endpoint
@@ -22,6 +22,7 @@ notices:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from models.errors import HostNotAllowed, UnsupportedMediaType
 
 JSON_MEDIA_TYPE = "application/json"
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
+_WILDCARDS = ("0.0.0.0", "::", "")  # a listen address for every interface names no host
 _DEFAULT_PORTS = (80, 443)
 
 
@@ -60,22 +62,26 @@ def parse_http(table: Any) -> HttpConfig:
 
 
 class HostCheck:
-    """Which ``Host`` headers the server at ``address`` (``host:port``, as configured) answers; immutable."""
+    """Which ``Host`` headers a server answers; immutable.
 
-    def __init__(self, address: str, extra: tuple[str, ...] = ()) -> None:
-        name, port = _split(address)
-        self.port = port
-        self.exact = {(n, port) for n in (name, *_LOOPBACK)}
-        self.exact |= {_split(h) for h in extra if _split(h)[1] is not None}
-        self.any_port = {_split(h)[0] for h in extra if _split(h)[1] is None}
+    ``addresses`` are its own (``host:port``, as configured: the address
+    others reach it at, and the one it listens on); ``hosts`` is ``[http] hosts``.
+    """
+
+    def __init__(self, addresses: Sequence[str], hosts: Sequence[str] = ()) -> None:
+        own = [_split(address) for address in addresses]
+        self.default_port = next((port for _, port in own if port in _DEFAULT_PORTS), None)
+        self.exact = {(n, port) for name, port in own for n in (name, *_LOOPBACK) if n not in _WILDCARDS}
+        self.exact |= {_split(h) for h in hosts if _split(h)[1] is not None}
+        self.any_port = {_split(h)[0] for h in hosts if _split(h)[1] is None}
 
     def allows(self, host: str) -> bool:
         """Whether a request whose ``Host`` header is ``host`` is meant for this server."""
         name, port = _split(host)
         if name in self.any_port:
             return True
-        if port is None and self.port in _DEFAULT_PORTS:
-            port = self.port
+        if port is None:
+            port = self.default_port
         return (name, port) in self.exact
 
     def check(self, headers: HTTPHeaders) -> None:

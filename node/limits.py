@@ -38,6 +38,10 @@ MiB = 1024 * 1024
 MAX_JSON_DEPTH = 512  # the highest json_depth a cluster file may set: checking recurses that deep
 # How long a refused body may keep arriving after its 413 was sent (see BodyLimit), in seconds.
 LINGER = 5.0
+# A batch a router sends a shard (/_shard/...) may be larger than the client's request that made it: validation
+# fills in defaults. Cluster members' requests may be this many times body_bytes.
+INTERNAL_BODY_FACTOR = 4
+INTERNAL_PATHS = "/_shard/"
 _SETTINGS = ("body_bytes", "bulk_documents", "page_limit", "include_names", "json_depth")
 
 
@@ -51,6 +55,10 @@ class Limits:
     include_names: int = 8
     json_depth: int = 32
     page_limits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def body_limit_of(self, path: str) -> int:
+        """The most bytes a request body to ``path`` may have (``INTERNAL_BODY_FACTOR`` times more for ``/_shard/``)."""
+        return self.body_bytes * INTERNAL_BODY_FACTOR if path.startswith(INTERNAL_PATHS) else self.body_bytes
 
     def page_limit_of(self, endpoint: str) -> int:
         """The largest ``limit`` ``endpoint`` takes."""
@@ -165,19 +173,20 @@ def _positive(value: Any, what: str) -> None:
 
 
 def http_server(application: Application, limits: Limits, **options: Any) -> HTTPServer:
-    """An ``HTTPServer`` for ``application`` that refuses bodies over ``limits.body_bytes`` with a JSON 413.
+    """An ``HTTPServer`` for ``application`` that refuses bodies over ``limits.body_limit_of`` with a JSON 413.
 
     ``options`` are ``HTTPServer``'s (``xheaders``, ``ssl_options``...). A
     body that declares its length is refused before any of it is read; a
-    chunked one is read, without being kept, up to twice the limit, then
-    refused; beyond that Tornado closes the connection with a bare 400.
+    chunked one is read, without being kept, up to twice the largest limit,
+    then refused; beyond that Tornado closes the connection with a bare 400.
     """
-    cap = 2 * limits.body_bytes
-    return HTTPServer(BodyLimit(application, limits.body_bytes), max_body_size=cap, max_buffer_size=cap, **options)
+    cap = 2 * INTERNAL_BODY_FACTOR * limits.body_bytes
+    buffered = max(cap, MiB)  # a connection's read buffer must also hold headers (64 KiB) and a body chunk (64 KiB)
+    return HTTPServer(BodyLimit(application, limits), max_body_size=cap, max_buffer_size=buffered, **options)
 
 
 class BodyLimit(httputil.HTTPServerConnectionDelegate):
-    """Wraps an application: every request whose body is over ``body_bytes`` is answered 413 in the error shape.
+    """Wraps an application: every request whose body is over its limit is answered 413 in the error shape.
 
     A request that declares a longer ``Content-Length`` is answered at once and
     its connection closed (after taking, for up to ``LINGER`` seconds, what
@@ -185,12 +194,12 @@ class BodyLimit(httputil.HTTPServerConnectionDelegate):
     before the client has read the answer); the application never sees it.
     """
 
-    def __init__(self, application: Application, body_bytes: int) -> None:
+    def __init__(self, application: Application, limits: Limits) -> None:
         self.application = application
-        self.body_bytes = body_bytes
+        self.limits = limits
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        return _LimitedMessage(self.application.start_request(server_conn, request_conn), request_conn, self.body_bytes)
+        return _LimitedMessage(self.application.start_request(server_conn, request_conn), request_conn, self.limits)
 
     def on_close(self, server_conn: object) -> None:
         self.application.on_close(server_conn)
@@ -199,15 +208,20 @@ class BodyLimit(httputil.HTTPServerConnectionDelegate):
 class _LimitedMessage(httputil.HTTPMessageDelegate):
     """One request on its way to the application, counted byte by byte."""
 
-    def __init__(self, inner: httputil.HTTPMessageDelegate, connection: httputil.HTTPConnection, limit: int) -> None:
+    def __init__(
+        self, inner: httputil.HTTPMessageDelegate, connection: httputil.HTTPConnection, limits: Limits
+    ) -> None:
         self.inner = inner
         self.connection = connection
-        self.limit = limit
+        self.limit = limits.body_bytes
+        self.limits = limits
         self.received = 0
 
     def headers_received(
         self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine, headers: httputil.HTTPHeaders
     ) -> Awaitable[None] | None:
+        if isinstance(start_line, httputil.RequestStartLine):
+            self.limit = self.limits.body_limit_of(start_line.path)
         declared = _content_length(headers)
         if declared is not None and declared > self.limit and isinstance(self.connection, HTTP1Connection):
             stream = self.connection.detach()  # Tornado reads no more of this connection: it is ours to answer
@@ -237,7 +251,7 @@ class _LimitedMessage(httputil.HTTPMessageDelegate):
 
     def _refusal(self, size: int) -> tuple[str, httputil.HTTPHeaders, bytes]:
         error = PayloadTooLarge(
-            f"the request body is {size} bytes, more than the {self.limit} allowed ([limits] body_bytes)",
+            f"the request body is {size} bytes, more than the {self.limit} allowed here ([limits] body_bytes)",
             limit=self.limit,
         )
         body = ujson.dumps(error.to_json(), escape_forward_slashes=False).encode()

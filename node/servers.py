@@ -76,7 +76,7 @@ def dispatcher(
     guard = gate(config, AuditLog(config.path.parent / AUDIT_NAME, me.id))
     document = openapi_document(app, dispatcher_routes(), mutations_by_get=config.http.mutations_by_get)
     deps = {"router": router, "alerts": alerts, "document": document}
-    settings = request_settings(config.limits, HostCheck(me.http, config.http.hosts))
+    settings = request_settings(config.limits, HostCheck((me.http, me.http_listen), config.http.hosts))
     application = Application(rules("dispatcher", deps, guard), default_handler_class=NotFoundHandler, **settings)
     return Dispatcher(application, router, monitor, alerts, guard)
 
@@ -93,7 +93,7 @@ def replica_application(config: ClusterConfig, app: App, service: ShardService, 
     replica = service.config
     guard = gate(config, AuditLog(replica.data_dir / AUDIT_NAME, replica.id))
     deps = {"service": service, "repair": repair, "router": router}
-    settings = request_settings(config.limits, HostCheck(replica.http, config.http.hosts))
+    settings = request_settings(config.limits, HostCheck((replica.http, replica.http_listen), config.http.hosts))
     return Application(
         rules("replica", deps, guard, fault_injection), default_handler_class=NotFoundHandler, **settings
     )

@@ -138,12 +138,15 @@ def test_docraft_ups_cluster_file_allows_mutations_by_get_and_a_deployments_does
 
 
 def test_host_check_names_and_ports() -> None:
-    check = HostCheck("10.0.0.9:8000", ("db.example.com", "proxy.example.com:443"))
+    check = HostCheck(["10.0.0.9:8000"], ["db.example.com", "proxy.example.com:443"])
     allowed = ["10.0.0.9:8000", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "db.example.com:9", "db.example.com"]
     refused = ["10.0.0.9:8001", "10.0.0.9", "localhost", "evil.example:8000", "proxy.example.com:8000", "", ":8000"]
     assert [h for h in allowed if not check.allows(h)] == []
     assert [h for h in refused if check.allows(h)] == []
-    assert HostCheck("db.internal:80").allows("db.internal"), "no port in Host means the default one"
+    assert HostCheck(["db.internal:80"]).allows("db.internal"), "no port in Host means the default one"
+    behind_nat = HostCheck(["203.0.113.7:18000", "0.0.0.0:8000"])  # advertised, listened on
+    assert behind_nat.allows("203.0.113.7:18000") and behind_nat.allows("localhost:8000")
+    assert not behind_nat.allows("0.0.0.0:8000"), "a wildcard listen address is no name"
     with pytest.raises(HostNotAllowed):
         check.check(HTTPHeaders({"Host": "evil.example:8000"}))
     check.check(HTTPHeaders())  # no Host at all (HTTP/1.0): not a browser's request

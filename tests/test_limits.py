@@ -103,6 +103,12 @@ class BodyAndBulkLimitTest(LimitedCase):
         assert self.stored_ids() == [1], "nothing of the refused body is stored, nothing stored before is lost"
         assert self.call("POST", "/insert_user", user(3, city="x" * 3000))[0] == 200, "a body within the limit"
 
+    def test_cluster_members_batches_may_be_four_times_as_large(self) -> None:
+        """A router's batch for a shard holds the documents with their defaults filled in: it can outgrow the
+        client's request that made it (this dispatcher serves no /_shard/ route: 404 once the body is read)."""
+        assert self.fetch("/_shard/write", method="POST", body=b" " * 16384, headers=JSON).code == 404
+        assert self.fetch("/_shard/write", method="POST", body=b" " * 16385, headers=JSON).code == 413
+
     def test_a_chunked_body_over_body_bytes_is_413_too(self) -> None:
         async def produce(write: Any) -> None:
             for _ in range(7):  # 7000 bytes of JSON whitespace: over the limit, under twice the limit
