@@ -396,7 +396,16 @@ def partitioned_cluster(root: Path, **options: Any) -> Iterator[PartitionedClust
     reason = why_unavailable()
     if reason:
         pytest.skip(reason)
-    cluster = PartitionedCluster(root, **options)
+    with running(PartitionedCluster(root, **options)) as cluster:
+        yield cluster
+
+
+ClusterT = TypeVar("ClusterT", bound=Cluster)
+
+
+@contextlib.contextmanager
+def running(cluster: ClusterT) -> Iterator[ClusterT]:
+    """``cluster`` started for the body; its logs printed if the body fails, and always closed."""
     try:
         yield cluster.start()
     except Exception:

@@ -27,7 +27,7 @@ from node.config import ClusterConfig, ConfigError, load_config
 from node.loader import load_csv
 from node.shard_client import ShardClient
 from node.tls import TlsConfig, TlsUnusable, server_context
-from tests.harness import Cluster, wait_for
+from tests.harness import Cluster, running, wait_for
 
 CLUSTER_FILE = """
 secret = "{secret}"
@@ -141,14 +141,10 @@ def test_a_member_without_its_certificate_names_the_missing_file(tmp_path: Path)
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One shard of three replicas and a dispatcher with ``[tls]``, its certificates made by ``docraft certs``."""
-    cluster = Cluster(tmp_path_factory.mktemp("tls"), shards=1, replicas=3, sections={"tls": {"dir": "tls"}})
-    try:
-        yield cluster.start()
-    except Exception:
-        print(cluster.logs())
-        raise
-    finally:
-        cluster.close()
+    with running(
+        Cluster(tmp_path_factory.mktemp("tls"), shards=1, replicas=3, sections={"tls": {"dir": "tls"}})
+    ) as cluster:
+        yield cluster
 
 
 def urls(cluster: Cluster) -> list[str]:
