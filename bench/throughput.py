@@ -243,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             token = add_user(folder / "cluster.toml", "admin", "admin")
         cluster = LocalCluster(load_config(folder / "cluster.toml"), "examples.people", folder / "logs")
         cluster.start_all()
-        cluster.wait_ready()
+        try:
+            cluster.wait_ready()
+        except TimeoutError:
+            cluster.stop()  # never leave a half-started cluster behind
+            raise
         url = f"http://127.0.0.1:{args.port}"
         print(f"started a 2x3 cluster in {folder}", flush=True)
     try:
