@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.harness import Cluster, Writers, http, wait_for
+from tests.harness import Cluster, Writers, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -33,15 +33,9 @@ def stored_ids(cluster: Cluster, replica_id: str) -> set[int]:
             return ids
 
 
-def replica_status(cluster: Cluster, replica_id: str) -> dict:
-    code, body = http("GET", f"{cluster.replica_url(replica_id)}/_shard/status", timeout=2)
-    assert code == 200, body
-    return body
-
-
 def caught_up(cluster: Cluster, replica_ids: list[str]) -> bool:
     """Every replica answers, none is faulted, and all have applied the same index."""
-    statuses = [replica_status(cluster, r) for r in replica_ids]
+    statuses = [cluster.shard_status(r) for r in replica_ids]
     return all(s.get("fault") is None for s in statuses) and len({s["applied_index"] for s in statuses}) == 1
 
 
@@ -89,7 +83,7 @@ def test_rolling_sigterm_restart_under_load_with_a_lagging_replica_loses_nothing
         writers.wait_for_more(300, timeout=30)
         cluster.kill(follower, signal.SIGTERM)
         cluster.restart(follower)
-        wait_for(lambda: replica_status(cluster, follower), 20, f"{follower} answering")
+        wait_for(lambda: cluster.shard_status(follower), 20, f"{follower} answering")
         cluster.kill(leader, signal.SIGTERM)
         cluster.kill(laggard, signal.SIGCONT)
         cluster.restart(leader)
@@ -108,7 +102,7 @@ def test_a_replica_that_lost_acknowledged_entries_does_not_vote_until_caught_up(
     with Writers(cluster.url, count=4) as writers:
         writers.wait_for_more(100, timeout=20)
         acked = writers.stop()
-    acked_before = replica_status(cluster, victim)["acked_index"]
+    acked_before = cluster.shard_status(victim)["acked_index"]
     cluster.kill(victim, signal.SIGKILL)
     cluster.kill(leader, signal.SIGKILL)
     # The victim's disk loses its log and snapshot; its term, vote and acknowledged index survive.
@@ -116,22 +110,22 @@ def test_a_replica_that_lost_acknowledged_entries_does_not_vote_until_caught_up(
     for name in ("raft.journal", "snapshot.json"):
         (data_dir / name).unlink(missing_ok=True)
     cluster.restart(victim)
-    status = wait_for(lambda: replica_status(cluster, victim), 20, f"{victim} answering")
+    status = wait_for(lambda: cluster.shard_status(victim), 20, f"{victim} answering")
     if status["fault"] is None:  # answered before its first Raft tick looked at its log
-        status = wait_for(lambda: (s := replica_status(cluster, victim))["fault"] and s, 5, f"{victim} faulted")
+        status = wait_for(lambda: (s := cluster.shard_status(victim))["fault"] and s, 5, f"{victim} faulted")
     assert status["fault"]["kind"] == "entries_lost", status
     assert status["acked_index"] >= acked_before
 
     # Without the leader, the other replica needs the victim's vote; the victim must refuse it.
     end = time.monotonic() + 3.0
     while time.monotonic() < end:
-        roles = {r: replica_status(cluster, r)["role"] for r in (victim, other)}
+        roles = {r: cluster.shard_status(r)["role"] for r in (victim, other)}
         assert "leader" not in roles.values(), f"a leader was elected with a replica that lost entries: {roles}"
         time.sleep(0.1)
 
     cluster.restart(leader)
     cluster.leader_of("s0", timeout=20)
-    wait_for(lambda: replica_status(cluster, victim)["fault"] is None, 30, f"{victim} caught up and voting")
+    wait_for(lambda: cluster.shard_status(victim)["fault"] is None, 30, f"{victim} caught up and voting")
     assert acked <= stored_ids(cluster, victim)
 
 
@@ -149,13 +143,13 @@ def test_a_replica_whose_snapshot_cannot_be_loaded_takes_no_part_in_its_group(cl
     snapshot.write_text('{"state": {"format": 2, "collections": {"User": [{"id": "not an int"')
     cluster.kill(leader, signal.SIGKILL)
     cluster.restart(victim)
-    status = wait_for(lambda: (s := replica_status(cluster, victim)).get("fault") and s, 20, f"{victim} faulted")
+    status = wait_for(lambda: (s := cluster.shard_status(victim)).get("fault") and s, 20, f"{victim} faulted")
     assert status["fault"]["kind"] == "snapshot_unloadable", status
 
     # It neither votes nor acknowledges: the other replica cannot be elected with it.
     end = time.monotonic() + 3.0
     while time.monotonic() < end:
-        roles = {r: replica_status(cluster, r)["role"] for r in (victim, other)}
+        roles = {r: cluster.shard_status(r)["role"] for r in (victim, other)}
         assert "leader" not in roles.values(), f"a leader was elected with an unloadable replica: {roles}"
         time.sleep(0.1)
     code, body = cluster.get("/get_user", base=cluster.replica_url(victim), id=1, consistency="stale")

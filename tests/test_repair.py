@@ -78,7 +78,7 @@ def test_a_repaired_follower_keeps_its_term_and_vote_and_gets_every_write_back(c
         writers.wait_for_more(100, timeout=20)
         acked = writers.stop()
     before = term_and_vote(cluster, victim)
-    started = http("GET", f"{cluster.replica_url(victim)}/_shard/status")[1]["started_at"]
+    started = cluster.shard_status(victim)["started_at"]
     code, body = repair(cluster, victim)
     assert code == 202, body
 
