@@ -3,6 +3,7 @@
     python -m bench.fault --duration 120 --seed 7
     python -m bench.fault --duration 60 --seed 5 --targets --port 9400
     python -m bench.fault --duration 60 --nemesis kill,restart,lag --compaction-entries 100 --keep
+    python -m bench.fault --duration 120 --shards 2 --nemesis kill,pause,restart,reshard
 
 Starts its own cluster (default 1 shard x 3 replicas + a dispatcher, app
 ``bench.register_app``, a snapshot and journal compaction every
@@ -287,7 +288,8 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> tup
     leaders = LeaderWatch(harness, run.now)
     watching = asyncio.create_task(snapshots.run())
     watching_leaders = asyncio.create_task(leaders.run())
-    nemesis = Nemesis(harness, args.nemesis, random.Random(rng.random()), run.now, snapshots)
+    keys = range(max(args.keys, args.counters))  # registers and counters are keyed 0, 1, ...: reshard moves their slots
+    nemesis = Nemesis(harness, args.nemesis, random.Random(rng.random()), run.now, snapshots, keys)
     done = asyncio.Event()
 
     async def faults() -> None:
@@ -402,6 +404,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--compaction-entries must be positive, got {args.compaction_entries}")
     if min(args.clients, args.keys, args.counters) < 1 or args.counter_clients < 0:
         parser.error("--clients, --keys and --counters must be positive, --counter-clients not negative")
+    if "reshard" in kinds and args.shards < 2:
+        parser.error("the reshard nemesis moves slots between shards: give --shards 2 or more")
     args.nemesis = kinds
     return args
 

@@ -16,6 +16,8 @@ COLOURS = {
     "restart": "tab:pink",
     "repair": "tab:cyan",
     "lag": "tab:olive",
+    "reshard": "tab:gray",
+    "membership": "tab:green",
 }
 
 

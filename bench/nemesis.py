@@ -10,7 +10,15 @@ fault of each kind at the leader, later ones at it 60% of the time):
 - ``partition-dispatcher``: the same, and the dispatcher (and the benchmark) cannot reach it either.
 - ``restart-all``: SIGKILL every replica of the group, restart them all.
 - ``restart``: SIGTERM a replica (it snapshots and stops gracefully), wait for it to exit, start it again.
-- ``repair``: ``docraft repair`` on a follower. A refusal (exit 2) is ``skipped``, a timeout ``failed``.
+- ``repair``: ``docraft repair`` (remove, wipe, add) on a follower. A refusal (exit 2) is ``skipped``, a
+  timeout ``failed``.
+- ``membership``: ``docraft replica remove`` of a replica (the leader hands leadership over first), kept
+  from retiring; it is then stopped, its data directory emptied but for its term and vote, started again
+  (it joins as a learner) and added back with ``docraft replica add``. A refused removal (no healthy
+  majority) is ``skipped``; an add that does not finish is ``failed``.
+- ``reshard`` (2 shards or more): move a range of 64-512 slots holding a workload key to another shard
+  with ``node.rebalance.move_range``, run in this process; one time in four the mover is cancelled
+  mid-copy and ``node.rebalance.resume`` finishes the move. ``failed`` if the move did not end committed.
 - ``lag``: SIGSTOP a follower until the others have compacted their logs past it, then stop one of the
   others (SIGTERM or SIGKILL), or half the time both (issue 8: SIGTERM the other follower, SIGTERM or
   SIGKILL the leader); SIGCONT the follower, restart the first one stopped (and once a leader is elected
@@ -29,12 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import random
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,23 +51,43 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from bench.netns import TestNetwork
 from consensus.replica import SNAPSHOT_FILE
+from consensus.slots import slot_of
 from models.errors import DocraftError
-from node.admin import repair
 from node.config import load_config, render_config
 from node.launcher import LocalCluster
+from node.membership import add, remove, repair
+from node.rebalance import holdings, move_range, reports, resume
+from node.router import Router
 from node.shard_client import ShardClient
+from query.app import load_app
 
-NEMESES = ("kill", "pause", "partition", "partition-dispatcher", "restart-all", "restart", "repair", "lag")
+NEMESES = (
+    "kill",
+    "pause",
+    "partition",
+    "partition-dispatcher",
+    "restart-all",
+    "restart",
+    "repair",
+    "lag",
+    "reshard",
+    "membership",
+)
 PARTITIONS = ("partition", "partition-dispatcher")  # the kinds that need the test network
 APP = "bench.register_app"
 SHARD = "s0"
 SETTLE_LIMIT = 20.0  # seconds to wait for the group to be whole and caught up before the next fault
 STOP_LIMIT = 15.0  # seconds a SIGTERMed replica may take to exit before it counts as failed (and is killed)
-REPAIR_LIMIT = 30.0  # seconds ``docraft repair`` may take to make the replica agree again
+REPAIR_LIMIT = 60.0  # seconds ``docraft repair`` may take to make the replica agree again
+MEMBERSHIP_LIMIT = 60.0  # seconds ``docraft replica remove`` (and later ``add``) may take
+KEPT_ON_WIPE = ("raft.journal.meta",)  # term and vote: a member must never vote twice in a term
 CATCH_UP_LIMIT = 30.0  # seconds a healed replica may take to catch up (a lagging follower past this fails)
 CATCH_UP_POLL = 0.05  # seconds between status polls of a healed replica
 ELECTION_LIMIT = 5.0  # seconds the lag nemesis waits for a leader before restarting the last replica it stopped
 LAG_MIN, LAG_MAX = 3.0, 15.0  # seconds a lagging follower stays stopped (at least; at most, waiting for compactions)
+RESHARD_SLOTS = (64, 512)  # how many slots one reshard fault moves (at least, at most; fewer at a range's end)
+RESHARD_CANCEL = 0.25  # how often the mover is cancelled mid-copy and the move finished by resume
+RESHARD_LIMIT = 60.0  # seconds a reshard (with its resume) may take before it counts as failed
 
 
 async def fetch(
@@ -183,6 +210,7 @@ class Harness:
         self.paused: set[str] = set()
         self.dead: set[str] = set()
         self._shard_client: ShardClient | None = None
+        self._router: Router | None = None
 
     def replicas(self, shard: str = SHARD) -> list[str]:
         return [r.id for r in self.config.shard(shard).replicas]
@@ -211,6 +239,12 @@ class Harness:
             return await self._shard_client.status(self.config.replica(name), timeout)
         except DocraftError:
             return {}
+
+    def router(self) -> Router:
+        """A router of this process (for moving slots), made on the event loop on first use."""
+        if self._router is None:
+            self._router = Router(self.config, load_app(APP), ShardClient(self.config))
+        return self._router
 
     async def replica_statuses(self, shard: str = SHARD) -> GroupStatus:
         """The group as its replicas answer directly; a silent replica has role ``unreachable``."""
@@ -362,8 +396,11 @@ class Nemesis:
         rng: random.Random,
         clock: Callable[[], float],
         snapshots: SnapshotWatch,
+        workload_keys: Sequence[Any] = (),
     ) -> None:
+        """``workload_keys``: partition keys the workload uses; ``reshard`` moves slots holding them."""
         self.harness = harness
+        self.workload_keys = list(workload_keys)
         self.kinds = kinds
         self.rng = rng
         self.clock = clock
@@ -378,7 +415,9 @@ class Nemesis:
             "restart-all": self._restart_all,
             "restart": self._restart,
             "repair": self._repair,
+            "membership": self._membership,
             "lag": self._lag,
+            "reshard": self._reshard,
         }
 
     async def run(self, until: float) -> None:
@@ -528,16 +567,30 @@ class Nemesis:
             fault.outcome, fault.detail = "skipped", "no follower to repair"
             return
         target = self._aim(fault, status, followers)
-        code, output = await asyncio.to_thread(self._run_repair, target)
+        said: list[str] = []
+        code = await asyncio.to_thread(repair, self.harness.config, target, REPAIR_LIMIT, said.append)
         fault.outcome = {0: "done", 2: "skipped"}.get(code, "failed")
-        fault.detail = f"docraft repair exit {code}: " + " / ".join(output.split("\n")).strip(" /")
+        fault.detail = f"docraft repair exit {code}: " + " / ".join(said)
 
-    def _run_repair(self, target: str) -> tuple[int, str]:
-        """``docraft repair`` (in a worker thread); its exit code and what it printed."""
-        # Capturing its prints swaps sys.stdout for the whole process; nothing else prints meanwhile.
-        with contextlib.redirect_stdout(io.StringIO()) as output:
-            code = repair(self.harness.config, target, REPAIR_LIMIT)
-        return code, output.getvalue()
+    async def _membership(self, fault: Fault, status: GroupStatus) -> None:
+        target = self._aim(fault, status)
+        self._struck(fault)  # from the removal on: a leader hands over to another before it is removed
+        config, said = self.harness.config, list[str]()
+        code = await asyncio.to_thread(remove, config, target, MEMBERSHIP_LIMIT, said.append, False)
+        if code != 0:
+            fault.outcome = "skipped" if code == 2 else "failed"
+            fault.detail = f"docraft replica remove exit {code}: " + " / ".join(said)
+            return
+        stopped, how = await self._stop(target, graceful=True)
+        data_dir = config.replica(target).data_dir
+        for path in data_dir.iterdir():
+            if path.is_file() and path.name not in KEPT_ON_WIPE:
+                path.unlink()
+        self.harness.restart(target)
+        code = await asyncio.to_thread(add, config, target, MEMBERSHIP_LIMIT, said.append)
+        fault.outcome = "done" if code == 0 and stopped else "failed"
+        fault.detail = f"{how}; docraft replica add exit {code}: " + " / ".join(said)
+        await self.catch_up(fault, [target])
 
     async def _lag(self, fault: Fault, status: GroupStatus) -> None:
         replicas = self.harness.replicas()
@@ -580,3 +633,55 @@ class Nemesis:
         while self.clock() - start < LAG_MAX and not (self.clock() - start >= hold and compacted()):
             await asyncio.sleep(0.1)
         return f"{slow} stopped {self.clock() - start:.1f}s" + ("" if compacted() else " (no compaction meanwhile)")
+
+    async def _reshard(self, fault: Fault, status: GroupStatus) -> None:
+        router = self.harness.router()
+        owned, _ = holdings(await reports(router))
+        key = self.rng.choice(self.workload_keys or [0])
+        slot = slot_of(key)
+        held = [
+            (shard, first, last) for shard, ranges in owned.items() for first, last in ranges if first <= slot <= last
+        ]
+        others = [shard for shard in owned if not held or shard != held[0][0]]
+        if not held or not others:
+            fault.outcome, fault.detail = "skipped", f"no shard owns slot {slot} (key {key!r}), or no other to take it"
+            return
+        source, first, last = held[0]
+        width = self.rng.randint(*RESHARD_SLOTS)
+        start = max(first, slot - self.rng.randrange(width))
+        end = min(last, start + width - 1)
+        target = self.rng.choice(others)
+        fault.target = f"{start}-{end} {source}->{target}"
+        self._struck(fault)
+        cancel = self.rng.random() < RESHARD_CANCEL
+        try:
+            moving = self._move(router, source, target, [(start, end)], cancel)
+            committed, detail = await asyncio.wait_for(moving, RESHARD_LIMIT)
+        except (DocraftError, TimeoutError) as exc:
+            fault.outcome, fault.detail = "failed", f"key {key!r} slot {slot}: {type(exc).__name__}: {exc}"
+            return
+        fault.outcome = "done" if committed else "failed"
+        fault.detail = f"key {key!r} slot {slot}: {detail}"
+
+    async def _move(
+        self, router: Router, source: str, target: str, slots: list[tuple[int, int]], cancel: bool
+    ) -> tuple[bool, str]:
+        """Move ``slots``; with ``cancel``, cancel the mover after its first page and resume the move.
+        Whether the move ended committed, and what happened."""
+        shard, to = router.config.shard(source), router.config.shard(target)
+        if not cancel:
+            summary = await move_range(router, shard, to, slots)
+            return True, f"{summary.docs} docs, freeze {summary.freeze_ms or 0:.0f} ms, epoch {summary.epoch}"
+        copying = asyncio.Event()
+        mover = asyncio.ensure_future(move_range(router, shard, to, slots, lambda *_: copying.set()))
+        waiting = asyncio.ensure_future(copying.wait())
+        await asyncio.wait([mover, waiting], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        mover.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await mover
+        if not mover.cancelled():
+            return True, f"the mover committed before it could be cancelled ({mover.result().docs} docs)"
+        resumed = await resume(router)
+        outcomes = ", ".join(f"{s.move} {s.outcome}" for s in resumed)
+        return any(s.outcome == "committed" for s in resumed), f"cancelled mid-copy, resumed: {outcomes or 'nothing'}"

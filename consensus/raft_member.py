@@ -25,6 +25,17 @@ checked at start; see ``check_pysyncobj``):
   whose log disagrees with the leader's at ``prevLogIdx`` answers with the first
   index of its conflicting term, not ``prevLogIdx``, so a long divergent tail
   costs one round trip per term, not per entry.
+- **Membership changes** (PySyncObj's dynamic membership, one server at a
+  time): a change is refused while another sits uncommitted in the log
+  (PySyncObj never enforced it); the lease counts voters only and restarts
+  after every change; PySyncObj's utility ``add``/``remove``/``transfer``
+  messages are refused (changes go through docraft's checks). A ``learner``
+  member (``mode``) is PySyncObj's read-only node; a ``joining`` one does not
+  stand for election until its leader has reached it, so a promoted learner
+  that the group has not added yet cannot inflate its term.
+- **Leadership transfer** (``transfer``): the target's vote requests carry
+  ``transfer`` and pass leader stickiness; the old leader gives up its lease
+  when it sends ``timeout_now``, since the voters may now elect another at once.
 - **Dead links are dropped.** PySyncObj checks a connection's read timeout
   only when the socket has an event; a connection attempt whose SYN a
   partition dropped, or a link that went silent, then waits for TCP's own
@@ -33,22 +44,26 @@ checked at start; see ``check_pysyncobj``):
   leader) to a follower, that has been silent for ``connection_timeout``; the
   transport reconnects at once.
 
-Threads: everything here runs on PySyncObj's thread, except ``lease_valid``
-(any thread: it reads one float).
+Threads: everything here runs on PySyncObj's thread, except ``lease_valid``,
+``membership_change_pending``, ``progress`` (any thread: they read values the
+Raft thread replaces whole), ``propose_membership`` and ``transfer`` (any
+thread: they queue work for the Raft thread).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pysyncobj.syncobj
-from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.version import VERSION as PYSYNCOBJ_VERSION
 
@@ -64,10 +79,15 @@ HOOKS = {
         "_SyncObj__onMessageReceived",
         "_SyncObj__sendNextNodeIdx",
         "_SyncObj__loadDumpFile",
+        "_SyncObj__changeCluster",
+        "_SyncObj__doChangeCluster",
     ),
     "SyncObj instance": (
         "_SyncObj__raftLog",
         "_SyncObj__raftNextIndex",
+        "_SyncObj__raftMatchIndex",
+        "_SyncObj__lastResponseTime",
+        "_SyncObj__leaderCommitIndex",
         "_SyncObj__raftElectionDeadline",
         "_SyncObj__raftCurrentTerm",
         "_SyncObj__transport",
@@ -77,6 +97,9 @@ HOOKS = {
     "TCPTransport instance": ("_connections", "send"),
 }
 _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
+_MEMBERSHIP_ENTRY = b"\x02"  # the first byte of a PySyncObj membership entry (_COMMAND_TYPE.MEMBERSHIP)
+# PySyncObj's utility messages that would change the group without docraft's checks.
+_UTILITY_CHANGES = ("add", "remove", "transfer")
 # PySyncObj creates its journal through a module-level name; it is swapped for
 # DocraftJournal while a member is constructed, under this lock.
 _JOURNAL_FACTORY = threading.Lock()
@@ -180,6 +203,8 @@ class RaftMember(SyncObj):  # type: ignore[misc]
     ``raft_address`` is where the other members reach this one, ``bind_address`` where it listens
     (default: the same host and port; never every interface unless asked for with ``0.0.0.0``).
     ``conf_options`` are further ``SyncObjConf`` options (serializer hooks, journal files...).
+    ``mode`` is ``voter``, ``learner`` (``peers`` are then the group's voters, and the member binds
+    nothing) or ``joining`` (see ``consensus.members``).
     Subclasses that take ``onStateChanged`` call ``RaftMember._on_state_changed`` from theirs.
     """
 
@@ -190,10 +215,17 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         password: str,
         timings: RaftTimings,
         bind_address: str | None = None,
+        mode: str = "voter",
         **conf_options: Any,
     ) -> None:
         check_pysyncobj()
         self.raft_address = raft_address
+        self.mode = mode
+        self.removed = False  # this member appended its own removal (PySyncObj ignores it: a leader drops it)
+        self._change_pending = False  # a membership entry above the commit index (leader; Raft thread writes)
+        self._transfer_term: int | None = None  # the term in which our leader asked us to take over
+        self._lease_blocked: tuple[int, float] = (-1, 0.0)  # no lease in this term until then: we handed over
+        self._raft_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.timings = timings
         self.fault: ReplicaFault | None = None
         self._startup_checked = False
@@ -220,7 +252,7 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             logCompactionMinEntries=timings.compaction_min_entries,
             logCompactionMinTime=timings.compaction_min_seconds,
             commandsWaitLeader=False,
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=True,
             onStateChanged=self._on_state_changed,
             **conf_options,
         )
@@ -228,7 +260,7 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             create_journal = pysyncobj.syncobj.createJournal
             pysyncobj.syncobj.createJournal = functools.partial(DocraftJournal, fsync=timings.fsync)
             try:
-                super().__init__(raft_address, peers, conf)
+                super().__init__(None if mode == "learner" else raft_address, peers, conf)
             finally:
                 pysyncobj.syncobj.createJournal = create_journal
         self.journal: DocraftJournal = self._SyncObj__raftLog
@@ -243,6 +275,8 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             raise
         self._transport_send = transport.send
         transport.send = self._send
+        for name in _UTILITY_CHANGES:
+            transport.setOnUtilityMessageCallback(name, _refuse_utility)
         self.addOnTickCallback(self._on_tick)
 
     # -- the lease ------------------------------------------------------------
@@ -254,11 +288,19 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         return not self.otherNodes or time.monotonic() < self._lease_expiry
 
     def _record_lease_ack(self, node: Any, stamp: Any) -> None:
+        """Count ``node``'s echo of a heartbeat's (term, send time); only voters make a lease's majority."""
         term, sent = stamp
         if term != self._SyncObj__raftCurrentTerm or not self._isLeader():
             return
+        voters = self.otherNodes
+        if node not in voters:  # a learner, or a member removed since: its ack promises nothing
+            self._lease_acks.pop(node, None)
+            return
+        blocked_term, blocked_until = self._lease_blocked
+        if term == blocked_term and time.monotonic() < blocked_until:
+            return  # we asked another member to take over: the voters may elect it at once
         self._lease_acks[node] = max(self._lease_acks.get(node, float("-inf")), float(sent))
-        needed = (len(self.otherNodes) + 1) // 2  # followers that make a majority with the leader
+        needed = (len(voters) + 1) // 2  # followers that make a majority with the leader
         newest = sorted(self._lease_acks.values(), reverse=True)
         if len(newest) >= needed:
             self._lease_expiry = newest[needed - 1] + self.timings.lease
@@ -268,6 +310,97 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         self._lease_acks.clear()
         self._reset_floor.clear()
         self._lease_expiry = 0.0
+        self._change_pending = False
+
+    def _drop_lease(self) -> None:
+        self._lease_acks.clear()
+        self._lease_expiry = 0.0
+
+    # -- membership ---------------------------------------------------------------
+
+    def membership_change_pending(self) -> bool:
+        """Whether this leader's log holds a membership change it has not committed yet. Any thread."""
+        return self._change_pending
+
+    def _scan_pending_change(self) -> bool:
+        """Raft thread: whether a membership entry sits in the log above the commit index."""
+        journal, commit = self.journal, self.raftCommitIndex
+        if not len(journal):
+            return False
+        first = int(journal[0][1])
+        for position in range(max(commit + 1 - first, 0), len(journal)):
+            if journal[position][0][:1] == _MEMBERSHIP_ENTRY:
+                return True
+        return False
+
+    def _SyncObj__changeCluster(self, request: list[Any]) -> bool:  # noqa: N802
+        """Raft thread, leader, before appending a membership entry: one change at a time.
+
+        PySyncObj means to refuse a change while another is uncommitted but never records the
+        other's index; False here makes it answer ``REQUEST_DENIED``.
+        """
+        if self._scan_pending_change():
+            return False
+        accepted: bool = SyncObj._SyncObj__changeCluster(self, request)
+        self._change_pending = self._change_pending or accepted
+        return accepted
+
+    def _SyncObj__doChangeCluster(self, request: list[Any], reverse: bool = False) -> bool:  # noqa: N802
+        """Raft thread: a membership entry appended (or, ``reverse``, truncated) changes the voters.
+
+        Every change restarts the lease: its majority was counted in the old configuration. A member
+        that appends its own removal notes it (PySyncObj ignores it), so it stops calling itself a voter.
+        """
+        kind, node_id = request[0], request[1]
+        if kind == "rem" and node_id == self.raft_address and self.mode != "learner":
+            self.removed = not reverse
+        changed: bool = SyncObj._SyncObj__doChangeCluster(self, request, reverse)
+        if changed:
+            self._drop_lease()
+        return changed
+
+    def propose_membership(self, op: str, address: str, callback: Callable[[Any, int], None]) -> None:
+        """Append ``add``/``remove`` of ``address``; ``callback(result, FAIL_REASON)`` runs on the Raft thread.
+
+        ``SUCCESS`` once the change is committed and applied here; ``REQUEST_DENIED`` while another change
+        is uncommitted or before this leader's first entry is applied; ``NOT_LEADER``/``MISSING_LEADER``.
+        Any thread. The caller checks the group can afford the change first (``node.membership``).
+        """
+        if op == "add":
+            self.addNodeToCluster(address, callback)
+        elif op == "remove":
+            self.removeNodeFromCluster(address, callback)
+        else:
+            raise ValueError(f"a membership change is add or remove, not {op!r}")
+
+    def transfer(self, target: str | None, callback: Callable[[Any, int], None]) -> None:
+        """Ask the caught-up voter ``target`` (or the most caught-up one) to take over leadership.
+
+        ``callback(None, FAIL_REASON)`` runs on the Raft thread: ``SUCCESS`` when ``timeout_now`` was sent
+        (the transfer itself is confirmed by a new leader), ``REQUEST_DENIED`` when the target is not fully
+        caught up or not a connected voter, ``NOT_LEADER``. Any thread.
+        """
+        self._raft_calls.put(lambda: self.transferLeadership(target, callback))
+
+    def progress(self) -> dict[str, dict[str, Any]]:
+        """On a leader: each voter's match index and seconds since it last answered; else empty. Any thread."""
+        if not self._isLeader():
+            return {"match_index": {}, "last_response_age": {}}
+        voters = {node.address: node for node in self.otherNodes}
+        matched = dict(self._SyncObj__raftMatchIndex)
+        answered = dict(self._SyncObj__lastResponseTime)
+        now = time.monotonic()
+        return {
+            "match_index": {a: matched[n] for a, n in voters.items() if n in matched},
+            "last_response_age": {a: round(now - answered[n], 3) for a, n in voters.items() if n in answered},
+        }
+
+    def voters(self) -> list[str]:
+        """The group's voters as this member's log says (itself included when it is one). Any thread."""
+        others = {node.address for node in self.otherNodes}
+        if self.mode == "voter" and not self.removed:
+            others.add(self.raft_address)
+        return sorted(others)
 
     # -- messages in and out ----------------------------------------------------
 
@@ -278,6 +411,13 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             message["lease"] = (self._SyncObj__raftCurrentTerm, time.monotonic())
         elif kind == "next_node_idx" and self._echo is not None:
             message["lease"] = self._echo
+        elif kind == "request_vote" and self._transfer_term is not None:
+            if message.get("term") == self._transfer_term + 1:
+                message["transfer"] = True  # our leader asked us to stand: pass the voters' stickiness
+        elif kind == "timeout_now":
+            self._drop_lease()
+            timings = self.timings
+            self._lease_blocked = (self._SyncObj__raftCurrentTerm, time.monotonic() + timings.leader_fallback)
         sent: bool = self._transport_send(node, message)
         return sent
 
@@ -289,8 +429,10 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             self.fault.kind == "snapshot_unloadable" or kind in ("request_vote", "timeout_now")
         ):
             return  # out of the group: no votes, no leadership, and no acks while the state is unusable
-        if kind == "request_vote" and self._leader_recently_heard():
+        if kind == "request_vote" and not message.get("transfer") and self._leader_recently_heard():
             return  # leader stickiness: the lease of the leader we heard from must hold
+        if kind == "timeout_now" and message.get("term", -1) >= self._getTerm() and node == self._getLeader():
+            self._transfer_term = self._getTerm()
         if kind == "append_entries":
             self._on_append(node, message, handle)
         elif kind == "next_node_idx":
@@ -302,7 +444,9 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         return not self._isLeader() and time.monotonic() - self._heard_from_leader < self.timings.election_min
 
     def _on_append(self, node: Any, message: dict[str, Any], handle: Any) -> None:
-        if message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
+        current = message.get("term", -1) >= self._SyncObj__raftCurrentTerm
+        leader_commit = message.get("commit_index", -1)
+        if current:
             self._heard_from_leader = time.monotonic()
             self._echo = message.get("lease")
             self._conflict_from = self._first_index_of_conflict(message)
@@ -317,6 +461,10 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         finally:
             self._echo = None
             self._conflict_from = None
+        if self.mode == "joining" and current and self.raftCommitIndex >= leader_commit > 0:
+            # Only a leader that added us sends appends (the others drop our links): we are in the group.
+            log.info("replica %s holds its leader's commit index %d: a voter now", self.raft_address, leader_commit)
+            self.mode = "voter"
 
     def _first_index_of_conflict(self, message: dict[str, Any]) -> int | None:
         """Where the term that disagrees with the leader's at ``prevLogIdx`` starts here, or ``None``."""
@@ -377,12 +525,19 @@ class RaftMember(SyncObj):  # type: ignore[misc]
     # -- every tick ---------------------------------------------------------------
 
     def _on_tick(self) -> None:
-        """Raft thread, after each tick: flush, notice lost entries, keep faulty members out, drop dead links."""
+        """Raft thread, after each tick: flush, run queued calls, notice lost entries, keep faulty and
+        joining members out of elections, drop dead links."""
         self.journal.sync()
+        while not self._raft_calls.empty():
+            self._raft_calls.get()()
         if not self._startup_checked:
             self._startup_checked = True
             self._check_acknowledged_entries()
         self._drop_dead_links()
+        if self._isLeader():
+            self._change_pending = self._scan_pending_change()
+        if self.mode == "joining":
+            self._SyncObj__raftElectionDeadline = time.monotonic() + _NO_ELECTION
         if self.fault is None:
             return
         # The log grows only by a leader's appends while the member stands out of elections, and a
@@ -432,3 +587,9 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             expect_traffic = state == CONNECTION_STATE.CONNECTING or leading or node == leader
             if expect_traffic and now - connection._TcpConnection__lastReadTime > timeout:
                 connection.disconnect()
+
+
+def _refuse_utility(args: Any, callback: Callable[[Any, int], None]) -> None:
+    """PySyncObj's utility ``add``/``remove``/``transfer`` (syncobj_admin): docraft changes its groups only
+    through its own checked routes."""
+    callback(None, FAIL_REASON.REQUEST_DENIED)

@@ -12,9 +12,11 @@ half-applied command. Nothing here blocks the loop.
 
 Files in the data directory: ``raft.journal`` (the log, an mmap, see
 ``consensus.journal``), ``raft.journal.meta`` (term and vote),
-``raft.journal.acked`` (the last index this replica acknowledged) and
+``raft.journal.acked`` (the last index this replica acknowledged),
 ``snapshot.json`` (our JSON snapshot, written by PySyncObj's log compaction
-through the ``serializer`` hook). With ``fsync`` on, each is flushed to disk
+through the ``serializer`` hook) and ``raft.members`` (its mode and the
+group's voters as its log last said: ``consensus.members``, rewritten on
+every change). With ``fsync`` on, each is flushed to disk
 before the replica acknowledges what it holds.
 
 Raft itself, with docraft's fixes to PySyncObj (journal, faults, lease,
@@ -38,9 +40,10 @@ import ujson
 from pysyncobj import FAIL_REASON, replicated
 from pysyncobj.node import TCPNode
 
+from consensus.members import Membership, write_membership
 from consensus.raft_member import RaftMember, RaftTimings, ReplicaFault, truncations
 from consensus.state_machine import Result, StateMachine
-from models.errors import NoLeader, NotLeader, OutcomeUnknown, ReplicaFaulted
+from models.errors import DocraftError, MembershipRefused, NoLeader, NotLeader, OutcomeUnknown, ReplicaFaulted
 
 log = logging.getLogger("docraft.replica")
 
@@ -51,9 +54,9 @@ SNAPSHOT_FILE = "snapshot.json"
 class Replica(RaftMember):
     """A Raft member holding one shard's state machine.
 
-    ``peers`` are the Raft addresses (``host:port``) of the other members; it listens on
-    ``bind_address`` (default: ``raft_address``).
-    ``on_role_change`` is called on the Raft thread after every state change.
+    ``peers`` are the Raft addresses (``host:port``) of the other voters; it listens on
+    ``bind_address`` (default: ``raft_address``). ``mode`` is ``voter``, ``learner`` or ``joining``
+    (``consensus.members``); the replica keeps ``raft.members`` up to date from then on.
     """
 
     def __init__(
@@ -65,8 +68,13 @@ class Replica(RaftMember):
         password: str,
         timings: RaftTimings,
         bind_address: str | None = None,
+        mode: str = "voter",
+        initial_slots: list[list[int]] | None = None,
     ) -> None:
+        Membership(mode, ())  # ValueError for an unknown mode, before anything starts
         self.state_machine = state_machine
+        # The slot ranges the cluster file gives this group (None: propose none); see _on_state_changed.
+        self.initial_slots = initial_slots
         self.data_dir = data_dir
         self._lock = threading.Lock()
         # Reads are served as leader only once an entry of the leader's own
@@ -80,6 +88,11 @@ class Replica(RaftMember):
         # Every future handed out by submit and not settled yet (loop thread only).
         self._waiting: set[asyncio.Future[Result]] = set()
         self.started_at = time.time()
+        # PySyncObj replaces its voters with a snapshot's when it loads one. On start the voters given
+        # (raft.members: the latest appended configuration) are newer than the snapshot's: keep them.
+        voters = set(peers) if mode == "learner" else {*peers, raft_address}
+        self._startup_cluster: set[str] | None = voters
+        self._recorded: Membership | None = None
         data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(
             raft_address,
@@ -87,11 +100,13 @@ class Replica(RaftMember):
             password,
             timings,
             bind_address,
+            mode,
             journalFile=str(data_dir / JOURNAL_FILE),
             fullDumpFile=str(data_dir / SNAPSHOT_FILE),
             serializer=self._write_snapshot,
             deserializer=self._read_snapshot,
         )
+        self.addOnTickCallback(self._record_membership)
 
     # -- the one replicated entry point --------------------------------------
 
@@ -182,7 +197,9 @@ class Replica(RaftMember):
         """Raft thread: on becoming leader, commit an entry of the new term before serving reads.
 
         The entry also records this process's code fingerprint as the
-        cluster's, if none is recorded yet (the cluster's first leader).
+        cluster's, if none is recorded yet (the cluster's first leader), and
+        the group's ``initial_slots`` (``init_slots``: ignored once the group's
+        slot table is set, so the file's slots only bootstrap a group).
         """
         super()._on_state_changed(old, new)
         if new != 2:  # pysyncobj _RAFT_STATE.LEADER
@@ -194,9 +211,12 @@ class Replica(RaftMember):
                 self._ready_term = term
 
         fingerprint = self.state_machine.local_fingerprint
-        entry: dict[str, Any] = {"type": "noop"}
+        firsts: list[dict[str, Any]] = []
         if fingerprint is not None:
-            entry = {"type": "set_fingerprint", "fingerprint": fingerprint, "initial": True}
+            firsts.append({"type": "set_fingerprint", "fingerprint": fingerprint, "initial": True})
+        if self.initial_slots is not None:
+            firsts.append({"type": "init_slots", "ranges": self.initial_slots})
+        entry = {"type": "batch", "commands": firsts} if len(firsts) > 1 else (firsts or [{"type": "noop"}])[0]
         self.apply_command(ujson.dumps(entry).encode(), callback=committed)
 
     def snapshot_now(self, timeout: float = 5.0) -> bool:
@@ -217,6 +237,73 @@ class Replica(RaftMember):
             self._snapshot_written.wait(min(remaining, 0.5))
         return True
 
+    # -- membership -----------------------------------------------------------
+
+    def membership(self) -> Membership:
+        """This replica's mode and its group's voters as its log says. Any thread."""
+        return Membership(self.mode, tuple(self.voters()))
+
+    def change_membership(self, op: str, address: str) -> asyncio.Future[None]:
+        """Event loop: add or remove the voter at ``address``; the future settles once it is committed.
+
+        It fails with ``MembershipRefused`` (``change_pending``) when PySyncObj denies it: another change
+        is uncommitted, or this leader has not applied an entry of its term yet; ``NotLeader``; or
+        ``OutcomeUnknown`` when leadership changed before it committed. Checks that the group can
+        afford the change are the caller's (``node.membership``).
+        """
+        denied = MembershipRefused(
+            "another membership change of this group is not committed yet (or the leader is new); retry shortly",
+            reason="change_pending",
+        )
+        future, callback = self._raft_callback(denied)
+        self.propose_membership(op, address, callback)
+        return future
+
+    def transfer_leadership(self, target: str | None) -> asyncio.Future[None]:
+        """Event loop: ask ``target`` (a voter's Raft address, or the most caught-up one) to take over.
+
+        The future settles when ``timeout_now`` was sent; the caller watches for the new leader. It fails
+        with ``MembershipRefused`` (``not_caught_up``) when the target is not a connected voter holding
+        this leader's whole log (retry: under writes it trails by an entry or two), or ``NotLeader``.
+        """
+        denied = MembershipRefused(
+            "no voter holds this leader's whole log and is connected to it right now; retry shortly",
+            reason="not_caught_up",
+        )
+        future, callback = self._raft_callback(denied)
+        self.transfer(target, callback)
+        return future
+
+    def _raft_callback(self, denied: DocraftError) -> tuple[asyncio.Future[None], Callable[[Any, int], None]]:
+        """A future on the running loop, and a PySyncObj callback (Raft thread) that settles it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: int) -> None:
+            if future.done():
+                return
+            if error == FAIL_REASON.SUCCESS:
+                future.set_result(None)
+            elif error == FAIL_REASON.REQUEST_DENIED:
+                future.set_exception(denied)
+            elif error in (FAIL_REASON.NOT_LEADER, FAIL_REASON.MISSING_LEADER):
+                future.set_exception(self.not_leader())
+            else:
+                future.set_exception(OutcomeUnknown(f"leadership changed before the change committed ({error})"))
+
+        def callback(result: Any, error: int) -> None:
+            loop.call_soon_threadsafe(settle, error)
+
+        return future, callback
+
+    def _record_membership(self) -> None:
+        """Raft thread, each tick: rewrite ``raft.members`` when the mode or the voters changed."""
+        self._startup_cluster = None  # the snapshot, if any, was loaded in the first tick
+        current = self.membership()
+        if current != self._recorded:
+            write_membership(self.data_dir, current, self.journal.fsync)
+            self._recorded = current
+
     # -- status ---------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -235,6 +322,14 @@ class Replica(RaftMember):
             "raft_truncations": truncations.count,
             "acked_index": self.journal.acked_index,
             "fault": None if self.fault is None else self.fault.to_json(),
+            "raft": self.raft_address,
+            "mode": self.mode,
+            "voters": self.voters(),
+            "last_index": self.journal.last_index,
+            "leader_commit_index": self._SyncObj__leaderCommitIndex,
+            "dynamic_membership": True,
+            "membership_change_pending": self.membership_change_pending(),
+            **(self.progress() if role == "leader" else {}),
         }
 
     # -- snapshots through PySyncObj's serializer hooks -----------------------
@@ -249,7 +344,8 @@ class Replica(RaftMember):
             "raft": {
                 "last": _entry_to_json(last),
                 "previous": _entry_to_json(previous),
-                "cluster": sorted(node.address for node in cluster),
+                # A learner's PySyncObj lists itself as None among the voters.
+                "cluster": sorted(node.address for node in cluster if node is not None),
             },
         }
         with open(path, "w", encoding="utf-8") as out:
@@ -274,7 +370,8 @@ class Replica(RaftMember):
                 document = ujson.load(source)
             raft = document["raft"]
             last, previous = _entry_from_json(raft["last"]), _entry_from_json(raft["previous"])
-            cluster = {TCPNode(address) for address in raft["cluster"]}
+            addresses = raft["cluster"] if self._startup_cluster is None else self._startup_cluster
+            cluster = {TCPNode(address) for address in addresses}
             with self._lock:
                 self.state_machine.restore(document["state"])
         except Exception as exc:

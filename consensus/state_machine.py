@@ -10,9 +10,22 @@ A log entry is the JSON encoding of one command, an object:
     {"type": "mutation", "endpoint": NAME, "args": {...}, "request_id": ID, "time": T}
     {"type": "insert_batch", "model": NAME, "docs": [...], "request_id": ID, "time": T}
     {"type": "migrate", "model": NAME, "to": VERSION, "request_id": ID}
+    {"type": "insert_batch", ..., "slot": N}   the hash slot its documents were routed by
     {"type": "set_fingerprint", "fingerprint": F, "initial": bool}
+    {"type": "init_slots", "ranges": [[first, last], ...]}   the group's slots, once
+    {"type": "set_members", "voters": [...], "learners": [...]}
     {"type": "noop"}
     {"type": "batch", "commands": [...]}   several commands in one log entry
+
+and the slot-move commands, idempotent by move id (``consensus.moves``):
+
+    {"type": "import_begin", "move": M, "source": SHARD, "slots": [[first, last], ...], "epoch": E}
+    {"type": "move_begin", "move": M, "target": SHARD, "target_replicas": [...], "slots": [...], "epoch": E}
+    {"type": "import_docs", "move": M, "batch": N, "docs": {MODEL: [...]}, "requests": [...]}
+    {"type": "move_commit", "move": M, "epoch": E}
+    {"type": "import_commit", "move": M, "epoch": E, "count": N, "hash": H}
+    {"type": "move_abort", "move": M}
+    {"type": "import_abort", "move": M}
 
 ``StateMachine.COMMANDS`` maps each type to its handler. Applying returns
 ``{"ok": value}`` or ``{"error": {...}}`` (the one error shape) and never
@@ -21,6 +34,14 @@ input, app bugs and docraft bugs alike become error results, the same bytes
 on every replica. A command whose ``request_id`` was applied before returns
 the first result again without changing anything, so a retried write is
 applied once.
+
+Slots (``consensus.slots``): a write is fenced at apply by the hash slot it
+was routed by, against the group's own ``SlotTable``: it runs only if the slot
+is owned here, and a refusal (``wrong_shard``, ``slot_frozen``,
+``slot_importing``, ``slots_unknown``) is never remembered under its request
+id, so the retry at the right group or after the move applies it. Every
+document a write touches must be of an owned slot too (``WriteView``).
+Remembered request ids keep their slot and move with its documents.
 
 Integrity (``consensus.digests``): the digest folds every entry and its
 result into a running hash, with a hash of the contents; checkpoints keep it
@@ -40,9 +61,21 @@ from typing import Any, ClassVar
 
 import ujson
 
-from consensus import migration
+from consensus import migration, moves
 from consensus.digests import CHECKPOINTS_KEPT as CHECKPOINTS_KEPT
 from consensus.digests import IntegrityLog
+from consensus.slots import (
+    OWNED,
+    READABLE,
+    REFUSAL_CODES,
+    ROUTABLE,
+    SLOT_COUNT,
+    WRITABLE,
+    SlotRange,
+    SlotTable,
+    parse_ranges,
+    slot_of,
+)
 from models.errors import (
     BadRequest,
     CodeMismatch,
@@ -51,6 +84,7 @@ from models.errors import (
     IdempotencyKeyReused,
     MigrationRefused,
     ValidationError,
+    WrongShard,
 )
 from models.model import Model
 from query.app import App
@@ -61,8 +95,9 @@ from query.views import ReadView, WriteView
 
 Result = dict[str, Any]
 Handler = Callable[["StateMachine", dict[str, Any], WriteView], Result]
+SlotFinder = Callable[["StateMachine", dict[str, Any]], int | None]
 
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -80,6 +115,9 @@ class Command:
     needs_cluster_code: bool  # refused with code_mismatch while this replica runs other app code
     needs_migrated_data: bool  # refused with migration_pending while stored documents are behind the code
     remembered: bool  # its result is kept under its request id
+    # The hash slot a routed write was sent for (None: the handler refuses the command); the command
+    # runs only if the slot is owned here. Commands without one are group-wide.
+    routed_slot: SlotFinder | None = None
 
 
 class NotJSON(ValueError):
@@ -109,9 +147,13 @@ class StateMachine:
         self._reset()
 
     def _reset(self) -> None:
-        self.collections = {name: Collection(model) for name, model in sorted(self.app.models.items())}
-        # request id -> (digest of the request it named, its result)
-        self.recent: OrderedDict[str, tuple[str | None, Result]] = OrderedDict()
+        self.collections = {name: Collection(model, slot_of) for name, model in sorted(self.app.models.items())}
+        # request id -> (digest of the request it named, its result, the slot it was routed by or None)
+        self.recent: OrderedDict[str, tuple[str | None, Result, int | None]] = OrderedDict()
+        self.slots = SlotTable()
+        self.moves: dict[str, moves.Move] = {}  # this group's moves, active ones and the last finished
+        self.incoming: dict[str, moves.Incoming] = {}  # documents a target received, by move id
+        self.members: dict[str, Any] | None = None  # the group's voters and learners, once set
         self.integrity_log = IntegrityLog(self._content_hash, self.checkpoint_interval, self.digests)
         self.fingerprint: str | None = None
         # The model version each collection's documents were written with; a
@@ -187,7 +229,7 @@ class StateMachine:
             return _encoded(BadRequest("request_id must be a string").to_json())
         digest = None if request_id is None else request_digest(command)
         if request_id is not None and request_id in self.recent:
-            first_digest, remembered = self.recent[request_id]
+            first_digest, remembered, _ = self.recent[request_id]
             if first_digest not in (None, digest):
                 return _encoded(
                     IdempotencyKeyReused(
@@ -205,14 +247,35 @@ class StateMachine:
             return _encoded(self._code_mismatch().to_json())
         if spec.needs_migrated_data and (pending := migration.pending(self.app, self.versions)):
             return _encoded(pending.to_json())
+        slot, refusal = self._fence(spec, command)
+        if refusal is not None:
+            return _encoded(refusal.to_json())
         result, encoded = self._transaction(spec.handler, command)
-        if request_id is not None and spec.remembered:
-            self._remember(request_id, digest, result)
+        if request_id is not None and spec.remembered and _error_code(result) not in REFUSAL_CODES:
+            self.remember(request_id, digest, result, slot)
         return result, encoded
+
+    def _fence(self, spec: Command, command: dict[str, Any]) -> tuple[int | None, DocraftError | None]:
+        """The slot a routed write was sent for, and the error to refuse it with unless it is owned here."""
+        if spec.routed_slot is None:
+            return None, None
+        if (unknown := self.slots.not_ready()) is not None:
+            return None, unknown
+        try:
+            slot = spec.routed_slot(self, command)
+        except DocraftError as exc:
+            return None, exc
+        return slot, None if slot is None else self.slots.refusal(slot, WRITABLE)
+
+    def _writable(self, slot: int) -> None:
+        """What a ``WriteView`` asks before writing a document of ``slot``: raise unless it is owned here."""
+        if (refusal := self.slots.refusal(slot, WRITABLE)) is not None:
+            raise refusal
 
     def _transaction(self, handler: Handler, command: dict[str, Any]) -> tuple[Result, bytes]:
         """Run ``handler``; on any exception, or a result that is not JSON, undo its writes."""
-        view = WriteView(self.collection, float(command.get("time", 0.0)), command.get("request_id") or "")
+        stamp, request_id = float(command.get("time", 0.0)), command.get("request_id") or ""
+        view = WriteView(self.collection, stamp, request_id, self._writable)
         try:
             return _json_result(handler(self, command, view))
         except DocraftError as exc:
@@ -229,8 +292,9 @@ class StateMachine:
             local=self.local_fingerprint,
         )
 
-    def _remember(self, request_id: str, digest: str | None, result: Result) -> None:
-        self.recent[request_id] = (digest, result)
+    def remember(self, request_id: str, digest: str | None, result: Result, slot: int | None) -> None:
+        """Keep ``result`` under ``request_id`` (the oldest is forgotten past ``remembered_requests``)."""
+        self.recent[request_id] = (digest, result, slot)
         while len(self.recent) > self.remembered_requests:
             self.recent.popitem(last=False)
 
@@ -256,16 +320,50 @@ class StateMachine:
         except NotJSON:
             raise EndpointFailed(f"{name} returned a value that is not JSON") from None
 
+    def _mutation_slot(self, command: dict[str, Any]) -> int | None:
+        """The slot of the mutation's shard key; ``None`` when the mutation is malformed (it is refused)."""
+        endpoint = self.app.endpoints.get(str(command.get("endpoint")))
+        args = command.get("args", {})
+        if endpoint is None or endpoint.kind != "mutation" or not isinstance(args, dict):
+            return None
+        if endpoint.shard_key not in args:
+            return None
+        try:
+            return slot_of(endpoint.shard_key_of(args))
+        except (TypeError, ValueError, OverflowError):  # a key no document can have (an integer past 64 bits)
+            return None
+
+    def _insert_batch_slot(self, command: dict[str, Any]) -> int:
+        slot = command.get("slot")
+        if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < SLOT_COUNT:
+            raise BadRequest("insert_batch needs slot: the hash slot its documents were routed by", param="slot")
+        return slot
+
     def _insert_batch(self, command: dict[str, Any], view: WriteView) -> Result:
-        """Insert documents one by one; each gets its own result so one bad row spoils nothing."""
+        """Insert documents one by one; each gets its own result so one bad row spoils nothing.
+
+        A document whose partition key is not in the batch's ``slot`` gets a
+        ``wrong_shard`` result (the fence checked that slot, not this one).
+        """
         model = self.app.model(str(command.get("model")))
-        docs = command.get("docs")
+        collection = self.collections[model.name]
+        docs, routed = command.get("docs"), command.get("slot")
         if not isinstance(docs, list):
             raise ValidationError("insert_batch needs a list of documents")
         results: list[Result] = []
         for doc in docs:
             try:
-                results.append({"ok": view.insert(model, doc)[model.primary_key]})
+                valid = model.validate(doc)
+                if (slot := collection.slot_of(valid)) != routed:
+                    raise self.slots.refusal(slot, WRITABLE) or WrongShard(
+                        f"{model.name}.{model.partition_key} is in slot {slot}, not the batch's slot {routed}",
+                        slot=slot,
+                        owner=None,
+                        shard=None,
+                        epoch=self.slots.epoch,
+                        replicas=[],
+                    )
+                results.append({"ok": view.insert(model, valid)[model.primary_key]})
             except DocraftError as exc:  # raised before the document is stored
                 results.append(exc.to_json())
         return {"ok": results}
@@ -275,6 +373,8 @@ class StateMachine:
         model_name, target = command.get("model"), command.get("to")
         if not isinstance(model_name, str) or not isinstance(target, int) or isinstance(target, bool):
             raise BadRequest("migrate needs a model name and an integer version")
+        if active := moves.active(self):
+            raise MigrationRefused(f"slots are moving here (move {active[0]}); migrate once it ends", moves=active)
         plan = migration.plan(self.app, self.collections, self.versions, model_name, target)
         summary = plan.summary
         if summary["failure_count"]:
@@ -295,6 +395,21 @@ class StateMachine:
             self.fingerprint = fingerprint
         return {"ok": self.fingerprint}
 
+    def _init_slots(self, command: dict[str, Any], view: WriteView) -> Result:
+        """Own the ``ranges`` the cluster file gave this group, at version 0; once only (a new
+        leader proposes it on every election: ignored once the table is initialized)."""
+        ranges = parse_ranges(command.get("ranges"), "ranges")
+        if not self.slots.initialized:
+            for first, last in ranges:
+                self.slots.assign(first, last, SlotRange(first, last, OWNED, 0))
+            self.slots.initialized = True
+        return {"ok": self.slots.slot_ranges(READABLE)}
+
+    def _set_members(self, command: dict[str, Any], view: WriteView) -> Result:
+        """Record the group's voters and learners (``[{"id", "raft", "http"}]`` each), replacing them whole."""
+        self.members = {role: moves.replicas(command.get(role), role) for role in ("voters", "learners")}
+        return {"ok": self.members}
+
     def _noop(self, command: dict[str, Any], view: WriteView) -> Result:
         """Nothing: a new leader commits one to learn what is committed (Raft section 8)."""
         return {"ok": None}
@@ -311,14 +426,39 @@ class StateMachine:
         raise BadRequest(f"unknown command type {command.get('type')!r}")
 
     COMMANDS: ClassVar[dict[str, Command]] = {
-        "mutation": Command(_mutation, needs_cluster_code=True, needs_migrated_data=True, remembered=True),
-        "insert_batch": Command(_insert_batch, needs_cluster_code=True, needs_migrated_data=True, remembered=True),
+        "mutation": Command(
+            _mutation, needs_cluster_code=True, needs_migrated_data=True, remembered=True, routed_slot=_mutation_slot
+        ),
+        "insert_batch": Command(
+            _insert_batch,
+            needs_cluster_code=True,
+            needs_migrated_data=True,
+            remembered=True,
+            routed_slot=_insert_batch_slot,
+        ),
         "migrate": Command(_migrate, needs_cluster_code=True, needs_migrated_data=False, remembered=False),
         "set_fingerprint": Command(
             _set_fingerprint, needs_cluster_code=False, needs_migrated_data=False, remembered=False
         ),
+        "init_slots": Command(_init_slots, needs_cluster_code=False, needs_migrated_data=False, remembered=False),
+        "set_members": Command(_set_members, needs_cluster_code=False, needs_migrated_data=False, remembered=False),
         "noop": Command(_noop, needs_cluster_code=False, needs_migrated_data=False, remembered=True),
         "batch": Command(_batch, needs_cluster_code=False, needs_migrated_data=False, remembered=False),
+        # Moves: a move starts only with both groups' documents at the code's versions (and no
+        # migration runs during one), so both sides hold documents of the same versions.
+        "import_begin": Command(
+            moves.import_begin, needs_cluster_code=True, needs_migrated_data=True, remembered=False
+        ),
+        "move_begin": Command(moves.move_begin, needs_cluster_code=True, needs_migrated_data=True, remembered=False),
+        "import_docs": Command(moves.import_docs, needs_cluster_code=True, needs_migrated_data=False, remembered=False),
+        "move_commit": Command(moves.move_commit, needs_cluster_code=True, needs_migrated_data=False, remembered=False),
+        "import_commit": Command(
+            moves.import_commit, needs_cluster_code=True, needs_migrated_data=False, remembered=False
+        ),
+        "move_abort": Command(moves.move_abort, needs_cluster_code=True, needs_migrated_data=False, remembered=False),
+        "import_abort": Command(
+            moves.import_abort, needs_cluster_code=True, needs_migrated_data=False, remembered=False
+        ),
     }
 
     # -- migrations -----------------------------------------------------------
@@ -403,6 +543,49 @@ class StateMachine:
             return value.to_json()
         return {"kind": "value", "value": value}
 
+    # -- slots --------------------------------------------------------------
+
+    def slots_report(self, counts: bool = False) -> dict[str, Any]:
+        """The slot table, this group's moves and members; with ``counts``, documents per non-empty slot.
+
+        ``{"initialized", "epoch", "ranges": [{"first", "last", "state", "version", "owner", "move",
+        "replicas"}], "moves": [Move.report()], "members": {"voters", "learners"} | None}`` and
+        ``"counts": {"<slot>": n}`` (every model, imported documents not yet committed excluded).
+        """
+        report: dict[str, Any] = {
+            "initialized": self.slots.initialized,
+            "epoch": self.slots.epoch,
+            "ranges": [held.to_json() for held in self.slots.ranges],
+            "moves": [move.report() for move in self.moves.values()],
+            "members": self.members,
+        }
+        if counts:
+            per_slot: dict[int, int] = {}
+            for collection in self.collections.values():
+                for slot, n in collection.slot_counts.items():
+                    per_slot[slot] = per_slot.get(slot, 0) + n
+            report["counts"] = {str(slot): per_slot[slot] for slot in sorted(per_slot)}
+        return report
+
+    def check_read(self, slot: int) -> None:
+        """Raise ``WrongShard``, ``SlotImporting`` or ``SlotsUnknown`` unless ``slot`` is owned or frozen here."""
+        if (refusal := self.slots.refusal(slot, READABLE)) is not None:
+            raise refusal
+
+    def check_route(self, slot: int) -> None:
+        """Raise ``WrongShard`` or ``SlotsUnknown`` unless ``slot`` is held here (owned, frozen or
+        importing: a write to a moving slot is proposed, and the fence at apply answers it)."""
+        if (refusal := self.slots.refusal(slot, ROUTABLE)) is not None:
+            raise refusal
+
+    def readable_ranges(self) -> list[list[int]]:
+        """``[[first, last], ...]`` of the slots read here (owned and frozen): what a scatter answer covers."""
+        return self.slots.slot_ranges(READABLE)
+
+    def export_page(self, move: str, after: str | None, limit: int) -> dict[str, Any]:
+        """One page of a frozen source move's documents and request ids; see ``consensus.moves.export_page``."""
+        return moves.export_page(self, move, after, limit)
+
     # -- snapshots ----------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -410,14 +593,21 @@ class StateMachine:
         return {
             "format": SNAPSHOT_FORMAT,
             "collections": {name: c.all() for name, c in self.collections.items()},
-            "recent_requests": [[rid, digest, result] for rid, (digest, result) in self.recent.items()],
+            "recent_requests": [[rid, *remembered] for rid, remembered in self.recent.items()],
             "integrity": {**self.integrity_log.to_json(), "fingerprint": self.fingerprint},
             "versions": dict(self.versions),
+            "slots": self.slots.to_json(),
+            "moves": [move.to_json() for move in self.moves.values()],
+            "incoming": {move: incoming.to_json() for move, incoming in self.incoming.items()},
+            "members": self.members,
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        """Replace the state with ``snapshot``; raises ``ValueError`` if it is not one of ours."""
-        if snapshot.get("format") not in (2, SNAPSHOT_FORMAT):
+        """Replace the state with ``snapshot``; raises ``ValueError`` if it is not one of ours.
+
+        Formats 2 and 3 predate slots: their table is uninitialized until ``init_slots`` is applied.
+        """
+        if snapshot.get("format") not in (2, 3, SNAPSHOT_FORMAT):
             raise ValueError(f"unknown snapshot format {snapshot.get('format')!r}")
         self._reset()
         for name, docs in snapshot["collections"].items():
@@ -428,14 +618,20 @@ class StateMachine:
                 collection.put(doc)
         for remembered in snapshot["recent_requests"]:
             if len(remembered) == 2:  # format 2 kept no request digests
-                rid, result = remembered
-                self.recent[rid] = (None, result)
+                (rid, result), digest, slot = remembered, None, None
+            elif len(remembered) == 3:  # nor did formats 2 and 3 keep slots
+                (rid, digest, result), slot = remembered, None
             else:
-                rid, digest, result = remembered
-                self.recent[rid] = (digest, result)
+                rid, digest, result, slot = remembered
+            self.recent[rid] = (digest, result, slot)
         self.integrity_log.restore(snapshot["integrity"])
         self.fingerprint = snapshot["integrity"]["fingerprint"]
         self.versions.update(snapshot.get("versions", {}))
+        if "slots" in snapshot:
+            self.slots = SlotTable.from_json(snapshot["slots"])
+            self.moves = {m["id"]: moves.Move.from_json(m) for m in snapshot["moves"]}
+            self.incoming = {move: moves.Incoming.from_json(data) for move, data in snapshot["incoming"].items()}
+            self.members = snapshot["members"]
 
     def document_count(self) -> dict[str, int]:
         return {name: len(c) for name, c in self.collections.items()}
@@ -505,6 +701,11 @@ def _canonical_entry(command: Any) -> bytes:
         return ujson.dumps(command, sort_keys=True).encode()
     except Exception:  # only callers holding Python objects get here (never the replica); same on every run
         return f"<{type(command).__name__} that is not JSON>".encode()
+
+
+def _error_code(result: Result) -> str | None:
+    error = result.get("error")
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -126,10 +126,43 @@ class NotLeader(DocraftError):
 
 
 class WrongShard(DocraftError):
-    """A key sent to a shard whose slots do not hold it; ``details['shard']`` names the owner. Nothing was stored."""
+    """A key sent to a group that does not hold its slot (moved away, or never held); nothing was stored.
+
+    ``details``: ``slot``; ``owner`` (and ``shard``, the same) the shard id that holds it when known, else
+    ``None``; ``epoch`` the version of that claim; ``replicas`` the owner's ``[{"id", "raft", "http"}]``
+    when known, else ``[]``. A router patches its slot map from these and retries at the owner.
+    """
 
     status = 421
     code = "wrong_shard"
+
+
+class SlotFrozen(DocraftError):
+    """The key's slot is being moved away (``details``: ``slot``, ``move``, ``retry_after``); writes wait."""
+
+    status = 503
+    code = "slot_frozen"
+
+
+class SlotImporting(DocraftError):
+    """The key's slot is being moved here and is not served yet (``details``: ``slot``, ``move``, ``retry_after``)."""
+
+    status = 503
+    code = "slot_importing"
+
+
+class SlotsUnknown(DocraftError):
+    """This group has not committed its slot table yet (``details['retry_after']``); it serves no key."""
+
+    status = 503
+    code = "slots_unknown"
+
+
+class MoveRefused(DocraftError):
+    """A slot-move step this group cannot take in its state (``details``: ``move``, ``reason``); nothing changed."""
+
+    status = 409
+    code = "move_refused"
 
 
 class NoLeader(DocraftError):
@@ -195,6 +228,19 @@ class RepairRefused(DocraftError):
     code = "repair_refused"
 
 
+class MembershipRefused(DocraftError):
+    """A replica-group membership step that is unsafe or out of turn now; nothing changed.
+
+    ``details['reason']``: ``change_pending`` (one change per group at a time), ``no_majority`` (the group
+    would be left without a healthy majority), ``not_caught_up``, ``not_a_learner``, ``already_voter``,
+    ``not_a_voter``, ``is_voter``, ``old_code`` (a voter without dynamic membership) or ``leads`` (a leader
+    cannot remove itself: transfer leadership first).
+    """
+
+    status = 409
+    code = "membership_refused"
+
+
 class ReplicaFaulted(DocraftError):
     """This replica does not trust its own state (lost entries, unloadable snapshot); ask another."""
 
@@ -226,6 +272,10 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         IdempotencyKeyReused,
         NotLeader,
         WrongShard,
+        SlotFrozen,
+        SlotImporting,
+        SlotsUnknown,
+        MoveRefused,
         NoLeader,
         OutcomeUnknown,
         EndpointFailed,
@@ -235,6 +285,7 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         MigrationRefused,
         FingerprintRefused,
         RepairRefused,
+        MembershipRefused,
         ReplicaFaulted,
         ShardUnavailable,
     )

@@ -1,4 +1,4 @@
-"""Admin commands that act on a running cluster: ``docraft repair``, ``accept-code`` and ``migrate``.
+"""Admin commands that act on a running cluster: ``docraft repair``, ``accept-code``, ``migrate``, ``status``.
 
 Holding the cluster file, the CLI is a cluster member: it signs its calls
 with the cluster's internal key (``node.signing``) like a dispatcher does,
@@ -145,3 +145,70 @@ def migrate(
         for shard, result in answer["shards"].items():
             print(f"{model.name} shard {shard}: {verb} {result['documents']} documents, v{result['from']} -> v{target}")
     return code
+
+
+def status(config: ClusterConfig, as_json: bool) -> int:
+    """Print ``GET /_admin/cluster`` of the first dispatcher or replica that answers. Exit code (2: none did).
+
+    As tables (``render_status``), or with ``as_json`` the JSON itself.
+    """
+    key = internal_key(config.secret)
+    servers = [d.http_url for d in config.dispatchers] + [r.http_url for s in config.shards for r in s.replicas]
+    for url in servers:
+        try:
+            code, body = http_json("GET", f"{url}/_admin/cluster", timeout=5.0, key=key, ca=config.ca)
+        except OSError:
+            continue
+        if code == 200:
+            print(ujson.dumps(body, indent=2, escape_forward_slashes=False) if as_json else render_status(body))
+            return 0
+    print(f"docraft status: no dispatcher or replica of {config.path} answered")
+    return 2
+
+
+def render_status(cluster: dict[str, Any]) -> str:
+    """``/_admin/cluster`` for a person: the epoch, a table per shard, the moves with their progress."""
+    lines = [f"slot map epoch {cluster['epoch']}"]
+    for shard in cluster["shards"]:
+        ranges = ", ".join(str(f) if f == last else f"{f}-{last}" for f, last in shard["slots"]) or "none"
+        lines += [
+            "",
+            f"shard {shard['id']}: {shard['slot_count']} slots ({ranges}), {_shown(shard.get('documents'))} "
+            f"documents, epoch {_shown(shard.get('epoch'))}, leader {_shown(shard.get('leader'))}",
+        ]
+        rows = [("replica", "role", "mode", "applied", "commit", "lag", "fault")]
+        for replica in shard["replicas"]:
+            fault = replica.get("fault")
+            rows.append(
+                (
+                    replica["id"],
+                    replica.get("role", "?"),
+                    _shown(replica.get("mode")),
+                    _shown(replica.get("applied_index")),
+                    _shown(replica.get("commit_index")),
+                    _shown(replica.get("lag_entries")),
+                    (fault.get("kind", "yes") if isinstance(fault, dict) else _shown(fault)),
+                )
+            )
+        lines += _table(rows)
+    moves = cluster.get("moves") or []
+    if moves:
+        lines += ["", "moves:"]
+        rows = [("move", "slots", "from", "to", "state", "copied", "epoch")]
+        for move in moves:
+            slots = ", ".join(f"{f}-{last}" for f, last in move.get("slots") or [])
+            copied = f"{_shown(move.get('docs_copied'))}/{_shown(move.get('docs_total'))}"
+            rows.append((move["id"], slots, move["from"], move["to"], move["state"], copied, _shown(move["epoch"])))
+        lines += _table(rows)
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _table(rows: list[tuple[Any, ...]]) -> list[str]:
+    """``rows`` (the first one the header) as lines of left-aligned columns, indented by two spaces."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows]  # fmt: skip

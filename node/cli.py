@@ -12,6 +12,7 @@ from pathlib import Path
 
 from node.certs import VALID_DAYS, make_certificates
 from node.config import ClusterConfig, ConfigError, load_config
+from node.rebalance_plan import DEFAULT_MAX_DOCS
 from node.signing import internal_key
 from node.tls import TlsUnusable
 from query.app import App, load_app
@@ -99,9 +100,20 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from node.admin import repair
+    from node.membership import repair
 
     return repair(load_config(Path(args.config)), args.replica, args.timeout)
+
+
+def cmd_replica(args: argparse.Namespace) -> int:
+    from node.membership import add, remove
+
+    flow = add if args.action == "add" else remove
+    config = load_config(Path(args.config))
+    code = flow(config, args.replica, args.timeout)
+    if code == 0:
+        _audit_cli(config.path, f"replica {args.action} {args.replica}")
+    return code
 
 
 def cmd_accept_code(args: argparse.Namespace) -> int:
@@ -118,6 +130,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config)) if args.config else None
     key, ca = (internal_key(config.secret), config.ca) if config is not None else (None, None)
     return migrate(_app(args.app), args.to, args.model, args.dry_run, _dispatcher_url(args.url, config), key, ca)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from node.admin import status
+
+    return status(load_config(Path(args.config)), args.json)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -168,6 +186,31 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebalance(args: argparse.Namespace) -> int:
+    from node.rebalance_cli import Request, rebalance
+
+    config = load_config(Path(args.config))
+    drain = getattr(args, "shard", None)
+    if drain is None and (args.move is None) != (args.to is None):
+        print("docraft rebalance: --move SLOTS and --to SHARD go together", file=sys.stderr)
+        return 2
+    if args.max_docs < 1:
+        print("docraft rebalance: --max-docs must be at least 1", file=sys.stderr)
+        return 2
+    request = Request(
+        dry_run=args.dry_run,
+        abort=getattr(args, "abort", False),
+        slots=getattr(args, "move", None),
+        to=getattr(args, "to", None),
+        drain=drain,
+        max_docs=args.max_docs,
+    )
+    code = rebalance(config, _app(args.app, config.app), request)
+    if drain is not None and code == 0 and not args.dry_run:
+        print(f"shard {drain} holds no slots now: stop its replicas, then remove it from {config.path}")
+    return code
+
+
 def _audit_cli(config_path: Path, what: str) -> None:
     """Record an admin action of the CLI in the audit log next to the cluster file."""
     from node.audit import AUDIT_NAME, AuditLog
@@ -209,11 +252,27 @@ def parser() -> argparse.ArgumentParser:
     )
     node.set_defaults(run=cmd_node)
 
-    repair = commands.add_parser("repair", help="discard a replica's state and resync it from its group")
+    repair = commands.add_parser(
+        "repair", help="take a replica out of its group, discard its state, add it back once it has copied the group's"
+    )
     repair.add_argument("--config", required=True)
     repair.add_argument("--replica", required=True)
-    repair.add_argument("--timeout", type=float, default=60.0, help="seconds to wait until its digest agrees")
+    repair.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until its digest agrees")
     repair.set_defaults(run=cmd_repair)
+
+    replica = commands.add_parser("replica", help="add a replica to its group, or remove one")
+    replica_actions = replica.add_subparsers(dest="action", required=True)
+    replica_add = replica_actions.add_parser(
+        "add", help="make a running replica (started with docraft node) a voter of its group, once it caught up"
+    )
+    replica_remove = replica_actions.add_parser(
+        "remove", help="take a replica out of its group (handing leadership over first) and stop it for good"
+    )
+    for action in (replica_add, replica_remove):
+        action.add_argument("--config", required=True, help="the cluster file")
+        action.add_argument("--replica", required=True, help="replica id in the cluster file")
+        action.add_argument("--timeout", type=float, default=120.0, help="seconds the whole change may take")
+    replica.set_defaults(run=cmd_replica)
 
     accept = commands.add_parser("accept-code", help="record the app code of --app as the cluster's (an upgrade)")
     accept.add_argument("--config", required=True)
@@ -229,6 +288,11 @@ def parser() -> argparse.ArgumentParser:
     migrate.add_argument("--config", help="cluster file (its first dispatcher is used)")
     migrate.add_argument("--url", help="dispatcher URL (default http://127.0.0.1:8000)")
     migrate.set_defaults(run=cmd_migrate)
+
+    status = commands.add_parser("status", help="the slot map, each shard's ranges and replicas, moves in progress")
+    status.add_argument("--config", required=True, help="the cluster file")
+    status.add_argument("--json", action="store_true", help="print GET /_admin/cluster's JSON instead of tables")
+    status.set_defaults(run=cmd_status)
 
     dispatcher = commands.add_parser("dispatcher", help="run one dispatcher process from a cluster file")
     dispatcher.add_argument("--config", required=True)
@@ -276,6 +340,28 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("--config", required=True, help="the cluster file")
     rotate.add_argument("--user", required=True)
     token.set_defaults(run=cmd_user)
+
+    rebalance = commands.add_parser(
+        "rebalance", help="resume unfinished slot moves, then move slots until every shard holds an even share"
+    )
+    rebalance.add_argument("--move", metavar="SLOTS", help="move only these slots (100-299,4000) ...")
+    rebalance.add_argument("--to", metavar="SHARD", help="... to this shard")
+    rebalance.add_argument("--abort", action="store_true", help="roll unfinished moves back instead, and stop")
+    shard = commands.add_parser("shard", help="act on a replica group")
+    shard_actions = shard.add_subparsers(dest="action", required=True)
+    drain = shard_actions.add_parser("drain", help="move every slot off a shard (then stop and remove it)")
+    drain.add_argument("--shard", required=True, help="the shard to empty")
+    for moving in (rebalance, drain):
+        moving.add_argument("--config", required=True, help="the cluster file")
+        moving.add_argument("--app", help="app module (default: the cluster file's)")
+        moving.add_argument("--dry-run", action="store_true", help="print unfinished moves and the plan; move nothing")
+        moving.add_argument(
+            "--max-docs",
+            type=int,
+            default=DEFAULT_MAX_DOCS,
+            help="documents per move at most (writes to a moving range wait)",
+        )
+        moving.set_defaults(run=cmd_rebalance)
     return top
 
 

@@ -5,7 +5,8 @@
 
     [[shards]]
     id = "s0"
-    slots = [0, 8191]              # inclusive range of the 16384 hash slots
+    slots = [[0, 8191]]            # inclusive ranges of the 16384 hash slots ([first, last] is one range;
+                                   # [] for a new shard): the bootstrap map, the groups hold the live one
     [[shards.replicas]]
     id = "s0r0"
     raft = "127.0.0.1:7100"        # advertised: where the others reach it
@@ -53,13 +54,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from consensus.raft_member import RaftTimings
+from consensus.slots import SLOT_COUNT
 from node.auth import AuthConfig, parse_auth
 from node.browsers import HttpConfig, parse_http
 from node.cluster_secret import secret_problem
 from node.limits import Limits, parse_limits
 from node.tls import CA_NAME, TlsConfig, parse_tls
-
-SLOT_COUNT = 16384
 
 
 class ConfigError(ValueError):
@@ -84,12 +84,21 @@ class ReplicaConfig:
         return f"{self.scheme}://{self.http}"
 
 
+SlotRange = tuple[int, int]
+
+
 @dataclass(frozen=True)
 class ShardConfig:
+    """A replica group. ``slots`` are the inclusive slot ranges the file gives it, sorted: the map a new
+    cluster starts from (the groups hold the live one, see ``node.cluster_view``); empty for a new shard."""
+
     id: str
-    first_slot: int
-    last_slot: int
+    slots: tuple[SlotRange, ...]
     replicas: tuple[ReplicaConfig, ...]
+
+    @property
+    def slot_count(self) -> int:
+        return sum(last - first + 1 for first, last in self.slots)
 
 
 @dataclass(frozen=True)
@@ -207,13 +216,7 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
     seen: set[str] = set()
     for i, table in enumerate(_tables(data, "shards", "the cluster")):
         shard_id = _text(table, "id", f"shards[{i}]")
-        slots = table.get("slots")
-        if not (
-            isinstance(slots, list)
-            and len(slots) == 2
-            and all(isinstance(s, int) and not isinstance(s, bool) for s in slots)
-        ):
-            raise ConfigError(f"shard {shard_id} needs slots = [first, last]")
+        slots = _slot_ranges(table.get("slots"), shard_id)
         replicas = []
         for j, entry in enumerate(_tables(table, "replicas", f"shard {shard_id}")):
             what = f"shard {shard_id} replicas[{j}]"
@@ -234,23 +237,14 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
             )
         if not replicas:
             raise ConfigError(f"shard {shard_id} lists no replicas")
-        shards.append(ShardConfig(shard_id, slots[0], slots[1], tuple(replicas)))
+        shards.append(ShardConfig(shard_id, slots, tuple(replicas)))
         for name in [shard_id, *(r.id for r in replicas)]:
             if name in seen:
                 raise ConfigError(f"id {name!r} is used twice")
             seen.add(name)
     if not shards:
         raise ConfigError("the cluster lists no shards")
-    expected = 0
-    for shard in sorted(shards, key=lambda s: s.first_slot):
-        if shard.first_slot != expected or shard.last_slot < shard.first_slot:
-            raise ConfigError(
-                f"shard slots must cover 0..{SLOT_COUNT - 1} without gaps or overlaps; "
-                f"shard {shard.id} starts at {shard.first_slot}, expected {expected}"
-            )
-        expected = shard.last_slot + 1
-    if expected != SLOT_COUNT:
-        raise ConfigError(f"shard slots end at {expected - 1}, they must reach {SLOT_COUNT - 1}")
+    _check_cover(shards)
     addresses = [a for s in shards for r in s.replicas for a in (r.raft, r.http)]
     dispatchers = tuple(
         _dispatcher(table, f"dispatchers[{i}]", scheme)
@@ -295,6 +289,43 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
         http_config,
         tls=tls,
     )
+
+
+def _slot_ranges(value: Any, shard_id: str) -> tuple[SlotRange, ...]:
+    """A shard's ``slots``: ``[first, last]`` (one range), ``[[first, last], ...]`` or ``[]``; sorted."""
+
+    def pair(item: Any) -> bool:
+        return (
+            isinstance(item, list)
+            and len(item) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in item)
+        )
+
+    if pair(value):
+        value = [value]
+    if not isinstance(value, list) or not all(pair(item) for item in value):
+        raise ConfigError(f"shard {shard_id} needs slots = [first, last], [[first, last], ...] or []")
+    for first, last in value:
+        if not 0 <= first <= last < SLOT_COUNT:
+            raise ConfigError(
+                f"shard {shard_id} has the slot range [{first}, {last}]: a range needs 0 <= first <= last <= "
+                f"{SLOT_COUNT - 1}"
+            )
+    return tuple(sorted((first, last) for first, last in value))
+
+
+def _check_cover(shards: list[ShardConfig]) -> None:
+    """Raise ``ConfigError`` unless the shards' ranges are disjoint and together hold every slot."""
+    expected = 0
+    for first, last, shard_id in sorted((*span, s.id) for s in shards for span in s.slots):
+        if first != expected:
+            raise ConfigError(
+                f"shard slots must cover 0..{SLOT_COUNT - 1} without gaps or overlaps; "
+                f"shard {shard_id}'s range [{first}, {last}] starts at {first}, expected {expected}"
+            )
+        expected = last + 1
+    if expected != SLOT_COUNT:
+        raise ConfigError(f"shard slots end at {expected - 1}, they must reach {SLOT_COUNT - 1}")
 
 
 def _dispatcher(table: dict[str, Any], what: str, scheme: str) -> DispatcherConfig:
@@ -355,7 +386,7 @@ def render_config(
     per_shard = SLOT_COUNT // len(shards)
     for i, (shard_id, replicas) in enumerate(shards):
         last = SLOT_COUNT - 1 if i == len(shards) - 1 else (i + 1) * per_shard - 1
-        lines += ["[[shards]]", f'id = "{shard_id}"', f"slots = [{i * per_shard}, {last}]", ""]
+        lines += ["[[shards]]", f'id = "{shard_id}"', f"slots = [[{i * per_shard}, {last}]]", ""]
         for replica_id, raft_address, http, data_dir in replicas:
             lines += [
                 "[[shards.replicas]]",

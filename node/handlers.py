@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import ujson
@@ -26,6 +25,8 @@ from tornado.web import Application, HTTPError, RequestHandler
 
 from models.errors import BadRequest, DocraftError, MethodNotAllowed, NoLeader, NotFound, Unauthorized
 from models.json_values import non_finite_path
+from node import membership
+from node.admin_ops import AdminOps
 from node.alerts import AlertBook
 from node.auth import Gate, Principal
 from node.browsers import HostCheck, check_content_type
@@ -258,13 +259,14 @@ class BulkInsertHandler(JSONHandler):
 
 
 class ClusterHandler(JSONHandler):
-    """``GET /_admin/cluster``: shards, slot ranges, leaders and replica status."""
+    """``GET /_admin/cluster``: the map's epoch, each shard's slot ranges, leader and replicas, moves
+    (``AdminOps.cluster_status``)."""
 
     def initialize(self, router: Router) -> None:
-        self.router = router
+        self.admin = AdminOps(router)
 
     async def get(self) -> None:
-        self.write_json({"shards": await self.router.cluster_status()})
+        self.write_json(await self.admin.cluster_status())
 
 
 class AlertsHandler(JSONHandler):
@@ -281,14 +283,14 @@ class FingerprintHandler(JSONHandler):
     """``POST /_admin/fingerprint`` with ``{"fingerprint": F}``: accept new app code on every shard."""
 
     def initialize(self, router: Router) -> None:
-        self.router = router
+        self.admin = AdminOps(router)
 
     async def post(self) -> None:
         try:
             fingerprint = (self.json_body() or {}).get("fingerprint")
             if not isinstance(fingerprint, str) or len(fingerprint) != 64:
                 raise BadRequest('the body must be {"fingerprint": <64 hex characters>}', param="fingerprint")
-            self.write_json({"shards": await self.router.set_fingerprint(fingerprint)})
+            self.write_json({"shards": await self.admin.set_fingerprint(fingerprint)})
         except DocraftError as exc:
             self.send_error_for(exc)
 
@@ -297,7 +299,7 @@ class MigrateHandler(JSONHandler):
     """``POST /_admin/migrate`` with ``{"model", "to", "dry_run"}``: migrate a model on every shard."""
 
     def initialize(self, router: Router) -> None:
-        self.router = router
+        self.admin = AdminOps(router)
 
     async def post(self) -> None:
         try:
@@ -305,7 +307,7 @@ class MigrateHandler(JSONHandler):
             model, target, dry_run = body.get("model"), body.get("to"), body.get("dry_run", False)
             if not isinstance(model, str) or type(target) is not int or not isinstance(dry_run, bool):
                 raise BadRequest('the body must be {"model": NAME, "to": VERSION, "dry_run": BOOL}')
-            self.write_json(await self.router.migrate(model, target, dry_run))
+            self.write_json(await self.admin.migrate(model, target, dry_run))
         except DocraftError as exc:
             self.send_error_for(exc)
 
@@ -344,21 +346,69 @@ class CorruptHandler(JSONHandler):
 
 
 class RepairHandler(JSONHandler):
-    """``POST /_admin/repair``: discard this replica's state and resynchronise it from its group.
+    """``POST /_admin/repair`` with ``{"voters": [...]}``: on a replica its group has removed (``voters`` are
+    the leader's), discard its state and restart as a learner (``docraft repair``: ``node.membership``).
 
-    ``repair`` raises ``RepairRefused`` when it is unsafe now (``node.repair``), else schedules it.
+    ``RepairRefused`` while it is still a voter.
     """
 
-    def initialize(self, repair: Callable[[], Awaitable[None]]) -> None:
-        self.repair = repair
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
+
+    def post(self) -> None:
+        membership.leave(self.service, (self.json_body() or {}).get("voters"), "repair")
+        self.write_json({"repairing": True}, status=202)
+
+
+class MembershipHandler(JSONHandler):
+    """``POST /_admin/membership`` with ``{"op": "add"|"remove", "raft": ADDRESS}``: on the leader, check the
+    group can afford it and commit one membership change (``node.membership.change``)."""
+
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
 
     async def post(self) -> None:
-        try:
-            await self.repair()
-        except DocraftError as exc:
-            self.send_error_for(exc)
-            return
-        self.write_json({"repairing": True}, status=202)
+        body = self.json_body() or {}
+        op, address = body.get("op"), body.get("raft")
+        if op not in membership.OPS or not isinstance(address, str):
+            raise BadRequest('the body must be {"op": "add" or "remove", "raft": "host:port"}')
+        await membership.change(self.service, op, address)
+        self.write_json({"op": op, "raft": address, "voters": self.service.replica.voters()})
+
+
+class TransferHandler(JSONHandler):
+    """``POST /_admin/transfer`` with ``{"to": ADDRESS|null}``: the leader asks a caught-up voter to take over."""
+
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
+
+    async def post(self) -> None:
+        target = (self.json_body() or {}).get("to")
+        if target is not None and not isinstance(target, str):
+            raise BadRequest('the body must be {"to": "host:port" or null}', param="to")
+        await membership.transfer(self.service, target)
+        self.write_json({"transferring": True})
+
+
+class PromoteHandler(JSONHandler):
+    """``POST /_admin/promote``: a caught-up learner restarts as a joining member, for its leader to add."""
+
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
+
+    def post(self) -> None:
+        self.write_json({"mode": membership.promote(self.service)}, status=202)
+
+
+class RetireHandler(JSONHandler):
+    """``POST /_admin/retire`` with ``{"voters": [...]}``: a replica its group has removed stops for good."""
+
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
+
+    def post(self) -> None:
+        membership.leave(self.service, (self.json_body() or {}).get("voters"), "retire")
+        self.write_json({"retired": True})
 
 
 class ShardWriteHandler(JSONHandler):
@@ -395,6 +445,19 @@ class ShardStatusHandler(JSONHandler):
 
     def get(self) -> None:
         self.write_json(self.service.status())
+
+
+class ShardSlotsHandler(JSONHandler):
+    """``GET /_shard/slots[?counts=1]``: this replica's copy of its group's slot table (``ShardService.slots``)."""
+
+    def initialize(self, service: ShardService) -> None:
+        self.service = service
+
+    def get(self) -> None:
+        counts = self.query_args().get("counts", ["0"])[-1]
+        if counts not in ("0", "1"):
+            raise BadRequest("counts must be 1 or 0", param="counts")
+        self.write_json(self.service.slots(counts == "1"))
 
 
 class NotFoundHandler(JSONHandler):

@@ -9,6 +9,9 @@ when one of them reports leading in a newer term than the router knew, so a
 router follows a new leader as soon as Raft has one instead of
 waiting out an attempt timeout on a paused or cut-off one.
 
+Which replicas a group has is the caller's to say: every method takes the
+group as a ``ShardConfig`` (``ClusterView.shard``: its current voters).
+
 Used on one event loop.
 """
 
@@ -32,7 +35,6 @@ class LeaderTracker:
         self.probe_interval = probe_interval
         self.leaders: dict[str, ReplicaConfig | None] = {s.id: None for s in config.shards}
         self.terms: dict[str, int] = {s.id: -1 for s in config.shards}
-        self._by_raft = {r.raft: r for s in config.shards for r in s.replicas}
         self._probes: dict[tuple[str, str], tuple[float, asyncio.Future[list[dict[str, Any]]]]] = {}
 
     def forget(self, shard: ShardConfig) -> None:
@@ -40,8 +42,7 @@ class LeaderTracker:
 
     def follow_hint(self, shard: ShardConfig, leader_raft: Any) -> ReplicaConfig | None:
         """Take a ``not_leader`` answer's hint (a Raft address) as the leader, if it names one of ``shard``'s."""
-        hint = self._by_raft.get(str(leader_raft))
-        self.leaders[shard.id] = hint if hint is not None and hint.shard == shard.id else None
+        self.leaders[shard.id] = _by_raft(shard, leader_raft)
         return self.leaders[shard.id]
 
     async def discover(self, shard: ShardConfig, timeout: float) -> ReplicaConfig | None:
@@ -54,8 +55,8 @@ class LeaderTracker:
             found = next(r for r in shard.replicas if r.id == best["id"])
             self.terms[shard.id] = best["term"]
         else:
-            hints = [self._by_raft.get(str(a.get("leader_raft"))) for a in answers]
-            found = next((h for h in hints if h is not None and h.shard == shard.id), None)
+            hints = [_by_raft(shard, a.get("leader_raft")) for a in answers]
+            found = next((h for h in hints if h is not None), None)
         self.leaders[shard.id] = found
         return found
 
@@ -65,11 +66,11 @@ class LeaderTracker:
         Only the other replicas are asked: the one being tried is the slow one,
         and waiting for its answer would pace every probe by its timeout.
         """
-        known = self.leaders[shard.id]
+        known = self.leaders.get(shard.id)
         if known is not None and known.id != current.id:
             return known  # another attempt already found the new leader
         answers = await self._shared_probe(shard, current)
-        newer = [a for a in answers if a.get("role") == "leader" and a["term"] > self.terms[shard.id]]
+        newer = [a for a in answers if a.get("role") == "leader" and a["term"] > self.terms.get(shard.id, -1)]
         if not newer:
             return None
         best = max(newer, key=lambda a: a["term"])
@@ -95,3 +96,8 @@ class LeaderTracker:
                 return None
 
         return [a for a in await asyncio.gather(*(ask(r) for r in replicas)) if a]
+
+
+def _by_raft(shard: ShardConfig, leader_raft: Any) -> ReplicaConfig | None:
+    """The replica of ``shard`` at Raft address ``leader_raft``, if it has one."""
+    return next((r for r in shard.replicas if r.raft == str(leader_raft)), None)

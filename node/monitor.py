@@ -58,10 +58,12 @@ class Judgement:
     no_majority: tuple[int, dict[str, str]] | None = None
 
 
-def judge(reports: dict[str, dict[str, Any]], group_size: int) -> Judgement:
+def judge(reports: dict[str, dict[str, Any]], group_size: int, voters: set[str] | None = None) -> Judgement:
     """Compare digests at common indexes, newest first; the majority of the group decides.
 
-    ``reports`` maps replica id to its ``/_admin/digest`` answer. Each replica
+    ``reports`` maps replica id to its ``/_admin/digest`` answer; ``group_size``
+    is the number of voters, and only the reports of ``voters`` (default:
+    every reporter) count towards a majority, learners being judged by it. Each replica
     is judged at the newest index it reports: agreeing or divergent when a
     majority of the group shares one digest there; left unjudged when the
     reporters there disagree with no majority (an older index where they
@@ -81,7 +83,8 @@ def judge(reports: dict[str, dict[str, Any]], group_size: int) -> Judgement:
         pending = [r for r in seen if r not in judged]
         if not pending:
             continue
-        digest, count = Counter(seen.values()).most_common(1)[0]
+        counted = [d for r, d in seen.items() if voters is None or r in voters]
+        digest, count = Counter(counted).most_common(1)[0] if counted else ("", 0)
         if count >= majority:
             for replica in pending:
                 judged.add(replica)
@@ -91,10 +94,24 @@ def judge(reports: dict[str, dict[str, Any]], group_size: int) -> Judgement:
                     verdict.divergent[replica] = (index, dict(seen))
         elif len(set(seen.values())) > 1:
             judged.update(pending)  # a disagreement nobody can settle yet: judge these later
-            if len(seen) == group_size and verdict.no_majority is None:
+            if len(counted) == group_size and verdict.no_majority is None:
                 verdict.no_majority = (index, dict(seen))
 
     return verdict
+
+
+def group_voters(shard: ShardConfig, reports: dict[str, dict[str, Any]]) -> tuple[int, set[str]]:
+    """How many voters ``shard``'s group has, and which of the file's replicas they are.
+
+    The newest report (leader first, then highest term) that lists ``voters`` (Raft addresses) says;
+    without one, every replica of the file is a voter (replicas from before membership changes).
+    """
+    listing = [r for r in reports.values() if r.get("voters")]
+    if not listing:
+        return len(shard.replicas), {r.id for r in shard.replicas}
+    newest = max(listing, key=lambda r: (r["term"], r["role"] == "leader"))
+    addresses = set(newest["voters"])
+    return len(addresses), {r.id for r in shard.replicas if r.raft in addresses}
 
 
 def leader_of(reports: dict[str, dict[str, Any]]) -> str | None:
@@ -246,7 +263,8 @@ class IntegrityMonitor:
         self._check_progress(shard, answers, now)
         self._check_faults(shard, reports)
         wrong_code = self._check_code(shard, reports)
-        verdict = judge(reports, len(ids))
+        size, voters = group_voters(shard, reports)
+        verdict = judge(reports, size, voters)
         for replica, (index, digests) in verdict.divergent.items():
             if replica in wrong_code:
                 continue

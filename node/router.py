@@ -1,11 +1,17 @@
 """Routing endpoint calls to replica groups; the dispatcher and every replica use it.
 
 Key-addressed calls (a mutation, or a query given its ``shard_key``) go to the
-leader of the one shard owning the key; other queries go to every shard and
-their answers are merged. Leaders are learned from replicas' status and from
-``not_leader`` hints, and every call is retried within a deadline while
-leadership moves. A write keeps its request id across retries, so the state
-machine applies it once even when an earlier attempt did land.
+leader of the group owning the key's slot; other queries go to every group
+that owns slots, and their answers are merged. Which group owns a slot, which
+replicas a group has and which leads it is the ``ClusterView``'s
+(``node.cluster_view``). Every call is retried within one deadline while
+leadership or slots move: on ``wrong_shard`` the view is patched from the
+answer and the call sent to the owner it names; on ``slot_frozen``,
+``slot_importing`` or ``slots_unknown`` it is sent again after the answer's
+``retry_after``. A write keeps its request id across retries, whichever group
+they reach, so it is applied once even when an earlier attempt did land (a
+move carries remembered request ids to the new owner). ``include=`` is
+``node.includes``'s, the admin fan-out ``node.admin_ops``'s.
 """
 
 from __future__ import annotations
@@ -15,37 +21,37 @@ import itertools
 import re
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-import ujson
-
+from consensus.slots import SLOT_COUNT, slot_of
 from consensus.state_machine import Result
 from models.errors import (
     BadRequest,
     DocraftError,
-    FingerprintRefused,
     MethodNotAllowed,
-    MigrationRefused,
     NoLeader,
     NotLeader,
     OutcomeUnknown,
     ReplicaFaulted,
     ReplicaFlagged,
     ShardUnavailable,
+    SlotFrozen,
+    SlotImporting,
+    SlotsUnknown,
+    WrongShard,
     error_from_json,
 )
-from models.model import Model
+from node.cluster_view import ClusterView
 from node.config import ClusterConfig, ReplicaConfig, ShardConfig
 from node.consistency import Consistency
-from node.leaders import LeaderTracker
+from node.includes import embed
 from node.shard_client import ShardClient
-from node.shard_map import ShardMap
 from query.app import App
 from query.cursors import cursor_key, open_cursor, seal_cursor
 from query.endpoints import CURSOR_PARAM, Endpoint
 from query.merge import merge_pages, merge_values
-from query.ordering import value_key
 
 T = TypeVar("T")
 
@@ -53,7 +59,12 @@ RETRY_PAUSE = 0.05
 
 
 class Router:
-    """Sends endpoint calls to the right replicas; one per process, used on its event loop."""
+    """Sends endpoint calls to the right replicas; one per process, used on its event loop.
+
+    ``view`` (a ``ClusterView``) says where slots live; a server starts its
+    polling task (``view.run``). Deadlines passed between methods are
+    ``time.monotonic()`` values; a call without one gets ``deadline`` seconds.
+    """
 
     def __init__(
         self,
@@ -71,13 +82,13 @@ class Router:
         self.app = app
         self.client = client
         self.deadline = deadline
-        self.shard_map = ShardMap(config)
+        self.view = ClusterView(config, client)
         self.limits = config.limits
         self.cursor_key = cursor_key(config.secret)
-        self.leaders = LeaderTracker(config, client)
+        self.leaders = self.view.leaders
         # Replicas the integrity monitor flagged (divergent or wrong code): nothing is read from them.
         self.flagged: set[str] = set()
-        self._stale_turns = {s.id: itertools.count() for s in config.shards}
+        self._stale_turns: defaultdict[str, itertools.count[int]] = defaultdict(itertools.count)
 
     # -- public entry points ---------------------------------------------------
 
@@ -102,8 +113,10 @@ class Router:
         allows it. A page's ``next`` is sealed, and a ``cursor`` argument
         opened (``query.cursors``); ``limit`` and ``include`` are held to
         ``[limits]``. Raises the ``DocraftError`` to answer with: ``NotFound``,
-        ``MethodNotAllowed``, ``BadRequest``, ``NoLeader``, ``OutcomeUnknown``, app errors...
+        ``MethodNotAllowed``, ``BadRequest``, ``NoLeader``, ``OutcomeUnknown``,
+        ``SlotFrozen`` (a move outlasted the deadline), app errors...
         """
+        deadline = time.monotonic() + self.deadline
         endpoint = self.app.endpoint(name)
         self._check_method(endpoint, method)
         args = self.limits.page_arguments(endpoint, endpoint.parse(query_args, body), {*query_args, *(body or {})})
@@ -111,21 +124,22 @@ class Router:
             args[CURSOR_PARAM] = open_cursor(self.cursor_key, name, args[CURSOR_PARAM], CURSOR_PARAM)
         explain = _flag(query_args, body, "explain")
         if endpoint.kind == "mutation":
-            shard = self.shard_map.shard_for_key(endpoint.shard_key_of(args))
             command = {
                 "type": "mutation",
                 "endpoint": name,
                 "args": args,
                 "request_id": request_id_for(idempotency_key),
             }
-            outcome = await self.write(shard, command)
-            return {"result": _unwrap(outcome), "served_by": [outcome.get("served_by")]}
+            outcome = await self.write_slot(slot_of(endpoint.shard_key_of(args)), command, deadline)
+            return {"result": unwrap(outcome), "served_by": [outcome.get("served_by")]}
         consistency = Consistency.parse(_single(query_args, body, "consistency"), endpoint.consistency)
         includes = self.limits.includes(_single(query_args, body, "include"))
         request = {"endpoint": name, "args": args, "explain": explain, "consistency": consistency.value}
         key = endpoint.shard_key_of(args)
-        shards = self.config.shards if key is None else (self.shard_map.shard_for_key(key),)
-        results = await asyncio.gather(*(self.read(shard, request, consistency) for shard in shards))
+        if key is None:
+            results = await self.scatter(request, consistency, deadline)
+        else:
+            results = [await self.read_slot(slot_of(key), request, consistency, deadline)]
         model_name = results[0].get("model")
         response = self._response(results, explain)
         if response.get("next") is not None:
@@ -133,7 +147,7 @@ class Router:
         if includes:
             if "items" not in response:
                 raise BadRequest(f"{name} does not return documents, so include= cannot apply", param="include")
-            await self._include(self.app.model(str(model_name)), response["items"], includes, consistency)
+            await embed(self, self.app.model(str(model_name)), response["items"], includes, consistency, deadline)
         return response
 
     def _check_method(self, endpoint: Endpoint, method: str) -> None:
@@ -154,58 +168,23 @@ class Router:
             allowed=allowed,
         )
 
-    async def _include(
-        self, model: type[Model], items: list[dict[str, Any]], names: list[str], consistency: Consistency
-    ) -> None:
-        """Embed each item's related documents under each relation name, in the related model's key order.
-
-        Children co-located with their parent are read from the parent's shard
-        only; other relations are looked up on every shard.
-        """
-        for name in names:
-            relation = model.relations.get(name)
-            if relation is None:
-                known = ", ".join(sorted(model.relations)) or "none"
-                raise BadRequest(f"{model.name} has no relation {name!r} (it has: {known})", param="include")
-            child, field = relation.model, relation.field
-            co_located = child.co_located_with(model)
-            groups: dict[str, list[Any]] = {}
-            for key in (item[model.primary_key] for item in items):
-                for shard in [self.shard_map.shard_for_key(key)] if co_located else self.config.shards:
-                    groups.setdefault(shard.id, []).append(key)
-            lookups = [
-                self.read(
-                    self.config.shard(shard_id),
-                    {
-                        "lookup": {"model": child.name, "field": field, "values": values},
-                        "consistency": consistency.value,
-                    },
-                    consistency,
-                )
-                for shard_id, values in groups.items()
-            ]
-            children: dict[str, list[dict[str, Any]]] = {}
-            for result in await asyncio.gather(*lookups):
-                for doc in result["items"]:
-                    refs = doc[field] if isinstance(doc[field], list) else [doc[field]]
-                    for ref in refs:
-                        children.setdefault(ujson.dumps(ref), []).append(doc)
-            for item in items:
-                related = children.get(ujson.dumps(item[model.primary_key]), [])
-                item[name] = sorted(related, key=lambda d: value_key(d[child.primary_key]))
-
     async def insert_batch(self, model_name: str, docs: list[Any], idempotency_key: str | None = None) -> list[Result]:
         """Validate and store many documents; one result per document, in order.
 
-        Documents are grouped by owning shard and each group is one replicated
-        command, so a batch costs one Raft round per shard. With an
-        ``idempotency_key``, each shard's command has a request id derived from
-        it, so the same batch sent again is applied at most once.
+        Documents are grouped by slot, each slot's documents are one
+        ``insert_batch`` command with the request id ``<request id of the
+        key>:slot:<slot>``, and each group gets its slots' commands in one
+        routed ``batch``, so a batch costs one Raft round per group. Sent again
+        with the same ``idempotency_key``, each slot's command is applied at
+        most once; and a slot moved in between is retried at its new owner
+        under the same id, which names the same documents however the slots
+        are grouped then.
         """
-        key = idempotency_key or new_idempotency_key()
+        base = request_id_for(idempotency_key or new_idempotency_key())
+        deadline = time.monotonic() + self.deadline
         model = self.app.model(model_name)
         results: list[Result | None] = [None] * len(docs)
-        groups: dict[str, list[int]] = {}
+        by_slot: dict[int, list[int]] = {}
         clean: list[dict[str, Any]] = []
         for i, doc in enumerate(docs):
             try:
@@ -215,161 +194,241 @@ class Router:
                 clean.append({})
                 continue
             clean.append(valid)
-            groups.setdefault(self.shard_map.shard_for_key(valid[model.partition_key]).id, []).append(i)
+            by_slot.setdefault(slot_of(valid[model.partition_key]), []).append(i)
 
-        async def store(shard_id: str, positions: list[int]) -> None:
-            command = {
+        def command(slot: int) -> dict[str, Any]:
+            docs_of_slot = [clean[i] for i in by_slot[slot]]
+            return {
                 "type": "insert_batch",
                 "model": model_name,
-                "docs": [clean[i] for i in positions],
-                "request_id": f"{request_id_for(key)}:{shard_id}",
+                "docs": docs_of_slot,
+                "slot": slot,
+                "request_id": f"{base}:slot:{slot}",
             }
-            outcome = _unwrap(await self.write(self.config.shard(shard_id), command))
-            for i, result in zip(positions, outcome, strict=True):
-                results[i] = result
 
-        await asyncio.gather(*(store(shard_id, positions) for shard_id, positions in groups.items()))
+        tried = _Attempts()
+        pending = sorted(by_slot)
+        while pending:
+            groups: dict[str, list[int]] = {}
+            for slot in pending:
+                groups.setdefault(self.view.shard_for_slot(slot), []).append(slot)
+            answers = await asyncio.gather(
+                *(
+                    self._group_write(
+                        shard_id,
+                        {"type": "batch", "commands": [command(s) for s in slots], "request_id": f"{base}:batch"},
+                        deadline,
+                        tried,
+                    )
+                    for shard_id, slots in groups.items()
+                )
+            )
+            pending = []
+            refusals: list[tuple[DocraftError, str]] = []
+            for (shard_id, slots), answer in zip(groups.items(), answers, strict=True):
+                outcomes: list[Any] = answer if isinstance(answer, list) else [answer] * len(slots)
+                for slot, outcome in zip(slots, outcomes, strict=True):
+                    refusal = outcome if isinstance(outcome, DocraftError) else _relocation(outcome)
+                    if refusal is not None:
+                        pending.append(slot)
+                        refusals.append((refusal, shard_id))
+                        continue
+                    for i, result in zip(by_slot[slot], unwrap(outcome), strict=True):
+                        results[i] = result
+            if refusals:
+                await self._after_refusals(refusals, deadline)
         return [r for r in results if r is not None]
 
-    async def _write_everywhere(self, command: dict[str, Any]) -> dict[str, Any]:
-        """Commit ``command`` (a fresh request id per shard) on every shard; each shard's result by id."""
+    async def _group_write(
+        self, shard_id: str, command: dict[str, Any], deadline: float, tried: _Attempts
+    ) -> list[Result] | DocraftError:
+        """``command`` (a routed batch) on group ``shard_id``: its results, or the refusal that sent nothing."""
+        try:
+            return list(unwrap(await self._write(self.view.shard(shard_id), command, deadline, tried)))
+        except RELOCATIONS as exc:
+            return exc
 
-        async def one(shard: ShardConfig) -> Any:
-            return _unwrap(await self.write(shard, {**command, "request_id": request_id_for(None)}))
+    # -- slot-addressed calls: following moves ------------------------------------
 
-        results = await asyncio.gather(*(one(shard) for shard in self.config.shards))
-        return {shard.id: result for shard, result in zip(self.config.shards, results, strict=True)}
+    async def write_slot(self, slot: int, command: dict[str, Any], deadline: float) -> Result:
+        """Commit ``command`` at the group owning ``slot``, following moves with the same request id.
 
-    async def set_fingerprint(self, fingerprint: str) -> dict[str, Any]:
-        """Record ``fingerprint`` as the cluster's app code on every shard (a deliberate upgrade).
-
-        Only code that runs: each shard's replicas are asked for their own
-        fingerprint first, and ``FingerprintRefused`` names every shard none
-        of whose answering replicas runs ``fingerprint``; nothing changes then.
+        Raises as ``write`` does, and the last ``SlotFrozen``/``SlotImporting``/
+        ``SlotsUnknown``/``WrongShard`` when the slot did not settle by ``deadline``.
         """
-        running = await asyncio.gather(*(self._running_code(shard) for shard in self.config.shards))
-        refused = {
-            shard.id: by_replica
-            for shard, by_replica in zip(self.config.shards, running, strict=True)
-            if fingerprint not in by_replica.values()
-        }
-        if refused:
-            raise FingerprintRefused(
-                f"no replica of shard {', '.join(refused)} runs app code {fingerprint[:12]}…: deploy the code, "
-                "restart its replicas, then accept it; nothing changed",
-                shards=refused,
-            )
-        return await self._write_everywhere({"type": "set_fingerprint", "fingerprint": fingerprint})
+        tried = _Attempts()
+        return await self._at_owner(slot, lambda shard: self._write(shard, command, deadline, tried), deadline)
 
-    async def _running_code(self, shard: ShardConfig) -> dict[str, str | None]:
-        """Each replica of ``shard``'s own code fingerprint, ``None`` for one that did not answer."""
+    async def read_slot(self, slot: int, request: dict[str, Any], consistency: Consistency, deadline: float) -> Result:
+        """Run ``request`` at the group owning ``slot``, following moves; raises as ``write_slot``."""
+        return await self._at_owner(slot, lambda shard: self.read(shard, request, consistency, deadline), deadline)
 
-        async def local(replica: ReplicaConfig) -> str | None:
+    async def _at_owner(
+        self, slot: int, attempt: Callable[[ShardConfig], Awaitable[Result]], deadline: float
+    ) -> Result:
+        while True:
+            shard = self.view.shard(self.view.shard_for_slot(slot))
             try:
-                report = await self.client.integrity(replica)
-            except DocraftError:
-                return None
-            fingerprint = report.get("fingerprint", {}).get("local")
-            return fingerprint if isinstance(fingerprint, str) else None
+                result = await attempt(shard)
+                refusal = _relocation(result)
+                if refusal is None:
+                    return result
+                raise refusal
+            except RELOCATIONS as exc:
+                await self._after_refusals([(exc, shard.id)], deadline)
 
-        fingerprints = await asyncio.gather(*(local(replica) for replica in shard.replicas))
-        return {replica.id: fp for replica, fp in zip(shard.replicas, fingerprints, strict=True)}
+    async def _after_refusals(self, refusals: list[tuple[DocraftError, str]], deadline: float) -> None:
+        """Get ready to send again after slot refusals (each with the group that gave it).
 
-    async def migrate(self, model_name: str, target: int, dry_run: bool) -> dict[str, Any]:
-        """Migrate ``model_name`` to version ``target`` on every shard, or only plan it.
-
-        ``BadRequest`` unless ``target`` is the version this process's code
-        declares for the model (replicas check theirs too). Every shard first
-        checks that each document would validate after the change; if any would
-        not, nothing starts and ``MigrationRefused`` lists them. Then each shard
-        migrates in one replicated command, atomically.
+        ``wrong_shard``: the view is patched from the answer; if that does not
+        name a new owner, the view is refreshed instead. Otherwise (a slot
+        moving, a group not started): wait the longest ``retry_after``. Raises
+        a refusal itself when ``deadline`` leaves no time to send again.
         """
-        model = self.app.model(model_name)
-        if target != model.version:
-            raise BadRequest(
-                f"the running code declares {model.name} version {model.version}, not {target}: "
-                "deploy the code that declares it first",
-                param="to",
+        remaining = deadline - time.monotonic()
+        pause = 0.0
+        refresh = False
+        for refusal, asked in refusals:
+            if remaining <= 0:
+                raise refusal
+            if isinstance(refusal, WrongShard):
+                moved = self.view.patch(refusal.details) and self.view.shard_for_slot(refusal.details["slot"]) != asked
+                refresh = refresh or not moved
+                continue
+            wait = refusal.details.get("retry_after")
+            wait = wait if isinstance(wait, int | float) and wait > 0 else RETRY_PAUSE
+            if wait >= remaining:
+                raise refusal
+            pause = max(pause, wait)
+        if refresh:
+            await self._refresh(deadline)
+        await asyncio.sleep(pause)
+
+    async def _refresh(self, deadline: float) -> None:
+        """Refresh the view, waiting at most until ``deadline`` and at least one retry pause."""
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self.view.refresh(), max(deadline - started, 0.001))
+        except TimeoutError:
+            return
+        now = time.monotonic()
+        await asyncio.sleep(max(min(RETRY_PAUSE - (now - started), deadline - now), 0))
+
+    async def scatter(self, request: dict[str, Any], consistency: Consistency, deadline: float) -> list[Result]:
+        """Run ``request`` on every group that owns slots; one answer per group.
+
+        Answers that carry ``owned`` ranges must cover every slot exactly
+        once; if they overlap or leave a gap (a move between two commits, a
+        stale view or replica), the view is refreshed and the whole request
+        sent again. ``SlotsUnknown`` when they still do not at ``deadline``.
+        """
+        while True:
+            groups = self.view.serving()
+            results = await asyncio.gather(*(self._read_group(g, request, consistency, deadline) for g in groups))
+            problem = _cover_problem([r.get("owned") for r in results])
+            if problem is None:
+                return results
+            await self._refresh(deadline)
+            if deadline - time.monotonic() < RETRY_PAUSE:
+                raise SlotsUnknown(
+                    f"the groups' answers do not cover every slot once ({problem}): slots are moving; retry shortly",
+                    retry_after=RETRY_PAUSE,
+                )
+
+    async def read_keys(
+        self,
+        keys: list[Any],
+        request_for: Callable[[list[Any]], dict[str, Any]],
+        consistency: Consistency,
+        deadline: float,
+    ) -> list[Result]:
+        """Run ``request_for(keys of one group)`` at the owner of each partition key's slot; every answer.
+
+        An answer whose ``owned`` ranges miss one of its keys' slots (the slot
+        moved) is dropped, and its keys asked again after a refresh of the
+        view, until ``deadline`` (then ``SlotsUnknown``).
+        """
+        results: list[Result] = []
+        pending = list(keys)
+        while pending:
+            groups: dict[str, list[Any]] = {}
+            for key in pending:
+                groups.setdefault(self.view.shard_for_key(key), []).append(key)
+            answers = await asyncio.gather(
+                *(
+                    self._read_group(self.view.shard(s), request_for(v), consistency, deadline)
+                    for s, v in groups.items()
+                )
             )
-        request = {"migration_plan": {"model": model.name, "to": target}, "consistency": "linearizable"}
+            pending = []
+            for values, answer in zip(groups.values(), answers, strict=True):
+                owned = answer.get("owned")
+                if owned is None or all(_in_ranges(owned, slot_of(v)) for v in values):
+                    results.append(answer)
+                else:
+                    pending += values
+            if pending:
+                await self._refresh(deadline)
+                if deadline - time.monotonic() < RETRY_PAUSE:
+                    raise SlotsUnknown(
+                        "the owners of some keys' slots moved on every try; retry shortly", retry_after=RETRY_PAUSE
+                    )
+        return results
 
-        plans = await asyncio.gather(*(self.read(s, request, Consistency.LINEARIZABLE) for s in self.config.shards))
-        by_shard = {
-            shard.id: {k: v for k, v in plan.items() if k != "served_by"}
-            for shard, plan in zip(self.config.shards, plans, strict=True)
-        }
-        failing = sum(plan["failure_count"] for plan in by_shard.values())
-        if failing:
-            raise MigrationRefused(
-                f"{failing} {model.name} documents would fail validation as version {target}; nothing changed",
-                shards=by_shard,
-            )
-        if dry_run:
-            return {"dry_run": True, "shards": by_shard}
-        shards = await self._write_everywhere({"type": "migrate", "model": model.name, "to": target})
-        return {"dry_run": False, "shards": shards}
-
-    async def cluster_status(self) -> list[dict[str, Any]]:
-        """Every shard with its slot range, leader and each replica's status."""
-
-        async def replica_status(replica: ReplicaConfig) -> dict[str, Any]:
-            entry: dict[str, Any] = {"id": replica.id, "raft": replica.raft, "http": replica.http}
+    async def _read_group(
+        self, shard: ShardConfig, request: dict[str, Any], consistency: Consistency, deadline: float
+    ) -> Result:
+        """``request`` on ``shard``, sent again while the group answers that a slot is moving or unknown."""
+        while True:
             try:
-                status = await self.client.status(replica)
-            except DocraftError as exc:
-                return {**entry, "role": "unreachable", "error": exc.message}
-            return {**entry, **{k: v for k, v in status.items() if k not in ("id", "shard")}}
+                return await self.read(shard, request, consistency, deadline)
+            except (SlotFrozen, SlotImporting, SlotsUnknown) as exc:
+                await self._after_refusals([(exc, shard.id)], deadline)
 
-        shards = []
-        for shard in self.config.shards:
-            replicas = await asyncio.gather(*(replica_status(r) for r in shard.replicas))
-            leaders = [r for r in replicas if r.get("role") == "leader"]
-            leader = max(leaders, key=lambda r: r["term"])["id"] if leaders else None
-            shards.append(
-                {
-                    "id": shard.id,
-                    "slots": [shard.first_slot, shard.last_slot],
-                    "leader": leader,
-                    "replicas": replicas,
-                }
-            )
-        return shards
+    # -- group calls with leader tracking and retries ---------------------------
 
-    # -- shard calls with leader tracking and retries ---------------------------
-
-    async def write(self, shard: ShardConfig, command: dict[str, Any]) -> Result:
+    async def write(self, shard: ShardConfig, command: dict[str, Any], deadline: float | None = None) -> Result:
         """Commit ``command`` on ``shard``'s leader, retrying with the same request id.
 
         Raises ``NoLeader`` or ``ReplicaFlagged`` (503) only when no attempt
         could have been applied, and ``OutcomeUnknown`` (504) naming the
-        request id to retry with when one may have been.
+        request id to retry with when one may have been. A slot refusal
+        (``wrong_shard``...) is returned or raised as the group gave it.
         """
-        maybe_applied = False
+        return await self._write(shard, command, self._deadline(deadline), _Attempts())
+
+    async def _write(self, shard: ShardConfig, command: dict[str, Any], deadline: float, tried: _Attempts) -> Result:
+        """``write``, with ``tried`` shared by every group the same command was sent to."""
 
         async def attempt(replica: ReplicaConfig, timeout: float) -> Result:
-            nonlocal maybe_applied
             try:
                 return await self.client.write(replica, command, timeout)
             except (OutcomeUnknown, ShardUnavailable, asyncio.CancelledError):
-                maybe_applied = True  # it reached a leader, or may have; abandoned attempts too
+                tried.maybe_applied = True  # it reached a leader, or may have; abandoned attempts too
                 raise
 
         try:
             # Accepting new code must reach leaders flagged for running it.
-            return await self._with_leader(shard, attempt, command.get("type") == "set_fingerprint")
+            return await self._with_leader(shard, attempt, deadline, command.get("type") == "set_fingerprint")
         except (NoLeader, ReplicaFlagged) as exc:
-            if maybe_applied:
+            if tried.maybe_applied:
                 raise _outcome_unknown(shard, command) from exc
             raise
 
-    async def read(self, shard: ShardConfig, request: dict[str, Any], consistency: Consistency) -> Result:
+    async def read(
+        self, shard: ShardConfig, request: dict[str, Any], consistency: Consistency, deadline: float | None = None
+    ) -> Result:
+        """Run ``request`` on ``shard``: a ``stale`` read on any replica, others on the leader."""
         if consistency is Consistency.STALE:
             return await self._stale_read(shard, request)
 
         async def attempt(replica: ReplicaConfig, timeout: float) -> Result:
             return await self.client.read(replica, request, timeout)
 
-        return await self._with_leader(shard, attempt)
+        return await self._with_leader(shard, attempt, self._deadline(deadline))
+
+    def _deadline(self, deadline: float | None) -> float:
+        return time.monotonic() + self.deadline if deadline is None else deadline
 
     async def _stale_read(self, shard: ShardConfig, request: dict[str, Any]) -> Result:
         """Any replica will do: this process's own first, then the others in turn."""
@@ -388,16 +447,21 @@ class Router:
         raise last_error
 
     async def _with_leader(
-        self, shard: ShardConfig, attempt: Callable[[ReplicaConfig, float], Awaitable[T]], to_flagged: bool = False
+        self,
+        shard: ShardConfig,
+        attempt: Callable[[ReplicaConfig, float], Awaitable[T]],
+        deadline: float,
+        to_flagged: bool = False,
     ) -> T:
-        """Run ``attempt`` on ``shard``'s leader, following leadership until the deadline.
+        """Run ``attempt`` on ``shard``'s leader, following leadership until ``deadline``.
 
         While an attempt is slow, the group is asked whether another replica
         leads in a newer term; if one does, the attempt is abandoned and the
-        new leader tried (``_attempt_or_moved``). Raises ``NoLeader`` at the
-        deadline, and ``ReplicaFlagged`` when the leader is flagged, unless ``to_flagged``.
+        new leader tried (``_attempt_or_moved``). The group's replicas are the
+        view's at each try, so a replica added since the call began can lead
+        it. Raises ``NoLeader`` at the deadline, and ``ReplicaFlagged`` when
+        the leader is flagged, unless ``to_flagged``.
         """
-        deadline = time.monotonic() + self.deadline
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -405,7 +469,8 @@ class Router:
                 raise NoLeader(
                     f"shard {shard.id} has no reachable leader; retry shortly", shard=shard.id, retry_after=1
                 )
-            leader = self.leaders.leaders[shard.id] or await self.leaders.discover(shard, remaining)
+            shard = self.view.current(shard)
+            leader = self.leaders.leaders.get(shard.id) or await self.leaders.discover(shard, remaining)
             if leader is None:
                 await asyncio.sleep(min(RETRY_PAUSE, remaining))
                 continue
@@ -473,6 +538,8 @@ class Router:
 
     def _response(self, results: list[Result], explain: bool) -> dict[str, Any]:
         served_by = [r.pop("served_by", None) for r in results]
+        for result in results:
+            result.pop("owned", None)
         if all(r.get("kind") == "page" for r in results):
             model = self.app.model(results[0]["model"])
             page = results[0] if len(results) == 1 else merge_pages(results, model.primary_key)
@@ -524,10 +591,48 @@ def _outcome_unknown(shard: ShardConfig, command: dict[str, Any]) -> OutcomeUnkn
     )
 
 
-def _unwrap(result: Result) -> Any:
+def unwrap(result: Result) -> Any:
+    """A result's ``ok`` value; raises the error it holds instead, if any."""
     if "error" in result:
         raise error_from_json(result)
     return result.get("ok")
+
+
+RELOCATIONS = (WrongShard, SlotFrozen, SlotImporting, SlotsUnknown)
+_RELOCATION_CODES = {cls.code for cls in RELOCATIONS}
+
+
+class _Attempts:
+    """What the attempts at one command have risked: whether any may have been applied."""
+
+    maybe_applied = False
+
+
+def _relocation(result: Result) -> DocraftError | None:
+    """The slot refusal a group answered ``result`` with (not applied, not remembered), else ``None``."""
+    error = result.get("error")
+    if isinstance(error, dict) and error.get("code") in _RELOCATION_CODES:
+        return error_from_json(result)
+    return None
+
+
+def _in_ranges(ranges: list[list[int]], slot: int) -> bool:
+    return any(first <= slot <= last for first, last in ranges)
+
+
+def _cover_problem(answers: list[Any]) -> str | None:
+    """Whether the ``owned`` ranges of every answer cover each slot exactly once: ``None`` if so (or when an
+    answer carries none, as replicas before slot tables do), else what is wrong."""
+    if any(owned is None for owned in answers):
+        return None
+    expected = 0
+    for first, last in sorted((first, last) for owned in answers for first, last in owned):
+        if first > expected:
+            return f"no answer holds slot {expected}"
+        if first < expected:
+            return f"two answers hold slot {first}"
+        expected = last + 1
+    return None if expected == SLOT_COUNT else f"no answer holds slot {expected}"
 
 
 def _single(query_args: Mapping[str, list[str]], body: Mapping[str, Any] | None, name: str) -> Any:

@@ -33,12 +33,17 @@ from node.handlers import (
     EndpointHandler,
     FingerprintHandler,
     JSONHandler,
+    MembershipHandler,
     MigrateHandler,
     OpenAPIHandler,
+    PromoteHandler,
     RepairHandler,
+    RetireHandler,
     ShardReadHandler,
+    ShardSlotsHandler,
     ShardStatusHandler,
     ShardWriteHandler,
+    TransferHandler,
 )
 from query.permissions import Access, Permission
 
@@ -97,7 +102,8 @@ ROUTES: tuple[Route, ...] = (
         Permission.STATUS,
         ("GET",),
         BOTH,
-        "shards, slot ranges, leaders, each replica's role, term, applied index, pid",
+        "the slot map's epoch; each shard's slot ranges, documents, leader, replicas (role, voter or learner, "
+        "lag); slot moves in progress",
     ),
     Route(
         "/_admin/alerts",
@@ -142,7 +148,45 @@ ROUTES: tuple[Route, ...] = (
         Permission.ADMIN,
         ("POST",),
         ("replica",),
-        "discard local state, restart, resync from the group (`docraft repair`)",
+        '`{"voters": [...]}`: a replica its group removed discards its state and restarts as a learner '
+        "(`docraft repair`: remove, this, add)",
+    ),
+    Route(
+        "/_admin/membership",
+        MembershipHandler,
+        "internal",
+        Access.MEMBERS,
+        ("POST",),
+        ("replica",),
+        '`{"op": "add"|"remove", "raft": ADDRESS}`: the leader checks and commits one change of its voters '
+        "(`docraft replica add|remove`)",
+    ),
+    Route(
+        "/_admin/transfer",
+        TransferHandler,
+        "internal",
+        Access.MEMBERS,
+        ("POST",),
+        ("replica",),
+        '`{"to": ADDRESS|null}`: the leader hands leadership to a caught-up voter (`docraft replica remove`)',
+    ),
+    Route(
+        "/_admin/promote",
+        PromoteHandler,
+        "internal",
+        Access.MEMBERS,
+        ("POST",),
+        ("replica",),
+        "a caught-up learner restarts as a member its leader may add (`docraft replica add`)",
+    ),
+    Route(
+        "/_admin/retire",
+        RetireHandler,
+        "internal",
+        Access.MEMBERS,
+        ("POST",),
+        ("replica",),
+        '`{"voters": [...]}`: a replica its group removed stops for good (`docraft replica remove`)',
     ),
     Route(
         "/_admin/fault/corrupt",
@@ -189,6 +233,16 @@ ROUTES: tuple[Route, ...] = (
         ("GET",),
         ("replica",),
         "this replica's role, term and indexes (routers, the integrity monitor)",
+    ),
+    Route(
+        "/_shard/slots",
+        ShardSlotsHandler,
+        "internal",
+        Access.MEMBERS,
+        ("GET",),
+        ("replica",),
+        "this replica's copy of its group's slot table, moves and members; `?counts=1` adds documents per slot "
+        "(routers, `docraft status`, `docraft rebalance`)",
     ),
     Route(
         "/_bulk/{Model}",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from tornado.web import Application
 
+from consensus.members import Membership, retired_message
 from consensus.replica import Replica
 from consensus.state_machine import StateMachine
 from node.alerts import AlertBook
@@ -30,9 +31,9 @@ from node.browsers import HostCheck
 from node.config import ClusterConfig, ReplicaConfig
 from node.handlers import NotFoundHandler, request_settings
 from node.limits import Limits, http_server
+from node.membership import starting_membership
 from node.monitor import IntegrityMonitor
 from node.private_files import private_dir
-from node.repair import check_repair, restart_empty
 from node.router import Router
 from node.routes import dispatcher_routes, rules
 from node.shard_client import ShardClient
@@ -81,28 +82,24 @@ def dispatcher(
     return Dispatcher(application, router, monitor, alerts, guard)
 
 
-def replica_application(config: ClusterConfig, app: App, service: ShardService, fault_injection: bool) -> Application:
-    """A replica's Tornado application: shard and admin routes plus the embedded router."""
-    client = ShardClient(config, local=service)
-    router = Router(config, app, client)
-
-    async def repair() -> None:
-        await check_repair(config, service, client)
-        asyncio.get_running_loop().call_later(0.2, restart_empty, service)
-
+def replica_application(
+    config: ClusterConfig, service: ShardService, router: Router, fault_injection: bool
+) -> Application:
+    """A replica's Tornado application: shard and admin routes plus the embedded ``router`` (whose client
+    calls ``service`` in process)."""
     replica = service.config
     guard = gate(config, AuditLog(replica.data_dir / AUDIT_NAME, replica.id))
-    deps = {"service": service, "repair": repair, "router": router}
+    deps = {"service": service, "router": router}
     settings = request_settings(config.limits, HostCheck((replica.http, replica.http_listen), config.http.hosts))
     return Application(
         rules("replica", deps, guard, fault_injection), default_handler_class=NotFoundHandler, **settings
     )
 
 
-def start_replica(config: ClusterConfig, replica: ReplicaConfig, app: App) -> ShardService:
-    """Start the Raft member for ``replica``; its thread runs until ``destroy()``."""
+def start_replica(config: ClusterConfig, replica: ReplicaConfig, app: App, membership: Membership) -> ShardService:
+    """Start the Raft member for ``replica`` in ``membership``'s mode; its thread runs until ``destroy()``."""
     shard = config.shard(replica.shard)
-    peers = [r.raft for r in shard.replicas if r.id != replica.id]
+    peers = [voter for voter in membership.voters if voter != replica.raft]
     state = StateMachine(
         app,
         local_fingerprint=app_fingerprint(app),
@@ -110,7 +107,15 @@ def start_replica(config: ClusterConfig, replica: ReplicaConfig, app: App) -> Sh
         digests=config.integrity.digests,
     )
     member = Replica(
-        replica.raft, peers, state, replica.data_dir, config.secret, config.timings, bind_address=replica.raft_listen
+        replica.raft,
+        peers,
+        state,
+        replica.data_dir,
+        config.secret,
+        config.timings,
+        bind_address=replica.raft_listen,
+        mode=membership.mode,
+        initial_slots=[[first, last] for first, last in shard.slots],
     )
     return ShardService(member, replica, ShardMap(config))
 
@@ -135,21 +140,32 @@ async def serve(
 
 
 def run_replica(config: ClusterConfig, replica_id: str, app: App, fault_injection: bool = False) -> None:
-    """Run one replica process: Raft member, routes and router, until signalled."""
+    """Run one replica process: Raft member, routes and router, until signalled.
+
+    Raises ``SystemExit`` on a data directory whose replica its group removed (``consensus.members``).
+    """
     replica = config.replica(replica_id)
     private_dir(replica.data_dir)
+    retired = retired_message(replica.data_dir)
+    if retired is not None:
+        raise SystemExit(f"docraft node {replica_id}: {retired}")
     tls = server_context(config.tls, replica.id) if config.tls else None
 
     async def main() -> None:
-        service = start_replica(config, replica, app)
+        membership = await starting_membership(config, replica)
+        log.info("replica %s starts as a %s of voters %s", replica.id, membership.mode, ", ".join(membership.voters))
+        service = start_replica(config, replica, app, membership)
         if fault_injection:
             log.warning("UNSAFE: fault injection routes are enabled on this replica")
+        router = Router(config, app, ShardClient(config, local=service))
+        watching = asyncio.get_running_loop().create_task(router.view.run())
         try:
-            application = replica_application(config, app, service, fault_injection)
+            application = replica_application(config, service, router, fault_injection)
             await serve(application, replica.http_listen, config.limits, tls)
             await service.replica.drain(grace=1.0)
             await asyncio.sleep(0.05)  # one more turn of the loop for handlers to send those answers
         finally:
+            watching.cancel()
             if not service.replica.snapshot_now():
                 log.warning("no snapshot before stopping: the restart will replay the log")
             service.replica.destroy()
@@ -164,10 +180,12 @@ def run_dispatcher(config: ClusterConfig, dispatcher_id: str | None, app: App) -
 
     async def main() -> None:
         parts = dispatcher(config, app, dispatcher_id=dispatcher_id)
-        monitoring = asyncio.get_running_loop().create_task(parts.monitor.run())
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(parts.monitor.run()), loop.create_task(parts.router.view.run())]
         try:
             await serve(parts.application, me.http_listen, config.limits, tls)
         finally:
-            monitoring.cancel()
+            for task in tasks:
+                task.cancel()
 
     asyncio.run(main())

@@ -71,6 +71,12 @@ class ShardClient:
             return self.local.status()
         return await self._call(replica, "GET", "/_shard/status", None, timeout)
 
+    async def slots(self, replica: ReplicaConfig, timeout: float = 1.0, counts: bool = False) -> dict[str, Any]:
+        """``replica``'s view of its group's slot table (``GET /_shard/slots``; ``ShardService.slots``)."""
+        if self.local is not None and self.is_local(replica):
+            return self.local.slots(counts)
+        return await self._call(replica, "GET", "/_shard/slots" + ("?counts=1" if counts else ""), None, timeout)
+
     async def integrity(self, replica: ReplicaConfig, timeout: float = 1.0) -> dict[str, Any]:
         if self.local is not None and self.is_local(replica):
             return self.local.integrity()

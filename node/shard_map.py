@@ -1,33 +1,33 @@
 """Hash slots: which shard owns a partition key.
 
-A key's slot is the CRC-32 of its canonical JSON text modulo 16384 (so the
-int ``5`` and the string ``"5"`` are different keys); each shard owns one
-contiguous slot range from the cluster file.
+A key's slot is ``consensus.slots.slot_of`` (re-exported here for old
+importers). ``ShardMap`` is the cluster file's map only: the slots each shard
+started with. Routers follow the live map, which moves, through
+``node.cluster_view.ClusterView``.
 """
 
 from __future__ import annotations
 
-import bisect
-import zlib
 from typing import Any
 
-import ujson
+from consensus.slots import slot_of
+from node.config import ClusterConfig, ShardConfig
+from node.slot_map import SlotMap
 
-from node.config import SLOT_COUNT, ClusterConfig, ShardConfig
-
-
-def slot_of(key: Any) -> int:
-    """The hash slot of a partition key value."""
-    return zlib.crc32(ujson.dumps(key, sort_keys=True).encode()) % SLOT_COUNT
+__all__ = ["ShardMap", "slot_of"]
 
 
 class ShardMap:
+    """Which shard the cluster file gives each slot (``slots`` of its ``[[shards]]``)."""
+
     def __init__(self, config: ClusterConfig) -> None:
-        self.shards = sorted(config.shards, key=lambda s: s.first_slot)
-        self._starts = [s.first_slot for s in self.shards]
+        self.config = config
+        self._map = SlotMap(config.shards)
 
     def shard_for_slot(self, slot: int) -> ShardConfig:
-        return self.shards[bisect.bisect_right(self._starts, slot) - 1]
+        owner = self._map.owner(slot)
+        assert owner is not None, "a valid cluster file gives every slot a shard"
+        return self.config.shard(owner)
 
     def shard_for_key(self, key: Any) -> ShardConfig:
         """The shard that stores documents whose partition key is ``key``."""

@@ -11,16 +11,19 @@ fails is refused before it reaches the log, so nothing is stored.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from consensus.moves import replicas
 from consensus.replica import Replica
 from consensus.state_machine import Result, StateMachine
 from models.errors import BadRequest, CodeMismatch, DocraftError, ReplicaFaulted, WrongShard
 from node.config import ReplicaConfig
 from node.consistency import Consistency
 from node.fault_injection import corrupt
+from node.move_commands import SHAPES, checked_move, export_request
 from node.shard_map import ShardMap, slot_of
 from query.endpoints import Endpoint
 
@@ -54,8 +57,24 @@ class ShardService:
         if not isinstance(kind, str) or kind not in self.ROUTED_COMMANDS:
             raise BadRequest(f"a shard write carries one of {', '.join(self.ROUTED_COMMANDS)}")
         checked = self.ROUTED_COMMANDS[kind](self, command)
-        result = await self.replica.submit({**checked, "time": time.time()}, timeout)
+        if kind == "batch":
+            result = await self._submit_together(checked["commands"], timeout)
+        else:
+            result = await self.replica.submit({**checked, "time": time.time()}, timeout)
         return {**result, "served_by": self._served_by(None)}
+
+    async def _submit_together(self, commands: list[dict[str, Any]], timeout: float) -> Result:
+        """A routed batch: ``{"ok": [one result per command]}``, each command applied (checked, fenced,
+        remembered) on its own. Proposed in one loop turn, they travel in one log entry (``Replica.submit``);
+        raises the first failure, as ``write`` does, when any could not be learned."""
+        now = time.time()
+        outcomes = await asyncio.gather(
+            *(self.replica.submit({**c, "time": now}, timeout) for c in commands), return_exceptions=True
+        )
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failure is not None:
+            raise failure
+        return {"ok": outcomes}
 
     # -- what a replica checks before proposing a routed command ------------------
 
@@ -94,20 +113,42 @@ class ShardService:
             self._check_ours(valid[model.partition_key], f"{model.name}.{model.partition_key}")
         return command
 
+    def _checked_routed_batch(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A router's bulk insert for this group: ``insert_batch`` commands, one per slot, each checked."""
+        commands = command.get("commands")
+        if not isinstance(commands, list) or not commands or not all(_slot_insert(c) for c in commands):
+            raise BadRequest("a routed batch holds insert_batch commands, each with a slot and a request_id")
+        return {**command, "commands": [self._checked_batch(c) for c in commands]}
+
     def _as_sent(self, command: dict[str, Any]) -> dict[str, Any]:
         """Commands for every shard (``set_fingerprint``, ``migrate``) write no key; the state machine checks them."""
         return command
 
     def _check_ours(self, key: Any, what: str) -> None:
-        """Raise ``WrongShard`` naming the owner when ``key`` is not in this shard's slots."""
+        """Raise ``WrongShard`` when ``key``'s slot moved away or was never held here, ``SlotsUnknown``
+        before the group's slot table is committed. A slot moving in or out passes: the fence at apply
+        answers the write (``StateMachine._fence``). The owner named is the tombstone's; for a slot never
+        held here, the cluster file's owner at version 0 (the map every group started from)."""
         slot = slot_of(key)
-        owner = self.shard_map.shard_for_slot(slot).id
-        if owner != self.config.shard:
-            raise WrongShard(
-                f"{what} {key!r} belongs to shard {owner} (slot {slot}), not {self.config.shard}; nothing was stored",
-                shard=owner,
-                slot=slot,
-            )
+
+        def check(state: StateMachine) -> Result:
+            try:
+                state.check_route(slot)
+            except WrongShard as refusal:
+                details = dict(refusal.details)
+                first_owner = self.shard_map.shard_for_slot(slot).id
+                if details.get("owner") is None and first_owner != self.config.shard:
+                    details.update(owner=first_owner, shard=first_owner, epoch=0)
+                raise WrongShard(f"{what} {key!r}: {refusal.message}", **details) from None
+            return {}
+
+        self.replica.read_locally(check)
+
+    def _checked_members(self, command: dict[str, Any]) -> dict[str, Any]:
+        """``set_members``: ``voters`` and ``learners`` are lists of ``{"id", "raft", "http"}``; else ``BadRequest``."""
+        for role in ("voters", "learners"):
+            replicas(command.get(role), role)
+        return command
 
     # Commands a router may propose, each with its check; batches are made by the replica itself.
     ROUTED_COMMANDS: ClassVar[dict[str, Check]] = {
@@ -115,6 +156,9 @@ class ShardService:
         "insert_batch": _checked_batch,
         "set_fingerprint": _as_sent,
         "migrate": _as_sent,
+        "batch": _checked_routed_batch,  # a bulk insert's per-slot commands (Router.insert_batch)
+        **dict.fromkeys(SHAPES, checked_move),  # slot moves (node.rebalance): shapes here, states at apply
+        "set_members": _checked_members,  # after a membership change (node.membership)
     }
 
     async def read(self, request: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> Result:
@@ -123,7 +167,11 @@ class ShardService:
         ``request`` is ``{"endpoint", "args", "explain", "consistency"}``, or
         ``{"lookup": {"model", "field", "values"}, "consistency"}`` to fetch
         related documents, or ``{"migration_plan": {"model", "to"}}`` for a
-        migration's dry run here.
+        migration's dry run here, or ``{"export": {"move", "after", "limit"},
+        "consistency": "linearizable"}`` for a page of a frozen move's
+        documents (``StateMachine.export_page``; only a linearizable read
+        sees every write the freeze let in), or ``{"slots": {"counts": bool}}``
+        for the group's slot table at any consistency (``slots_report``).
 
         Raises ``NotLeader`` when a ``leader`` or ``linearizable`` read
         reaches a follower, ``NoLeader`` when a leader's lease has lapsed,
@@ -148,13 +196,23 @@ class ShardService:
 
         if isinstance(plan, dict) and (not isinstance(plan.get("to"), int) or isinstance(plan.get("to"), bool)):
             raise BadRequest("a migration plan needs an integer version")
+        if "export" in request and consistency is not Consistency.LINEARIZABLE:
+            raise BadRequest("an export read must be linearizable", param="consistency")
+        export = export_request(request["export"]) if "export" in request else None
+
+        slots = request.get("slots")
 
         def run(state: StateMachine) -> Result:
+            if isinstance(slots, dict):
+                return state.slots_report(bool(slots.get("counts")))
+            if export is not None:
+                return state.export_page(*export)
             if isinstance(plan, dict):
                 return state.migration_plan(str(plan.get("model")), plan["to"])
             if isinstance(lookup, dict):
-                return state.lookup(str(lookup.get("model")), str(lookup.get("field")), lookup.get("values"))
-            return state.query(endpoint, args, explain)
+                found = state.lookup(str(lookup.get("model")), str(lookup.get("field")), lookup.get("values"))
+                return {**found, "owned": state.readable_ranges()}
+            return _query(state, endpoint, args, explain)
 
         result = self.replica.read_locally(run)
         result["served_by"] = self._served_by(consistency)
@@ -181,8 +239,9 @@ class ShardService:
         ``raft_applied_index`` and ``commit_index`` are PySyncObj's, which also
         count its own entries (no-ops the state machine never sees): the
         monitor compares these two to find a replica that stopped applying.
-        ``role``, ``term`` and ``fault`` (a condition the replica found in
-        itself, or None) are as ``status()`` reports them.
+        ``role``, ``term``, ``fault`` (a condition the replica found in
+        itself, or None) and ``voters`` (the group's, by Raft address) are as
+        ``status()`` reports them.
         """
         report = self.replica.read_locally(lambda state: state.integrity())
         raft = self.replica.status()
@@ -195,6 +254,7 @@ class ShardService:
             "role": raft["role"],
             "term": raft["term"],
             "fault": raft.get("fault"),
+            "voters": raft.get("voters"),
         }
 
     def corrupt(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -204,9 +264,39 @@ class ShardService:
             raise BadRequest('corrupt takes {"collection": MODEL, "id": KEY, "fields": {...}}')
         return self.replica.read_locally(lambda state: corrupt(state, collection, key, fields))
 
+    def slots(self, counts: bool = False) -> dict[str, Any]:
+        """This replica's copy of its group's slot table, from local state (``GET /_shard/slots``):
+        ``{"shard", "replica", "role", "term", "applied_index", **StateMachine.slots_report(counts)}``."""
+        report = self.replica.read_locally(lambda state: state.slots_report(counts))
+        return {**self._served_by(None), **report}
+
     def status(self) -> dict[str, Any]:
         """This replica's id, shard and Raft status."""
         return {"id": self.config.id, "shard": self.config.shard, **self.replica.status()}
+
+
+def _query(state: StateMachine, name: str, args: Any, explain: bool) -> Result:
+    """Run query ``name`` on ``state``, under the replica's lock. A query given its shard key is
+    answered only where the key's slot is read (``StateMachine.check_read``); any other answers with
+    the slot ranges it covers, ``owned``, read with the documents, so a router can tell a scatter
+    that saw a moving slot twice or not at all."""
+    endpoint = state.app.endpoints.get(name)
+    is_query = endpoint is not None and endpoint.kind == "query" and isinstance(args, dict)
+    key = endpoint.shard_key_of(args) if endpoint is not None and is_query else None
+    if key is not None:
+        state.check_read(slot_of(key))
+        return state.query(name, args, explain)
+    return {**state.query(name, args, explain), "owned": state.readable_ranges()}
+
+
+def _slot_insert(command: Any) -> bool:
+    """Whether ``command`` is shaped as one slot's ``insert_batch`` of a routed batch."""
+    return (
+        isinstance(command, dict)
+        and command.get("type") == "insert_batch"
+        and type(command.get("slot")) is int
+        and isinstance(command.get("request_id"), str)
+    )
 
 
 def _is_default(endpoint: Endpoint, name: str, value: Any) -> bool:

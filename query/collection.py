@@ -1,8 +1,10 @@
 """One model's documents on one replica, with their sorted indexes.
 
 Documents are kept by primary key in a ``SortedDict``; every declared index
-is a ``SortedList`` of ``(value key, primary key)``. Mutating methods keep
-both in step; nothing here does I/O. Callers must pass documents already
+is a ``SortedList`` of ``(value key, primary key)``, and ``slot_index`` one of
+``(hash slot of the partition key, primary key)``, so a slot range's documents
+can be paged when it moves. Mutating methods keep them all in step; nothing
+here does I/O. Callers must pass documents already
 validated by the model.
 
 Reads are read-only: ``get``, ``all`` and ``scan_index`` return copies the
@@ -17,7 +19,7 @@ the page it returns): never change or hand out a lent document.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ujson
@@ -40,13 +42,21 @@ class Collection:
     """Documents and indexes; ``content_hash`` is the sum of every document's hash.
 
     The sum is order-independent and updated on each change, so equal contents
-    give equal hashes however they were reached, at O(1) cost per write.
+    give equal hashes however they were reached, at O(1) cost per write. The
+    same sums and counts are kept per hash slot (``slot_hashes``,
+    ``slot_counts``; slots with no document have no entry), for moving slots.
     """
 
-    def __init__(self, model: type[Model]) -> None:
+    def __init__(self, model: type[Model], slot_of: Callable[[Any], int]) -> None:
+        """An empty collection of ``model``; ``slot_of`` maps a partition key to its hash slot
+        (``consensus.slots.slot_of``: the storage layer does not decide how keys are placed)."""
         self.model = model
+        self._slot_of = slot_of
         self.docs: SortedDict = SortedDict()
         self.indexes: dict[str, SortedList] = {name: SortedList() for name in model.indexes}
+        self.slot_index: SortedList = SortedList()
+        self.slot_counts: dict[int, int] = {}
+        self.slot_hashes: dict[int, int] = {}
         self.content_hash = 0
 
     def __len__(self) -> int:
@@ -93,6 +103,20 @@ class Collection:
         for _, pk in index.irange(minimum, maximum, reverse=reverse):
             yield self.docs[pk]
 
+    def slot_of(self, doc: dict[str, Any]) -> int:
+        """The hash slot of ``doc``'s partition key (a co-located child's is its parent's)."""
+        return self._slot_of(doc[self.model.partition_key])
+
+    def stored_in_slots(self, first: int, last: int, after: SortKey | None = None) -> Iterator[dict[str, Any]]:
+        """Stored documents, lent, whose slot is in ``first..last``, in (slot, primary key) order,
+        starting after the position ``after`` = ``(slot, primary key)`` when given."""
+        if after is None or after < (first,):
+            low, inclusive = (first,), True
+        else:
+            low, inclusive = after, False
+        for _, pk in self.slot_index.irange(low, (last, KEY_MAX), inclusive=(inclusive, True)):
+            yield self.docs[pk]
+
     def put(self, doc: dict[str, Any]) -> dict[str, Any] | None:
         """Store ``doc`` (insert or replace), which the collection now owns; return the document it replaced."""
         pk = value_key(doc[self.model.primary_key])
@@ -102,7 +126,11 @@ class Collection:
         self.docs[pk] = doc
         for name, index in self.indexes.items():
             index.add((value_key(doc.get(name)), pk))
-        self.content_hash = (self.content_hash + document_hash(self.model.name, doc)) % HASH_MODULUS
+        slot, digest = self.slot_of(doc), document_hash(self.model.name, doc)
+        self.slot_index.add((slot, pk))
+        self.slot_counts[slot] = self.slot_counts.get(slot, 0) + 1
+        self.slot_hashes[slot] = (self.slot_hashes.get(slot, 0) + digest) % HASH_MODULUS
+        self.content_hash = (self.content_hash + digest) % HASH_MODULUS
         return old
 
     def remove(self, key: Any) -> dict[str, Any] | None:
@@ -116,4 +144,11 @@ class Collection:
     def _unindex(self, doc: dict[str, Any], pk: SortKey) -> None:
         for name, index in self.indexes.items():
             index.remove((value_key(doc.get(name)), pk))
-        self.content_hash = (self.content_hash - document_hash(self.model.name, doc)) % HASH_MODULUS
+        slot, digest = self.slot_of(doc), document_hash(self.model.name, doc)
+        self.slot_index.remove((slot, pk))
+        if self.slot_counts[slot] == 1:
+            del self.slot_counts[slot], self.slot_hashes[slot]
+        else:
+            self.slot_counts[slot] -= 1
+            self.slot_hashes[slot] = (self.slot_hashes[slot] - digest) % HASH_MODULUS
+        self.content_hash = (self.content_hash - digest) % HASH_MODULUS

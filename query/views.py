@@ -1,7 +1,9 @@
 """What endpoints see of a shard: ``ReadView`` for queries, ``WriteView`` for mutations.
 
 A ``WriteView`` records an undo entry for every change, so the state machine
-can roll a failed mutation back and keep multi-document writes atomic.
+can roll a failed mutation back and keep multi-document writes atomic. It
+writes or deletes a document only if the group may write its hash slot now
+(``writable``): a slot being moved away, or held elsewhere, refuses the write.
 
 Every document either view hands out is a copy the endpoint owns: changing
 it changes nothing stored. The only way to change a document is ``insert``,
@@ -58,12 +60,21 @@ class WriteView(ReadView):
 
     ``now`` (seconds since the epoch) and ``request_id`` are stamped by the
     leader into the command, so every replica sees the same values.
+    ``writable(slot)`` raises the ``DocraftError`` to refuse a write to a
+    document of that hash slot with (the state machine's slot fence).
     """
 
-    def __init__(self, collection_of: Callable[[type[Model]], Collection], now: float, request_id: str) -> None:
+    def __init__(
+        self,
+        collection_of: Callable[[type[Model]], Collection],
+        now: float,
+        request_id: str,
+        writable: Callable[[int], None],
+    ) -> None:
         super().__init__(collection_of)
         self.now = now
         self.request_id = request_id
+        self.writable = writable
         self.undo: list[tuple[Collection, Any, dict[str, Any] | None]] = []
 
     def insert(self, model: type[Model], doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,16 +105,23 @@ class WriteView(ReadView):
     def delete(self, model: type[Model], key: Any) -> dict[str, Any]:
         """Remove a document and return a copy of it; raises ``DocumentNotFound``."""
         collection = self._collection_of(model)
-        old = collection.remove(key)
-        if old is None:
+        current = collection.stored(key)  # lent: read only
+        if current is None:
             raise DocumentNotFound(f"no {model.name} with {model.primary_key}={key!r}", model=model.name, key=key)
-        self.undo.append((collection, key, old))  # the original, for rollback; the endpoint gets a copy
-        return copy_document(old)
+        self.writable(collection.slot_of(current))
+        collection.remove(key)
+        self.undo.append((collection, key, current))  # the original, for rollback; the endpoint gets a copy
+        return copy_document(current)
 
     def _store(self, collection: Collection, doc: dict[str, Any]) -> dict[str, Any]:
         """Store ``doc`` (the collection owns it from now on) and return a copy for the endpoint."""
-        self._check_references(collection.model, doc)
         key = doc[collection.model.primary_key]
+        replaced = collection.stored(key)  # lent: read only
+        # A changed partition key moves the document between slots: both must be writable here.
+        self.writable(collection.slot_of(doc))
+        if replaced is not None:
+            self.writable(collection.slot_of(replaced))
+        self._check_references(collection.model, doc)
         self.undo.append((collection, key, collection.put(doc)))
         return copy_document(doc)
 

@@ -96,14 +96,16 @@ def member_ca(url: str) -> Path | None:
     return _MEMBER_CAS.get(urllib.parse.urlsplit(url).netloc)
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
-    """One HTTP call; returns (status, decoded JSON body) for any status.
+def http(
+    method: str, url: str, body: Any = None, timeout: float = 10.0, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """One HTTP call (with ``headers``, if any); returns (status, decoded JSON body) for any status.
 
     Calls to a running ``Cluster``'s internal and admin routes are signed as a
     cluster member's (``member_key``); client routes are called anonymously.
     An HTTPS cluster's certificates are checked against its CA (``member_ca``).
     """
-    status, decoded = http_json(method, url, body, timeout, key=member_key(url), ca=member_ca(url))
+    status, decoded = http_json(method, url, body, timeout, key=member_key(url), headers=headers, ca=member_ca(url))
     return status, decoded
 
 
@@ -229,6 +231,41 @@ class Cluster:
 
         return wait_for(find, timeout, f"a leader of {shard_id} other than {other_than}")
 
+    # -- growing ----------------------------------------------------------------
+
+    def add_shard(self, shard_id: str, replicas: int = 3, timeout: float = 30.0) -> None:
+        """Add shard ``shard_id`` holding no slots (``slots = []``) to the running cluster's file, start its
+        replicas and wait until one leads it, as an operator adding capacity does. The running processes keep
+        the file they started with; ``processes.config`` is the new one."""
+        path = self.processes.config.path
+        ports = free_ports(2 * replicas)
+        lines = ["", "[[shards]]", f'id = "{shard_id}"', "slots = []", ""]
+        names = [f"{shard_id}r{r}" for r in range(replicas)]
+        for r, name in enumerate(names):
+            lines += [
+                "[[shards.replicas]]",
+                f'id = "{name}"',
+                f'raft = "127.0.0.1:{ports[2 * r]}"',
+                f'http = "127.0.0.1:{ports[2 * r + 1]}"',
+                f'data_dir = "{name}"',
+                "",
+            ]
+        write_secret(path, path.read_text(encoding="utf-8") + "\n".join(lines))
+        config = load_config(path)
+        _MEMBER_KEYS.update(dict.fromkeys(member_addresses(config), internal_key(config.secret)))
+        self.processes.config = config
+        for name in names:
+            self.restart(name)
+
+        def leads() -> bool:
+            for name in names:
+                with contextlib.suppress(OSError, AssertionError):
+                    if self.shard_status(name, timeout=1.0)["role"] == "leader":
+                        return True
+            return False
+
+        wait_for(leads, timeout, f"a leader of the new shard {shard_id}")
+
     # -- faults -----------------------------------------------------------------
 
     def kill(self, replica_id: str, sig: int = signal.SIGKILL) -> None:
@@ -239,6 +276,31 @@ class Cluster:
 
     def restart(self, replica_id: str) -> None:
         self.processes.start_replica(replica_id)
+
+    # -- growing a group ----------------------------------------------------------
+
+    def add_replica_entry(self, shard_id: str) -> str:
+        """Add a replica to ``shard_id``'s list in the cluster file, as an operator would; its id.
+
+        The running processes keep the file they started with; the returned replica is not started
+        (``restart`` starts it) and is no voter until ``docraft replica add``.
+        """
+        config = self.processes.config
+        taken = {r.id for s in config.shards for r in s.replicas}
+        replica_id = next(f"{shard_id}r{n}" for n in itertools.count() if f"{shard_id}r{n}" not in taken)
+        raft, http_port = free_ports(2)
+        block = [
+            "[[shards.replicas]]",
+            f'id = "{replica_id}"',
+            f'raft = "127.0.0.1:{raft}"',
+            f'http = "127.0.0.1:{http_port}"',
+            f'data_dir = "{replica_id}"',
+            "",
+        ]
+        write_secret(config.path, _with_replica(config.path.read_text(encoding="utf-8"), shard_id, block))
+        self.processes.config = load_config(config.path)
+        _MEMBER_KEYS.update(dict.fromkeys(member_addresses(self.processes.config), internal_key(config.secret)))
+        return replica_id
 
     def logs(self) -> str:
         parts = []
@@ -263,15 +325,36 @@ class Cluster:
                 _MEMBER_CAS.pop(address, None)
 
 
+def _with_replica(text: str, shard_id: str, block: list[str]) -> str:
+    """Cluster-file ``text`` with the ``[[shards.replicas]]`` ``block`` at the end of shard ``shard_id``'s table."""
+    lines = text.splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if line == f'id = "{shard_id}"' and lines[i - 1].strip() == "[[shards]]"
+    )
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(lines))
+            if lines[i].startswith("[") and lines[i].strip() != "[[shards.replicas]]"
+        ),
+        len(lines),
+    )
+    return "\n".join([*lines[:end], *block, *lines[end:]]) + "\n"
+
+
 class Writers:
     """Threads inserting users with unique ids through ``url`` until ``stop``; ``acked`` holds every id answered 200.
 
     Each thread writes ids ``base + thread + k * count``; a write whose answer
     was lost or not 200 is simply not in ``acked`` (it may or may not be stored).
+    With ``retry``, each write is sent under an ``Idempotency-Key`` of its own,
+    again and again until it is answered 200 (or the writers stop); ``failures``
+    then counts the attempts that were not.
     """
 
-    def __init__(self, url: str, count: int = 12, base: int = 1_000_000) -> None:
+    def __init__(self, url: str, count: int = 12, base: int = 1_000_000, retry: bool = False) -> None:
         self.url = url
+        self.retry = retry
         self.acked: set[int] = set()
         self.failures = 0
         self._lock = threading.Lock()
@@ -282,15 +365,19 @@ class Writers:
         uid = first
         while not self._stop.is_set():
             doc = {"id": uid, "first_name": "W", "last_name": str(uid), "country": "Writers", "city": "X"}
-            try:
-                code, _ = http("POST", f"{self.url}/insert_user", doc, timeout=15)
-            except OSError:
-                code = 0
-            with self._lock:
-                if code == 200:
-                    self.acked.add(uid)
-                else:
-                    self.failures += 1
+            headers = {"Idempotency-Key": f"writer-{uid}"} if self.retry else None
+            while not self._stop.is_set():
+                try:
+                    code, _ = http("POST", f"{self.url}/insert_user", doc, timeout=15, headers=headers)
+                except OSError:
+                    code = 0
+                with self._lock:
+                    if code == 200:
+                        self.acked.add(uid)
+                    else:
+                        self.failures += 1
+                if code == 200 or not self.retry:
+                    break
             uid += step
 
     def __enter__(self) -> Writers:

@@ -26,6 +26,7 @@ import ujson
 from tornado.testing import AsyncHTTPTestCase
 from tornado.web import Application
 
+from consensus.members import Membership
 from models.errors import Unauthorized
 from node.admin import http_json
 from node.audit import AUDIT_NAME, AuditLog
@@ -306,6 +307,11 @@ SAMPLES: dict[str, list[tuple[str, str, Any, dict[str, Any]]]] = {
     "/_shard/write": [("POST", "/_shard/write", {"type": "noop"}, MEMBERS_ONLY)],
     "/_shard/read": [("POST", "/_shard/read", {"endpoint": "get_user"}, MEMBERS_ONLY)],
     "/_shard/status": [("GET", "/_shard/status", None, MEMBERS_ONLY)],
+    "/_shard/slots": [("GET", "/_shard/slots", None, MEMBERS_ONLY)],
+    "/_admin/membership": [("POST", "/_admin/membership", {"op": "x"}, MEMBERS_ONLY)],
+    "/_admin/transfer": [("POST", "/_admin/transfer", {"to": 1}, MEMBERS_ONLY)],
+    "/_admin/promote": [("POST", "/_admin/promote", None, MEMBERS_ONLY)],
+    "/_admin/retire": [("POST", "/_admin/retire", {"voters": "x"}, MEMBERS_ONLY)],
     "/_bulk/{Model}": [("POST", "/_bulk/User", {"docs": [MARY]}, BULK)],
     "/{endpoint}": [
         ("GET", "/get_user?id=321", None, READ),
@@ -337,6 +343,16 @@ class FakeService:
 
     def corrupt(self, body: dict[str, Any]) -> bool:
         return True
+
+    def slots(self, counts: bool) -> dict[str, Any]:
+        return {"initialized": True, "epoch": 0, "ranges": [], "moves": []}
+
+    @property
+    def replica(self) -> FakeService:
+        return self
+
+    def membership(self) -> Membership:
+        return Membership("joining", ())
 
 
 class ServerCase(AsyncHTTPTestCase):

@@ -82,12 +82,13 @@ def test_rendered_config_round_trips(tmp_path: Path, shards: int, replicas: int)
     assert rendered == layout(shards, replicas)
     for shard in config.shards:
         assert all(r.shard == shard.id for r in shard.replicas)
-    # the slot ranges are contiguous, equal but for the last, and cover every slot once
-    assert config.shards[0].first_slot == 0
-    assert config.shards[-1].last_slot == SLOT_COUNT - 1
+    # each shard gets one range; they are contiguous, equal but for the last, and cover every slot once
+    assert all(len(s.slots) == 1 for s in config.shards)
+    assert config.shards[0].slots[0][0] == 0
+    assert config.shards[-1].slots[-1][1] == SLOT_COUNT - 1
     for before, after in zip(config.shards, config.shards[1:], strict=False):
-        assert after.first_slot == before.last_slot + 1
-    sizes = [s.last_slot - s.first_slot + 1 for s in config.shards]
+        assert after.slots[0][0] == before.slots[-1][1] + 1
+    sizes = [s.slot_count for s in config.shards]
     assert all(size == SLOT_COUNT // shards for size in sizes[:-1])
 
 
@@ -160,13 +161,21 @@ INVALID: list[tuple[str, Any, str]] = [
     ("empty secret", set_secret(""), "needs a non-empty string 'secret'"),
     ("secret not text", set_secret(1234567890123456789), "needs a non-empty string 'secret'"),
     ("short secret", set_secret("0f" * 15), "secret is 30 characters long, it needs at least 32"),
-    ("gap", set_slots([0, 8000], [8002, 16383]), "shard s1 starts at 8002, expected 8001"),
-    ("overlap", set_slots([0, 8191], [8000, 16383]), "shard s1 starts at 8000, expected 8192"),
-    ("not from zero", set_slots([1, 8191], [8192, 16383]), "shard s0 starts at 1, expected 0"),
+    ("gap", set_slots([0, 8000], [8002, 16383]), "shard s1's range \\[8002, 16383\\] starts at 8002, expected 8001"),
+    (
+        "overlap",
+        set_slots([0, 8191], [8000, 16383]),
+        "shard s1's range \\[8000, 16383\\] starts at 8000, expected 8192",
+    ),
+    ("not from zero", set_slots([1, 8191], [8192, 16383]), "shard s0's range \\[1, 8191\\] starts at 1, expected 0"),
     ("short", set_slots([0, 8191], [8192, 16000]), "slots end at 16000, they must reach 16383"),
-    ("too far", set_slots([0, 8191], [8192, 16384]), "slots end at 16384, they must reach 16383"),
-    ("backwards", set_slots([0, 8191], [8192, 8000]), "without gaps or overlaps; shard s1 starts at 8192"),
+    ("too far", set_slots([0, 8191], [8192, 16384]), "shard s1 has the slot range \\[8192, 16384\\]"),
+    ("backwards", set_slots([0, 8191], [8192, 8000]), "a range needs 0 <= first <= last <= 16383"),
     ("slots not a pair", set_slots([0, 8191], [8192]), "shard s1 needs slots = \\[first, last\\]"),
+    ("ranges overlap", set_slots([[0, 8191]], [[8192, 9000], [9000, 16383]]), "s1's range \\[9000, 16383\\] starts"),
+    ("ranges leave a gap", set_slots([[0, 99], [200, 8191]], [[8192, 16383]]), "expected 100"),
+    ("empty shards only", set_slots([], []), "slots end at -1, they must reach 16383"),
+    ("range not a pair", set_slots([[0, 8191]], [[8192, 16383, 1]]), "shard s1 needs slots"),
     ("slots not ints", set_slots([0, 8191], ["8192", 16383]), "shard s1 needs slots"),
     ("no slots", lambda data: data["shards"][0].pop("slots"), "shard s0 needs slots"),
     ("no shards", lambda data: data.pop("shards"), "the cluster lists no shards"),
@@ -309,9 +318,28 @@ def test_every_slot_belongs_to_exactly_one_shard(shards: int) -> None:
     config = parse(valid_data(shards, 1))
     shard_map = ShardMap(config)
     for slot in range(SLOT_COUNT):
-        owners = [s.id for s in config.shards if s.first_slot <= slot <= s.last_slot]
+        owners = [s.id for s in config.shards if any(first <= slot <= last for first, last in s.slots)]
         assert len(owners) == 1
         assert shard_map.shard_for_slot(slot).id == owners[0]
+
+
+def test_a_shard_may_hold_several_ranges_or_none() -> None:
+    """A file written after moves lists several ranges per shard, and a new shard ``slots = []``."""
+    data = valid_data(3, 1)
+    set_slots([[0, 99], [8192, 16383]], [[100, 8191]], [])(data)
+    config = parse(data)
+    assert [s.slots for s in config.shards] == [((0, 99), (8192, 16383)), ((100, 8191),), ()]
+    assert [s.slot_count for s in config.shards] == [8292, 8092, 0]
+    shard_map = ShardMap(config)
+    assert [shard_map.shard_for_slot(slot).id for slot in (0, 99, 100, 8191, 8192, SLOT_COUNT - 1)] == [
+        "s0", "s0", "s1", "s1", "s0", "s0",
+    ]  # fmt: skip
+
+
+def test_the_old_single_range_form_is_read_as_one_range() -> None:
+    data = valid_data(2, 1)
+    set_slots([0, 8191], [8192, 16383])(data)
+    assert [s.slots for s in parse(data).shards] == [((0, 8191),), ((8192, 16383),)]
 
 
 def test_shard_map_does_not_depend_on_file_order() -> None:
@@ -334,7 +362,7 @@ def test_slot_of_is_a_stable_slot(key: Any) -> None:
     assert 0 <= slot < SLOT_COUNT
     assert slot_of(key) == slot
     shard = ShardMap(parse(valid_data(3, 1))).shard_for_key(key)
-    assert shard.first_slot <= slot <= shard.last_slot
+    assert any(first <= slot <= last for first, last in shard.slots)
 
 
 def test_slot_of_is_the_same_in_another_process() -> None:

@@ -49,6 +49,8 @@ class FakeShards:
 
     def __init__(self, config: ClusterConfig, app: App) -> None:
         self.machines = {s.id: StateMachine(app) for s in config.shards}
+        for shard in config.shards:  # what each group's first leader commits (Replica's initial_slots)
+            self.machines[shard.id].apply({"type": "init_slots", "ranges": [list(r) for r in shard.slots]})
         self.fingerprint = app_fingerprint(app)
         self.leader = {s.id: s.replicas[0] for s in config.shards}
         self.no_leader = False
@@ -84,6 +86,11 @@ class FakeShards:
     async def integrity(self, replica: ReplicaConfig, timeout: float = 1.0) -> dict[str, Any]:
         """What a replica reports of its code: every fake runs the app's."""
         return {"replica": replica.id, "fingerprint": {"local": self.fingerprint}}
+
+    async def slots(self, replica: ReplicaConfig, timeout: float = 1.0, counts: bool = False) -> dict[str, Any]:
+        """What ``GET /_shard/slots`` answers: the group's slot table, from its machine."""
+        report = self.machines[replica.shard].slots_report(counts)
+        return {"shard": replica.shard, "replica": replica.id, "applied_index": 0, **report}
 
     async def status(self, replica: ReplicaConfig, timeout: float = 1.0) -> dict[str, Any]:
         leads = not self.no_leader and self.leader[replica.shard].id == replica.id
@@ -183,11 +190,16 @@ class DispatcherTest(FakeClusterCase):
     def test_cluster_admin_lists_shards_and_leaders(self) -> None:
         code, body = self.call("GET", "/_admin/cluster")
         assert code == 200
-        assert [(s["id"], s["leader"], s["slots"]) for s in body["shards"]] == [
-            ("s0", "s0r0", [0, 8191]),
-            ("s1", "s1r0", [8192, 16383]),
+        assert [(s["id"], s["leader"], s["slots"], s["slot_count"]) for s in body["shards"]] == [
+            ("s0", "s0r0", [[0, 8191]], 8192),
+            ("s1", "s1r0", [[8192, 16383]], 8192),
         ]
         assert [r["role"] for r in body["shards"][0]["replicas"]] == ["leader", "follower", "follower"]
+        assert [r["voter"] for r in body["shards"][0]["replicas"]] == [True, True, True]
+        assert body["epoch"] == 0 and body["moves"] == []
+        self.insert(5)
+        code, body = self.call("GET", "/_admin/cluster")
+        assert sum(s["documents"] for s in body["shards"]) == 1
 
 
 class ErrorShapeTest(FakeClusterCase):

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from tornado.testing import AsyncHTTPTestCase, gen_test
 from tornado.web import Application, RequestHandler
 
+from consensus.slots import slot_of
 from consensus.state_machine import CHECKPOINTS_KEPT, StateMachine
 from models.errors import NotFound, ShardUnavailable
 from node.alerts import KINDS, Alert, AlertBook
@@ -36,6 +37,7 @@ from node.fault_injection import corrupt
 from node.monitor import IntegrityMonitor, Judgement, Lag, ProgressWatch, judge, leader_of
 from query.app import load_app
 from query.fingerprint import app_fingerprint
+from tests.machines import keys_sharing_a_slot, owning_all
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -56,7 +58,10 @@ def insert_user(id: int, request_id: str | None = None, country: str = "FR") -> 
 
 
 def insert_batch(ids: Iterable[int], request_id: str | None = None) -> dict[str, Any]:
-    command: dict[str, Any] = {"type": "insert_batch", "model": "User", "docs": [user(i) for i in ids]}
+    """A batch routed by the slot of its first id (any other id's document gets ``wrong_shard``)."""
+    docs = [user(i) for i in ids]
+    slot = slot_of(docs[0]["id"]) if docs else 0
+    command: dict[str, Any] = {"type": "insert_batch", "model": "User", "docs": docs, "slot": slot}
     if request_id is not None:
         command["request_id"] = request_id
     return command
@@ -90,7 +95,7 @@ def feed(machines: Iterable[StateMachine], commands: list[dict[str, Any]], index
 
 
 def test_same_log_with_gaps_gives_equal_digests_and_identical_checkpoints() -> None:
-    first, second = StateMachine(PEOPLE, checkpoint_interval=5), StateMachine(PEOPLE, checkpoint_interval=5)
+    first, second = owning_all(PEOPLE, checkpoint_interval=5), owning_all(PEOPLE, checkpoint_interval=5)
     for step, index in enumerate(GAPPY_INDEXES):
         command = insert_user(step % 9, request_id=f"r{step}") if step % 4 else {"type": "noop"}
         before = first.digest()
@@ -105,7 +110,7 @@ def test_same_log_with_gaps_gives_equal_digests_and_identical_checkpoints() -> N
 
 
 def test_checkpoints_land_on_every_boundary_with_the_digest_as_of_that_boundary() -> None:
-    machine = StateMachine(PEOPLE, checkpoint_interval=10)
+    machine = owning_all(PEOPLE, checkpoint_interval=10)
     initial = machine.digest()
     machine.apply(insert_user(1), index=3)
     at_3 = machine.digest()
@@ -126,21 +131,21 @@ def test_checkpoints_land_on_every_boundary_with_the_digest_as_of_that_boundary(
 
 
 def test_checkpoints_before_the_first_command_hold_the_empty_digest() -> None:
-    machine = StateMachine(PEOPLE, checkpoint_interval=2)
+    machine = owning_all(PEOPLE, checkpoint_interval=2)
     empty = machine.digest()
     machine.apply({"type": "noop"}, index=5)
     assert list(machine.checkpoints) == [(2, empty), (4, empty)]
 
 
 def test_only_the_newest_checkpoints_are_kept() -> None:
-    machine = StateMachine(PEOPLE, checkpoint_interval=1)
+    machine = owning_all(PEOPLE, checkpoint_interval=1)
     for index in range(1, CHECKPOINTS_KEPT + 11):
         machine.apply({"type": "noop"}, index=index)
     assert [i for i, _ in machine.checkpoints] == list(range(10, CHECKPOINTS_KEPT + 10))
 
 
 def test_commands_without_index_change_the_digest_but_not_the_checkpoints() -> None:
-    machine = StateMachine(PEOPLE, checkpoint_interval=1)
+    machine = owning_all(PEOPLE, checkpoint_interval=1)
     before = machine.digest()
     machine.apply(insert_user(1))
     machine.apply(insert_user(2))
@@ -149,7 +154,7 @@ def test_commands_without_index_change_the_digest_but_not_the_checkpoints() -> N
 
 
 def test_corrupt_changes_the_digest_of_that_machine_only() -> None:
-    first, second = StateMachine(PEOPLE, checkpoint_interval=5), StateMachine(PEOPLE, checkpoint_interval=5)
+    first, second = owning_all(PEOPLE, checkpoint_interval=5), owning_all(PEOPLE, checkpoint_interval=5)
     feed([first, second], [insert_user(i) for i in range(8)], GAPPY_INDEXES[:8])
     agreed = second.digest()
     assert first.digest() == agreed
@@ -166,7 +171,7 @@ def test_corrupt_changes_the_digest_of_that_machine_only() -> None:
 
 
 def test_corrupt_of_a_missing_document_raises_not_found() -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     before = machine.digest()
     with pytest.raises(NotFound):
         corrupt(machine, "User", 404, {"city": "x"})
@@ -174,9 +179,9 @@ def test_corrupt_of_a_missing_document_raises_not_found() -> None:
 
 
 def test_restored_machine_has_the_same_digest_and_carries_on_in_step() -> None:
-    source = StateMachine(PEOPLE, checkpoint_interval=5)
+    source = owning_all(PEOPLE, checkpoint_interval=5)
     feed([source], [insert_user(i, request_id=f"r{i}") for i in range(12)], GAPPY_INDEXES[:12])
-    restored = StateMachine(PEOPLE, checkpoint_interval=5)
+    restored = owning_all(PEOPLE, checkpoint_interval=5)
     restored.restore(json_round_trip(source.snapshot()))
     assert restored.digest() == source.digest()
     assert restored.integrity() == source.integrity()
@@ -186,23 +191,23 @@ def test_restored_machine_has_the_same_digest_and_carries_on_in_step() -> None:
 
 
 def test_restore_recomputes_the_content_hash_from_the_documents() -> None:
-    source = StateMachine(PEOPLE)
+    source = owning_all(PEOPLE)
     feed([source], [insert_user(i) for i in range(5)], [1, 2, 3, 4, 5])
     snapshot = json_round_trip(source.snapshot())  # a copy: snapshot() shares the live documents
     snapshot["collections"]["User"][2]["city"] = "edited in transit"
-    restored = StateMachine(PEOPLE)
+    restored = owning_all(PEOPLE)
     restored.restore(snapshot)
     assert restored.log_hash == source.log_hash  # the recorded log hash is taken as is...
     assert restored.digest() != source.digest()  # ...but the contents are hashed again
     # restoring the unedited snapshot gives the source's digest, so the edit is what differs
-    clean = StateMachine(PEOPLE)
+    clean = owning_all(PEOPLE)
     clean.restore(json_round_trip(source.snapshot()))
     assert clean.digest() == source.digest()
 
 
 def test_without_digests_the_log_hash_stays_zero_but_contents_still_count() -> None:
-    machine = StateMachine(PEOPLE, digests=False)
-    logged = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE, digests=False)
+    logged = owning_all(PEOPLE)
     empty = machine.digest()
     for m in (machine, logged):
         m.apply({"type": "noop"}, index=1)
@@ -211,7 +216,7 @@ def test_without_digests_the_log_hash_stays_zero_but_contents_still_count() -> N
     assert machine.log_hash == bytes(16)
     assert logged.log_hash != bytes(16)
     # only the contents move the digest: one user stored, whatever the log said
-    one_user = StateMachine(PEOPLE, digests=False)
+    one_user = owning_all(PEOPLE, digests=False)
     one_user.apply(insert_user(1))
     assert machine.digest() == one_user.digest() != empty
     before = machine.digest()
@@ -246,14 +251,14 @@ COMMANDS = st.one_of(
 def test_random_logs_give_equal_digests_at_every_index(
     script: list[tuple[dict[str, Any], int]], interval: int, cut: int
 ) -> None:
-    first = StateMachine(PEOPLE, checkpoint_interval=interval, local_fingerprint="a")
-    second = StateMachine(PEOPLE, checkpoint_interval=interval, local_fingerprint="a")
+    first = owning_all(PEOPLE, checkpoint_interval=interval, local_fingerprint="a")
+    second = owning_all(PEOPLE, checkpoint_interval=interval, local_fingerprint="a")
     joined: StateMachine | None = None
     digest_after: list[tuple[int, str]] = [(0, first.digest())]
     index = 0
     for step, (command, gap) in enumerate(script):
         if step == cut:  # a replica that joins from a snapshot keeps in step from here on
-            joined = StateMachine(PEOPLE, checkpoint_interval=interval, local_fingerprint="a")
+            joined = owning_all(PEOPLE, checkpoint_interval=interval, local_fingerprint="a")
             joined.restore(json_round_trip(first.snapshot()))
         index += gap
         before = first.digest()
@@ -277,24 +282,26 @@ def test_random_logs_give_equal_digests_at_every_index(
 
 
 def test_matching_code_applies_mutations_normally() -> None:
-    machine = StateMachine(PEOPLE, local_fingerprint="a")
+    machine = owning_all(PEOPLE, local_fingerprint="a")
     assert machine.apply(set_fingerprint("a", initial=True)) == {"ok": "a"}
     assert machine.code_ok
     assert machine.apply(insert_user(1))["ok"]["id"] == 1
-    assert machine.apply(insert_batch([2, 3]))["ok"] == [{"ok": 2}, {"ok": 3}]
-    assert user_ids(machine) == [1, 2, 3]
+    two, other = keys_sharing_a_slot(2, first=2)
+    assert machine.apply(insert_batch([two, other]))["ok"] == [{"ok": two}, {"ok": other}]
+    assert user_ids(machine) == [1, two, other]
     assert machine.integrity()["fingerprint"] == {"cluster": "a", "local": "a", "ok": True}
 
 
 def test_mismatched_code_applies_nothing_but_set_fingerprint() -> None:
-    machine = StateMachine(PEOPLE, local_fingerprint="b")
+    machine = owning_all(PEOPLE, local_fingerprint="b")
+    two, other = keys_sharing_a_slot(2, first=2)
     assert machine.integrity()["fingerprint"] == {"cluster": None, "local": "b", "ok": True}
     assert machine.apply(set_fingerprint("a", initial=True)) == {"ok": "a"}
     assert not machine.code_ok
     assert machine.integrity()["fingerprint"] == {"cluster": "a", "local": "b", "ok": False}
     refused = [
         machine.apply(insert_user(1, request_id="m1")),
-        machine.apply(insert_batch([2, 3], request_id="m2")),
+        machine.apply(insert_batch([two, other], request_id="m2")),
     ]
     batch = machine.apply(
         {"type": "batch", "commands": [insert_user(4, request_id="m3"), insert_batch([5]), {"type": "noop"}]}
@@ -312,12 +319,12 @@ def test_mismatched_code_applies_nothing_but_set_fingerprint() -> None:
     assert machine.integrity()["fingerprint"] == {"cluster": "b", "local": "b", "ok": True}
     # the refused request ids were not remembered, so their retries now apply
     assert machine.apply(insert_user(1, request_id="m1"))["ok"]["id"] == 1
-    assert machine.apply(insert_batch([2, 3], request_id="m2"))["ok"] == [{"ok": 2}, {"ok": 3}]
-    assert user_ids(machine) == [1, 2, 3]
+    assert machine.apply(insert_batch([two, other], request_id="m2"))["ok"] == [{"ok": two}, {"ok": other}]
+    assert user_ids(machine) == [1, two, other]
 
 
 def test_initial_set_fingerprint_never_replaces_a_recorded_one() -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     assert machine.apply(set_fingerprint("a", initial=True)) == {"ok": "a"}
     # a later leader's initial entry finds "a" recorded and leaves it
     assert machine.apply(set_fingerprint("b", initial=True)) == {"ok": "a"}
@@ -331,16 +338,16 @@ def test_initial_set_fingerprint_never_replaces_a_recorded_one() -> None:
 
 @pytest.mark.parametrize("fingerprint", ["", None, 7, ["a"]])
 def test_set_fingerprint_needs_a_non_empty_string(fingerprint: Any) -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     result = machine.apply({"type": "set_fingerprint", "fingerprint": fingerprint, "initial": True})
     assert result["error"]["code"] == "bad_request"
     assert machine.fingerprint is None
 
 
 def test_recorded_fingerprint_travels_in_snapshots() -> None:
-    source = StateMachine(PEOPLE, local_fingerprint="a")
+    source = owning_all(PEOPLE, local_fingerprint="a")
     source.apply(set_fingerprint("a", initial=True), index=1)
-    wrong_code = StateMachine(PEOPLE, local_fingerprint="b")
+    wrong_code = owning_all(PEOPLE, local_fingerprint="b")
     wrong_code.restore(json_round_trip(source.snapshot()))
     assert wrong_code.fingerprint == "a" and not wrong_code.code_ok
     assert wrong_code.apply(insert_user(1))["error"]["code"] == "code_mismatch"
@@ -655,7 +662,7 @@ class FakeReplicas:
     def __init__(self, config: ClusterConfig, fingerprints: dict[str, str] | None = None) -> None:
         fingerprints = fingerprints or {}
         self.machines = {
-            r.id: StateMachine(
+            r.id: owning_all(
                 PEOPLE,
                 local_fingerprint=fingerprints.get(r.id, "a"),
                 checkpoint_interval=config.integrity.checkpoint_interval,
@@ -809,7 +816,7 @@ def test_monitor_raises_code_mismatch_and_no_divergence_for_the_wrong_code(
         assert alert.index == 8
         assert len(alert_log_lines(caplog)) == 1
         # redeployed with the cluster's code and a snapshot from a healthy replica
-        fixed = StateMachine(PEOPLE, local_fingerprint="a", checkpoint_interval=5)
+        fixed = owning_all(PEOPLE, local_fingerprint="a", checkpoint_interval=5)
         fixed.restore(json_round_trip(replicas.machines["s0r0"].snapshot()))
         replicas.machines["s0r2"] = fixed
         await monitor.check(shard)

@@ -25,6 +25,7 @@ from tornado.httpserver import HTTPServer
 from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from tornado.testing import AsyncHTTPTestCase
 
+from consensus.slots import slot_of
 from models.errors import BadRequest, DocraftError
 from models.types import INT64_MAX, INT64_MIN
 from node.config import ClusterConfig, ConfigError, parse_config, render_config
@@ -234,7 +235,7 @@ class CursorTest(LimitedCase):
 
 
 def test_the_planner_refuses_a_limit_it_cannot_slice() -> None:
-    collection = Collection(User)
+    collection = Collection(User, slot_of)
     with pytest.raises(BadRequest):
         find(collection, {}, limit=INT64_MAX)
     assert find(collection, {}, limit=INT64_MAX - 1).items == []

@@ -13,6 +13,7 @@ from consensus.state_machine import StateMachine
 from models.migrations import AddField, ChangeType, DropField, RenameField, Transform, steps_between
 from query.app import load_app
 from tests.harness import Cluster, wait_for
+from tests.machines import owning_all
 
 V1 = load_app("examples.people")
 V2 = load_app("examples.people_v2")
@@ -29,7 +30,7 @@ def user(uid: int, **more: Any) -> dict[str, Any]:
 
 
 def v1_machine(count: int = 5) -> StateMachine:
-    machine = StateMachine(V1)
+    machine = owning_all(V1)
     for uid in range(count):
         command = {"type": "mutation", "endpoint": "insert_user", "args": user(uid), "request_id": f"u{uid}"}
         assert "ok" in machine.apply(command)
@@ -38,7 +39,7 @@ def v1_machine(count: int = 5) -> StateMachine:
 
 def upgraded(machine: StateMachine) -> StateMachine:
     """The same state read by a replica running version 2 of the app."""
-    v2 = StateMachine(V2)
+    v2 = owning_all(V2)
     v2.restore(machine.snapshot())
     return v2
 
@@ -86,10 +87,10 @@ def test_migrate_rewrites_every_document_in_one_command_and_records_the_version(
 
 def test_migration_that_would_fail_validation_is_refused_whole() -> None:
     app = load_app("tests.apps.strict_v2_app")
-    v1 = StateMachine(load_app("tests.apps.strict_v1_app"))
+    v1 = owning_all(load_app("tests.apps.strict_v1_app"))
     for key, age in ((1, "41"), (2, "unknown"), (3, "7")):
         v1.apply({"type": "mutation", "endpoint": "add", "args": {"id": key, "age": age}, "request_id": str(key)})
-    machine = StateMachine(app)
+    machine = owning_all(app)
     machine.restore(v1.snapshot())
     plan = machine.migration_plan("Person", 2)
     assert plan["failure_count"] == 1 and plan["failures"][0]["key"] == 2

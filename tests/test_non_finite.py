@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import ujson
 
-from consensus.state_machine import StateMachine
 from examples.people.app import Order, insert_order
 from models import Model, field
 from models.errors import BadRequest, ValidationError
@@ -25,6 +24,7 @@ from models.json_values import non_finite_path
 from node.loader import load_csv
 from query import query
 from query.app import load_app
+from tests.machines import insert_batch, owning_all
 from tests.test_handlers import FakeClusterCase
 
 NON_FINITE_TEXTS = ["nan", "NaN", "inf", "-inf", "Infinity", "-Infinity", "1e999", "-1e999"]
@@ -105,14 +105,14 @@ def test_non_finite_path_names_where_the_first_bad_number_is() -> None:
 
 
 def test_state_machine_stores_no_value_that_is_not_finite() -> None:
-    machine = StateMachine(load_app("examples.people"))
+    machine = owning_all(load_app("examples.people"))
     user = {"id": 1, "first_name": "A", "last_name": "B", "country": "Peru"}
     assert "ok" in machine.apply({"type": "mutation", "endpoint": "insert_user", "args": user, "request_id": "u"})
     args = {"id": 7, "user_id": 1, "item": "book", "amount": float("inf")}
     result = machine.apply({"type": "mutation", "endpoint": "insert_order", "args": args, "request_id": "o"})
     assert result["error"]["code"] == "validation_failed" and result["error"]["details"]["field"] == "amount"
     docs = [{**args, "id": 8, "amount": 2.5}, {**args, "id": 9, "amount": float("nan")}]
-    results = machine.apply({"type": "insert_batch", "model": "Order", "docs": docs, "request_id": "b"})["ok"]
+    results = machine.apply(insert_batch("Order", docs, 1, request_id="b"))["ok"]  # orders are placed by user_id
     assert results[0] == {"ok": 8} and results[1]["error"]["details"]["field"] == "amount"
     assert [o["id"] for o in machine.collections["Order"].all()] == [8]
 

@@ -11,6 +11,7 @@ import ujson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consensus.slots import slot_of
 from models import Model, field
 from models.errors import BadRequest
 from query.collection import Collection
@@ -28,7 +29,7 @@ class Item(Model, indexes=("rank", "tag")):
 
 
 def collection_of(docs: list[dict[str, Any]]) -> Collection:
-    collection = Collection(Item)
+    collection = Collection(Item, slot_of)
     for doc in docs:
         collection.put(Item.validate(doc))
     return collection

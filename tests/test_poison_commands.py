@@ -27,6 +27,7 @@ from node.signing import sign
 from query.app import load_app
 from query.views import WriteView
 from tests.harness import Cluster, member_key, wait_for
+from tests.machines import insert_batch, owning_all
 
 PEOPLE = load_app("examples.people")
 PEOPLE_V2 = load_app("examples.people_v2")
@@ -57,7 +58,7 @@ def json_round_trip(value: Any) -> Any:
 def assert_contents_hash_is_true(machine: StateMachine) -> None:
     """A replica restored from this snapshot hashes its documents afresh: equal digests mean the
     content hash follows what is stored (no document was changed behind the collection's back)."""
-    restored = StateMachine(machine.app)
+    restored = owning_all(machine.app)
     restored.restore(json_round_trip(machine.snapshot()))
     assert restored.digest() == machine.digest()
 
@@ -68,10 +69,10 @@ def assert_strict_json(result: dict[str, Any]) -> None:
 
 def people_v2_with_users(count: int) -> StateMachine:
     """A version-2 machine holding ``count`` users written by version 1: a migration is pending."""
-    v1 = StateMachine(PEOPLE)
+    v1 = owning_all(PEOPLE)
     for uid in range(count):
         assert "ok" in v1.apply(insert_user(uid))
-    machine = StateMachine(PEOPLE_V2)
+    machine = owning_all(PEOPLE_V2)
     machine.restore(json_round_trip(v1.snapshot()))
     return machine
 
@@ -123,7 +124,7 @@ def mutation(endpoint: str, uid: int, **more: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("endpoint", NOT_JSON_RESULTS)
 def test_mutation_returning_something_that_is_not_json_is_undone(endpoint: str) -> None:
-    machine = StateMachine(BAD_RESULTS)
+    machine = owning_all(BAD_RESULTS)
     assert machine.apply(mutation("add_thing", 1)) == {"ok": {"id": 1, "colour": "grey"}}
     before = state_of(machine)
     result = machine.apply(mutation(endpoint, 2))
@@ -134,7 +135,7 @@ def test_mutation_returning_something_that_is_not_json_is_undone(endpoint: str) 
 
 
 def test_app_error_with_details_that_are_not_json_is_reported_by_type() -> None:
-    machine = StateMachine(BAD_RESULTS)
+    machine = owning_all(BAD_RESULTS)
     before = state_of(machine)
     result = machine.apply(mutation("add_then_raise_error_with_a_set", 1))
     message = "ValidationError raised with a message or details that are not JSON"
@@ -144,24 +145,25 @@ def test_app_error_with_details_that_are_not_json_is_reported_by_type() -> None:
 
 
 def test_a_tuple_is_json_and_is_answered_as_a_list() -> None:
-    machine = StateMachine(BAD_RESULTS)
+    machine = owning_all(BAD_RESULTS)
     assert machine.apply(mutation("add_then_return_tuple", 1, request_id="t")) == {"ok": [1, "added"]}
-    assert [[rid, result] for rid, _, result in machine.snapshot()["recent_requests"]] == [["t", {"ok": [1, "added"]}]]
+    remembered = machine.snapshot()["recent_requests"]
+    assert [[rid, result] for rid, _, result, _ in remembered] == [["t", {"ok": [1, "added"]}]]
 
 
 def test_a_failed_poison_result_is_remembered_under_its_request_id() -> None:
-    machine = StateMachine(BAD_RESULTS)
+    machine = owning_all(BAD_RESULTS)
     first = machine.apply(mutation("add_then_return_set", 1, request_id="r"))
     assert first["error"]["code"] == "endpoint_failed"
     # a retry gets the same answer and runs nothing; another request under the same id is refused
     assert machine.apply(mutation("add_then_return_set", 1, request_id="r")) == first
     assert machine.apply(mutation("add_thing", 1, request_id="r"))["error"]["code"] == "idempotency_key_reused"
     assert machine.snapshot()["collections"]["Thing"] == []
-    assert [[rid, result] for rid, _, result in machine.snapshot()["recent_requests"]] == [["r", first]]
+    assert [[rid, result] for rid, _, result, _ in machine.snapshot()["recent_requests"]] == [["r", first]]
 
 
 def test_poison_results_are_the_same_bytes_on_every_replica() -> None:
-    first, second = StateMachine(BAD_RESULTS), StateMachine(BAD_RESULTS)
+    first, second = owning_all(BAD_RESULTS), owning_all(BAD_RESULTS)
     for index, endpoint in enumerate([*NOT_JSON_RESULTS, "add_then_raise_error_with_a_set"], start=1):
         entry = ujson.dumps(mutation(endpoint, index, request_id=f"r{index}")).encode()
         assert ujson.dumps(first.apply_entry(entry, index)) == ujson.dumps(second.apply_entry(entry, index))
@@ -173,7 +175,7 @@ def test_poison_results_are_the_same_bytes_on_every_replica() -> None:
 
 
 def test_a_poison_command_in_a_batch_fails_alone() -> None:
-    machine = StateMachine(BAD_RESULTS)
+    machine = owning_all(BAD_RESULTS)
     commands = [
         mutation("add_thing", 1, request_id="a"),
         mutation("add_then_return_set", 2, request_id="b"),
@@ -191,7 +193,7 @@ def test_a_poison_command_in_a_batch_fails_alone() -> None:
     assert result["ok"][3]["error"]["code"] == "endpoint_failed"
     assert result["ok"][4] == {"ok": {"id": 5, "colour": "grey"}}
     assert [t["id"] for t in machine.snapshot()["collections"]["Thing"]] == [1, 3, 5]
-    assert [rid for rid, _, _ in machine.snapshot()["recent_requests"]] == ["a", "b", "c"]
+    assert [rid for rid, *_ in machine.snapshot()["recent_requests"]] == ["a", "b", "c"]
     assert_contents_hash_is_true(machine)
 
 
@@ -211,11 +213,11 @@ def test_a_migrate_to_infinity_in_a_batch_fails_alone() -> None:
 
 def tags_v2_with(labels: list[str]) -> StateMachine:
     """A version-2 machine holding gadgets written by version 1, one per label, tagged ["t"]."""
-    v1 = StateMachine(TAGS_V1)
+    v1 = owning_all(TAGS_V1)
     for uid, label in enumerate(labels):
         args = {"id": uid, "label": label, "tags": ["t"]}
         assert "ok" in v1.apply({"type": "mutation", "endpoint": "add_gadget", "args": args})
-    machine = StateMachine(TAGS_V2)
+    machine = owning_all(TAGS_V2)
     machine.restore(json_round_trip(v1.snapshot()))
     return machine
 
@@ -287,7 +289,7 @@ NOT_COMMANDS = [
 
 @pytest.mark.parametrize("raw", NOT_COMMANDS, ids=lambda raw: repr(raw[:40]))
 def test_log_entry_that_is_not_a_command_is_an_error_on_every_replica(raw: bytes) -> None:
-    first, second = StateMachine(PEOPLE), StateMachine(PEOPLE)
+    first, second = owning_all(PEOPLE), owning_all(PEOPLE)
     for machine in (first, second):
         machine.apply(insert_user(1), index=1)
     before = state_of(first)
@@ -301,7 +303,7 @@ def test_log_entry_that_is_not_a_command_is_an_error_on_every_replica(raw: bytes
 
 
 def test_a_batch_of_junk_answers_each_command_alone() -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     raw = b'{"type": "batch", "commands": [[], {"type": [{}]}, 5, null, {"type": "noop"}, {"type": "drop"}]}'
     result = machine.apply_entry(raw, 1)
     assert [next(iter(r)) for r in result["ok"]] == ["error", "error", "error", "error", "ok", "error"]
@@ -310,7 +312,7 @@ def test_a_batch_of_junk_answers_each_command_alone() -> None:
 
 def test_entry_bytes_are_folded_into_the_digest_as_they_are() -> None:
     # two different undecodable entries are told apart by the digest, the same one is not
-    first, second, third = StateMachine(PEOPLE), StateMachine(PEOPLE), StateMachine(PEOPLE)
+    first, second, third = owning_all(PEOPLE), owning_all(PEOPLE), owning_all(PEOPLE)
     first.apply_entry(b"junk", 1)
     second.apply_entry(b"junk", 1)
     third.apply_entry(b"other junk", 1)
@@ -346,13 +348,13 @@ def test_a_bug_in_a_handler_is_an_internal_error_and_its_writes_are_undone(
 ) -> None:
     buggy = dataclasses.replace(StateMachine.COMMANDS["insert_batch"], handler=handler)
     monkeypatch.setitem(StateMachine.COMMANDS, "insert_batch", buggy)
-    machine = StateMachine(PEOPLE)
-    result = machine.apply({"type": "insert_batch", "model": "User", "docs": [], "request_id": "b"})
+    machine = owning_all(PEOPLE)
+    result = machine.apply(insert_batch("User", [], 0, request_id="b"))
     assert result == {"error": {"code": "internal", "message": f"docraft failed to apply the command ({error})"}}
     assert machine.snapshot()["collections"]["User"] == []
     assert_contents_hash_is_true(machine)
     # remembered like any result, and the machine goes on applying
-    assert [[rid, result] for rid, _, result in machine.snapshot()["recent_requests"]] == [["b", result]]
+    assert [[rid, result] for rid, _, result, _ in machine.snapshot()["recent_requests"]] == [["b", result]]
     assert machine.apply(insert_user(1))["ok"]["id"] == 1
 
 
@@ -360,7 +362,7 @@ def test_a_bug_around_the_handlers_is_an_internal_error(monkeypatch: pytest.Monk
     def broken(*args: Any) -> None:
         raise RuntimeError("bug")
 
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     before = state_of(machine)
     with monkeypatch.context() as patch:
         patch.setattr("consensus.migration.pending", broken)

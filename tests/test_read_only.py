@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tornado.httpclient import AsyncHTTPClient
 
+from consensus.slots import slot_of
 from consensus.state_machine import Result, StateMachine
 from models.errors import DocraftError
 from models.types import ListOf, Optional, Reference, Scalar, ValueType
@@ -33,6 +34,7 @@ from query.collection import HASH_MODULUS, Collection, document_hash
 from query.ordering import value_key
 from tests.apps.careless_app import Note, scribble
 from tests.harness import Cluster, wait_for
+from tests.machines import owning_all
 
 PEOPLE = load_app("examples.people")
 CARELESS = load_app("tests.apps.careless_app")
@@ -55,7 +57,7 @@ def hash_is_true(collection: Collection) -> bool:
 
 
 def test_collection_reads_return_copies_that_share_no_list_with_what_is_stored() -> None:
-    collection = Collection(Note)
+    collection = Collection(Note, slot_of)
     for key in (1, 2):
         collection.put(Note.validate({"id": key, "tags": [["a", "b"], ["c"]]}))
     stored = [Note.validate({"id": key, "tags": [["a", "b"], ["c"]]}) for key in (1, 2)]
@@ -71,7 +73,7 @@ def test_collection_reads_return_copies_that_share_no_list_with_what_is_stored()
 
 
 def careless_machine() -> StateMachine:
-    machine = StateMachine(CARELESS)
+    machine = owning_all(CARELESS)
     for key in (1, 2, 3):
         assert "ok" in machine.apply({"type": "mutation", "endpoint": "add_note", "args": {"id": key}})
     return machine
@@ -244,6 +246,8 @@ async def reads_leave_every_snapshot_alone(
 ) -> None:
     config = one_replica_per_shard(2)
     machines = {shard.id: StateMachine(PEOPLE) for shard in config.shards}
+    for shard in config.shards:  # what each group's first leader commits (Replica's initial_slots)
+        machines[shard.id].apply({"type": "init_slots", "ranges": [list(r) for r in shard.slots]})
     services = {
         s.replicas[0].id: ShardService(GroupOfOne(machines[s.id]), s.replicas[0], ShardMap(config))  # type: ignore[arg-type]
         for s in config.shards

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import ujson
 
-from consensus.state_machine import StateMachine
 from models import Model, Ref, field
 from node.shard_map import ShardMap
 from query.app import load_app
+from tests.machines import owning_all
 from tests.test_handlers import FakeClusterCase
 
 JSON = {"Content-Type": "application/json"}
@@ -75,7 +75,7 @@ class RelationsTest(FakeClusterCase):
 
 
 def test_parent_and_children_written_atomically_in_one_mutation() -> None:
-    machine = StateMachine(load_app("tests.apps.family_app"))
+    machine = owning_all(load_app("tests.apps.family_app"))
     ok = {"type": "mutation", "endpoint": "add_family", "args": {"id": 1, "children": 2}, "request_id": "a"}
     assert machine.apply(ok)["ok"] == {"parent": 1, "children": [10, 11]}
     failing = {"type": "mutation", "endpoint": "add_family", "args": {"id": 2, "children": -1}, "request_id": "b"}

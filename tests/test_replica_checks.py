@@ -19,7 +19,7 @@ from consensus.state_machine import Result, StateMachine
 from models.errors import DocraftError
 from node.cluster_secret import new_secret
 from node.config import ClusterConfig, parse_config, render_config
-from node.shard_map import ShardMap
+from node.shard_map import ShardMap, slot_of
 from node.shard_service import ShardService
 from query import WriteView, mutation
 from query.app import App, load_app
@@ -55,9 +55,13 @@ def key_on(shard_id: str, after: int = 0) -> int:
 class RecordingReplica:
     """Stands in for ``consensus.replica.Replica``: records each proposed command and applies it to a state machine."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, slots: list[list[int]]) -> None:
         self.state_machine = StateMachine(app)
+        self.state_machine.apply({"type": "init_slots", "ranges": slots})  # as its group's first leader does
         self.proposed: list[dict[str, Any]] = []
+
+    def read_locally(self, reader: Any) -> Any:
+        return reader(self.state_machine)
 
     async def submit(self, command: dict[str, Any], timeout: float) -> Result:
         self.proposed.append(command)
@@ -68,7 +72,7 @@ class RecordingReplica:
 
 
 def service_of(shard_id: str) -> tuple[ShardService, RecordingReplica]:
-    replica = RecordingReplica(APP)
+    replica = RecordingReplica(APP, [[first, last] for first, last in CONFIG.shard(shard_id).slots])
     return ShardService(replica, CONFIG.shard(shard_id).replicas[0], SHARDS), replica  # type: ignore[arg-type]
 
 
@@ -129,7 +133,7 @@ def test_a_batch_holding_one_document_of_another_shard_is_refused_whole() -> Non
 def test_a_batch_of_our_documents_is_proposed_as_sent_and_invalid_ones_are_left_to_the_state_machine() -> None:
     service, replica = service_of("s0")
     docs = [user(key_on("s0")), {"id": key_on("s1")}, "not a document"]  # the last two fail validation
-    result = write(service, {"type": "insert_batch", "model": "User", "docs": docs})
+    result = write(service, {"type": "insert_batch", "model": "User", "docs": docs, "slot": slot_of(key_on("s0"))})
     assert replica.proposed[0]["docs"] == docs
     assert [r.get("ok") or r["error"]["code"] for r in result["ok"]] == [
         key_on("s0"),
@@ -234,8 +238,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def stored_on(cluster: Cluster, replica_id: str, uid: int) -> list[dict[str, Any]]:
-    """The users with id ``uid`` that ``replica_id`` itself holds (read there, whatever shard owns the id)."""
-    request = {"endpoint": "get_user", "args": {"id": uid}, "consistency": "stale"}
+    """The users with id ``uid`` that ``replica_id`` itself holds (read there, whatever shard owns the id:
+    a lookup, as ``include=`` makes, is not refused for a key of another shard as ``get_user?id=`` is)."""
+    request = {"lookup": {"model": "User", "field": "id", "values": [uid]}, "consistency": "stale"}
     code, body = http("POST", f"{cluster.replica_url(replica_id)}/_shard/read", request)
     assert code == 200, body
     items: list[dict[str, Any]] = body["items"]

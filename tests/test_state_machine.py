@@ -20,9 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import consensus.state_machine as state_machine_module
+from consensus.slots import slot_of
 from consensus.state_machine import SNAPSHOT_FORMAT, StateMachine
 from models.errors import BadRequest, EndpointFailed, NotFound
 from query.app import App, load_app
+from tests.machines import OWN_ALL, insert_batch, keys_sharing_a_slot, owning_all
 
 ROOT = Path(__file__).resolve().parent.parent
 PEOPLE = load_app("examples.people")
@@ -120,8 +122,9 @@ def commands(draw: st.DrawFn) -> tuple[dict[str, Any], Any]:
     if kind == "batch":
         model = draw(st.sampled_from(["User", "User", "Ghost"]))
         docs = draw(st.lists(batch_doc(), max_size=5))
-        command = {"type": "insert_batch", "model": model, "docs": [d for _, d in docs], "time": time}
-        return with_request_id(command, request_id), ("batch", model, docs)
+        slot = slot_of(draw(IDS))  # the router's slot: documents of other slots get wrong_shard
+        command = {"type": "insert_batch", "model": model, "docs": [d for _, d in docs], "slot": slot, "time": time}
+        return with_request_id(command, request_id), ("batch", model, docs, slot)
     if kind == "noop":
         return with_request_id({"type": "noop"}, request_id), "noop"
     if kind == "unknown":
@@ -173,10 +176,10 @@ class Reference:
             if fault is not None:
                 return ("error", fault)
             return self._insert(None, {"address": "", "city": "", **args}, whole_doc=True)
-        _, model, docs = expect
+        _, model, docs, slot = expect
         if model != "User":
             return ("error", "not_found")
-        return ("ok", [self._insert(fault, doc, whole_doc=False) for fault, doc in docs])
+        return ("ok", [self._insert(fault or _slot_fault(doc, slot), doc, whole_doc=False) for fault, doc in docs])
 
     def _insert(self, fault: str | None, doc: dict[str, Any], whole_doc: bool) -> Any:
         if fault is not None:
@@ -186,6 +189,11 @@ class Reference:
         stored = {"address": "", "city": "", **doc}
         self.users[doc["id"]] = stored
         return ("ok", stored if whole_doc else doc["id"])
+
+
+def _slot_fault(doc: dict[str, Any], slot: int) -> str | None:
+    """``wrong_shard`` for a valid document whose key is not in its batch's slot."""
+    return None if slot_of(doc["id"]) == slot else "wrong_shard"
 
 
 def summary(result: dict[str, Any]) -> Any:
@@ -208,14 +216,14 @@ FIELD_ORDER = ["id", "first_name", "last_name", "country", "address", "city"]
 def test_same_commands_give_same_state_and_the_reference_answers(
     script: list[tuple[dict[str, Any], Any]], cut: int
 ) -> None:
-    first, second = StateMachine(PEOPLE), StateMachine(PEOPLE)
+    first, second = owning_all(PEOPLE), owning_all(PEOPLE)
     restored: StateMachine | None = None
     reference = Reference()
     cut = min(cut, len(script))
     for step, (command, expect) in enumerate(script):
         if step == cut:
             # a replica that joins from a snapshot must continue exactly like the others
-            restored = StateMachine(PEOPLE)
+            restored = owning_all(PEOPLE)
             restored.restore(json_round_trip(first.snapshot()))
         result = first.apply(command)
         assert summary(result) == reference.apply(command, expect), command
@@ -233,18 +241,18 @@ def test_same_commands_give_same_state_and_the_reference_answers(
 
 
 def populated() -> StateMachine:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     for i in range(12):
         machine.apply(insert_user(user(i, ["FR", "DE", "JP"][i % 3]), request_id=f"req-{i}", time=10.0 + i))
     machine.apply(insert_user(user(3), request_id="dup"))  # remembered error
-    machine.apply({"type": "insert_batch", "model": "User", "docs": [user(40), {"id": "x"}], "request_id": "b"})
+    machine.apply(insert_batch("User", [user(40), {"id": "x"}], 40, request_id="b"))
     return machine
 
 
 def test_snapshot_restore_round_trips_byte_identically() -> None:
     machine = populated()
     text = dumps(machine.snapshot())
-    fresh = StateMachine(PEOPLE)
+    fresh = owning_all(PEOPLE)
     fresh.restore(ujson.loads(text))
     assert dumps(fresh.snapshot()) == text
     assert fresh.document_count() == machine.document_count() == {"Order": 0, "User": 13}
@@ -254,7 +262,7 @@ def test_snapshot_shape() -> None:
     snapshot = populated().snapshot()
     assert snapshot["format"] == SNAPSHOT_FORMAT
     assert [d["id"] for d in snapshot["collections"]["User"]] == [*range(12), 40]
-    assert [rid for rid, _, _ in snapshot["recent_requests"]] == [*(f"req-{i}" for i in range(12)), "dup", "b"]
+    assert [rid for rid, *_ in snapshot["recent_requests"]] == [*(f"req-{i}" for i in range(12)), "dup", "b"]
 
 
 def test_a_request_id_reused_for_another_request_is_refused_and_changes_nothing() -> None:
@@ -272,15 +280,18 @@ def test_a_request_id_reused_for_another_request_is_refused_and_changes_nothing(
 def test_snapshots_of_format_2_still_load() -> None:
     snapshot = json_round_trip(populated().snapshot())
     snapshot["format"] = 2
-    snapshot["recent_requests"] = [[rid, result] for rid, _, result in snapshot["recent_requests"]]
-    fresh = StateMachine(PEOPLE)
+    snapshot["recent_requests"] = [[rid, result] for rid, _, result, _ in snapshot["recent_requests"]]
+    for key in ("slots", "moves", "incoming", "members"):  # format 4's
+        del snapshot[key]
+    fresh = owning_all(PEOPLE)
     fresh.restore(snapshot)
+    fresh.apply(OWN_ALL)  # a format 2 group has no slot table until its leader proposes init_slots
     assert fresh.apply(insert_user(user(77), request_id="req-0"))["ok"]["id"] == 0  # no digest: first answer
 
 
 def test_restored_machine_answers_queries_the_same() -> None:
     machine = populated()
-    fresh = StateMachine(PEOPLE)
+    fresh = owning_all(PEOPLE)
     fresh.restore(json_round_trip(machine.snapshot()))
     queries: list[dict[str, Any]] = [
         {"id": 4},
@@ -302,7 +313,7 @@ def test_restored_machine_answers_queries_the_same() -> None:
 
 def test_restored_machine_remembers_request_ids_and_indexes() -> None:
     machine = populated()
-    fresh = StateMachine(PEOPLE)
+    fresh = owning_all(PEOPLE)
     fresh.restore(json_round_trip(machine.snapshot()))
     again = insert_user(user(5, "JP"), request_id="req-5", time=15.0)
     assert fresh.apply(again) == machine.apply(again) == {"ok": user(5, "JP", address="", city="")}
@@ -314,9 +325,9 @@ def test_restored_machine_remembers_request_ids_and_indexes() -> None:
 
 
 def test_restore_replaces_the_whole_state() -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     machine.apply(insert_user(user(77), request_id="old"))
-    empty = StateMachine(PEOPLE).snapshot()
+    empty = owning_all(PEOPLE).snapshot()
     machine.restore(json_round_trip(empty))
     assert machine.snapshot() == empty
     assert machine.apply(insert_user(user(77), request_id="old")) == {"ok": user(77, address="", city="")}
@@ -332,14 +343,14 @@ def test_restore_replaces_the_whole_state() -> None:
 )
 def test_restore_rejects_foreign_snapshots(snapshot: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        StateMachine(PEOPLE).restore(snapshot)
+        owning_all(PEOPLE).restore(snapshot)
 
 
 # -- request ids -------------------------------------------------------------------
 
 
 def test_repeated_request_id_returns_first_result_and_applies_once() -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     first = machine.apply(insert_user(user(1), request_id="r"))
     assert first == {"ok": user(1, address="", city="")}
     # a retry answers with the first result and changes nothing; another command under its id is refused
@@ -352,7 +363,7 @@ def test_repeated_request_id_returns_first_result_and_applies_once() -> None:
 
 
 def test_repeated_failed_request_returns_the_same_error() -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     failed = machine.apply(insert_user({"id": 5}, request_id="r"))
     assert failed["error"]["code"] == "endpoint_failed"
     assert machine.apply(insert_user({"id": 5}, request_id="r")) == failed
@@ -360,17 +371,17 @@ def test_repeated_failed_request_returns_the_same_error() -> None:
 
 
 def test_commands_without_request_id_are_not_remembered() -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     machine.apply(insert_user(user(1)))
     assert machine.apply(insert_user(user(1)))["error"]["code"] == "duplicate_key"
     assert machine.snapshot()["recent_requests"] == []
 
 
 def test_oldest_request_ids_are_forgotten_first() -> None:
-    machine = StateMachine(PEOPLE, remembered_requests=2)
+    machine = owning_all(PEOPLE, remembered_requests=2)
     for i in range(3):
         machine.apply(insert_user(user(i), request_id=f"r{i}"))
-    assert [rid for rid, _, _ in machine.snapshot()["recent_requests"]] == ["r1", "r2"]
+    assert [rid for rid, *_ in machine.snapshot()["recent_requests"]] == ["r1", "r2"]
     assert machine.apply(insert_user(user(2), request_id="r2"))["ok"]["id"] == 2
     # r0 was forgotten, so its retry is applied again and finds its own document
     assert machine.apply(insert_user(user(0), request_id="r0"))["error"]["code"] == "duplicate_key"
@@ -378,7 +389,7 @@ def test_oldest_request_ids_are_forgotten_first() -> None:
 
 @pytest.mark.parametrize("request_id", [7, 0, 7.0, True, False, ["r"], {"r": 1}])
 def test_non_string_request_id_is_bad_request(request_id: Any) -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     command = {**insert_user(user(1)), "request_id": request_id}
     first = machine.apply(command)
     assert first["error"]["code"] == "bad_request"
@@ -392,7 +403,7 @@ def test_non_string_request_id_is_bad_request(request_id: Any) -> None:
 
 
 def test_empty_string_request_id_is_remembered() -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     first = machine.apply(insert_user(user(1), request_id=""))
     assert machine.apply(insert_user(user(1), request_id="")) == first
     assert machine.apply(insert_user(user(2), request_id=""))["error"]["code"] == "idempotency_key_reused"
@@ -401,10 +412,10 @@ def test_empty_string_request_id_is_remembered() -> None:
 
 @pytest.mark.parametrize("time", ["soon", "12", None, True, False, [1.0], {"t": 1.0}])
 def test_time_that_is_not_a_number_is_bad_request(time: Any) -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     for command in (
         insert_user(user(1), request_id="r", time=time),
-        {"type": "insert_batch", "model": "User", "docs": [user(1)], "time": time, "request_id": "r"},
+        insert_batch("User", [user(1)], 1, time=time, request_id="r"),
     ):
         result = machine.apply(command)
         assert result["error"]["code"] == "bad_request"
@@ -417,13 +428,13 @@ def test_time_that_is_not_a_number_is_bad_request(time: Any) -> None:
 
 @pytest.mark.parametrize("time", [0, 17, 1.5e9, -1.0])
 def test_integer_and_float_times_are_accepted(time: float) -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     assert machine.apply(insert_user(user(1), time=time))["ok"]["id"] == 1
 
 
 @pytest.mark.parametrize("where", ["top level", "inside a batch"])
 def test_time_too_big_for_a_float_is_bad_request(where: str) -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     command = insert_user(user(1), request_id="r", time=10**400)
     if where == "inside a batch":
         result = machine.apply({"type": "batch", "commands": [command]})["ok"][0]
@@ -452,7 +463,7 @@ def things(machine: StateMachine) -> list[dict[str, Any]]:
     ],
 )
 def test_failed_mutation_is_rolled_back(endpoint: str, code: str, message: str) -> None:
-    machine = StateMachine(ROLLBACK)
+    machine = owning_all(ROLLBACK)
     call(machine, "add_thing", "setup", id=1, colour="green")
     before = dumps(things(machine))
     result = call(machine, endpoint, "r", id=10)
@@ -465,7 +476,7 @@ def test_failed_mutation_is_rolled_back(endpoint: str, code: str, message: str) 
 
 
 def test_rollback_restores_updated_deleted_and_replaced_documents() -> None:
-    machine = StateMachine(ROLLBACK)
+    machine = owning_all(ROLLBACK)
     for i, colour in [(1, "green"), (2, "blue"), (3, "black")]:
         call(machine, "add_thing", f"setup{i}", id=i, colour=colour)
     before = dumps(machine.snapshot()["collections"])
@@ -479,7 +490,7 @@ def test_rollback_restores_updated_deleted_and_replaced_documents() -> None:
 
 
 def test_a_successful_mutation_after_a_rollback_applies_normally() -> None:
-    machine = StateMachine(ROLLBACK)
+    machine = owning_all(ROLLBACK)
     call(machine, "add_two_then_crash", "r1", id=1)
     assert call(machine, "add_thing", "r2", id=1) == {"ok": {"id": 1, "colour": "grey"}}
     assert call(machine, "add_thing", "r3", id=2) == {"ok": {"id": 2, "colour": "grey"}}
@@ -509,48 +520,49 @@ GARBAGE: list[tuple[dict[str, Any], str]] = [
         {"type": "mutation", "endpoint": "insert_user", "args": {**user(1), "country": ["FR"]}},
         "validation_failed",
     ),
-    ({"type": "insert_batch"}, "not_found"),
-    ({"type": "insert_batch", "model": "Ghost", "docs": []}, "not_found"),
-    ({"type": "insert_batch", "model": "User"}, "validation_failed"),
-    ({"type": "insert_batch", "model": "User", "docs": {"id": 1}}, "validation_failed"),
-    ({"type": "insert_batch", "model": "User", "docs": "[]"}, "validation_failed"),
+    ({"type": "insert_batch", "slot": 0}, "not_found"),
+    ({"type": "insert_batch", "model": "Ghost", "docs": [], "slot": 0}, "not_found"),
+    ({"type": "insert_batch", "model": "User", "slot": 0}, "validation_failed"),
+    ({"type": "insert_batch", "model": "User", "docs": {"id": 1}, "slot": 0}, "validation_failed"),
+    ({"type": "insert_batch", "model": "User", "docs": "[]", "slot": 0}, "validation_failed"),
 ]
 
 
 @pytest.mark.parametrize(("command", "code"), GARBAGE)
 def test_garbage_commands_return_an_error(command: dict[str, Any], code: str) -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     before = dumps(machine.snapshot())
     result = machine.apply({**command, "request_id": "g"})
     assert set(result) == {"error"}
     assert result["error"]["code"] == code
     assert result["error"]["message"]
-    assert dumps(machine.snapshot()["collections"]) == dumps(StateMachine(PEOPLE).snapshot()["collections"])
+    assert dumps(machine.snapshot()["collections"]) == dumps(owning_all(PEOPLE).snapshot()["collections"])
     assert dumps(machine.snapshot()) != before  # the error is remembered under its request id
     assert machine.apply({**command, "request_id": "g"}) == result  # a retry gets the remembered error
 
 
 def test_bad_documents_in_a_batch_fail_alone() -> None:
-    machine = StateMachine(PEOPLE)
-    docs = [user(1), {"id": "2"}, user(1), {**user(3), "age": 4}, user(4)]
-    result = machine.apply({"type": "insert_batch", "model": "User", "docs": docs})
+    machine = owning_all(PEOPLE)
+    one, two, three, four = keys_sharing_a_slot(4)
+    docs = [user(one), {"id": str(two)}, user(one), {**user(three), "age": 4}, user(four)]
+    result = machine.apply(insert_batch("User", docs, one))
     assert summary(result) == (
         "ok",
         [
-            ("ok", 1),
+            ("ok", one),
             ("error", "validation_failed"),
             ("error", "duplicate_key"),
             ("error", "validation_failed"),
-            ("ok", 4),
+            ("ok", four),
         ],
     )
     assert result["ok"][1]["error"]["details"] == {"model": "User", "field": "id"}
-    assert [d["id"] for d in users_of(machine)] == [1, 4]
+    assert [d["id"] for d in users_of(machine)] == [one, four]
 
 
 @pytest.mark.parametrize("command", [None, [], [{"type": "noop"}], "noop", 5, 1.5, True])
 def test_command_that_is_not_an_object_is_bad_request(command: Any) -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     before = machine.snapshot()
     assert summary(machine.apply(command)) == ("error", "bad_request")
     after = machine.snapshot()
@@ -560,7 +572,7 @@ def test_command_that_is_not_an_object_is_bad_request(command: Any) -> None:
 
 
 def test_batch_answers_each_malformed_command_alone() -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     commands: list[Any] = [
         5,
         insert_user(user(1), request_id="a"),
@@ -584,20 +596,20 @@ def test_batch_answers_each_malformed_command_alone() -> None:
         ],
     )
     assert [d["id"] for d in users_of(machine)] == [1, 5]
-    assert [rid for rid, _, _ in machine.snapshot()["recent_requests"]] == ["a"]
+    assert [rid for rid, *_ in machine.snapshot()["recent_requests"]] == ["a"]
 
 
 @pytest.mark.parametrize("doc", [5, "ab", None, [1, 2], ["id", 1], True])
 def test_batch_document_that_is_not_an_object_fails_alone(doc: Any) -> None:
-    machine = StateMachine(PEOPLE)
-    result = machine.apply({"type": "insert_batch", "model": "User", "docs": [doc, user(1)]})
+    machine = owning_all(PEOPLE)
+    result = machine.apply(insert_batch("User", [doc, user(1)], 1))
     assert summary(result) == ("ok", [("error", "validation_failed"), ("ok", 1)])
     assert [d["id"] for d in users_of(machine)] == [1]
 
 
 def test_mutation_with_undeclared_arguments_runs_nothing() -> None:
     # add_two_then_crash would write twice and crash: refused up front, it never runs
-    machine = StateMachine(ROLLBACK)
+    machine = owning_all(ROLLBACK)
     result = call(machine, "add_two_then_crash", "r", id=10, colour="red")
     assert result["error"]["code"] == "bad_request"
     assert "add_two_then_crash" in result["error"]["message"]
@@ -606,7 +618,7 @@ def test_mutation_with_undeclared_arguments_runs_nothing() -> None:
 
 
 def test_error_results_hold_no_process_specific_text() -> None:
-    machine = StateMachine(ROLLBACK)
+    machine = owning_all(ROLLBACK)
     result = call(machine, "crash_with_an_address", "r", id=1)
     assert result == {"error": {"code": "endpoint_failed", "message": "crash_with_an_address raised TypeError"}}
     for args in ([1], "id=1", None):
@@ -618,18 +630,18 @@ def test_error_results_hold_no_process_specific_text() -> None:
 
 ERRORS_SCRIPT = """
 import ujson
-from consensus.state_machine import StateMachine
 from query.app import load_app
+from tests.machines import insert_batch, owning_all
 
-people = StateMachine(load_app("examples.people"))
-rollback = StateMachine(load_app("tests.apps.rollback_app"))
+people = owning_all(load_app("examples.people"))
+rollback = owning_all(load_app("tests.apps.rollback_app"))
 for i, args in enumerate([[1], "x", None, {"id": 1}, {"id": "1"}, {"nope": 1}]):
     people.apply({"type": "mutation", "endpoint": "insert_user", "args": args, "request_id": f"p{i}"})
 for i, name in enumerate(["crash_with_an_address", "add_two_then_crash", "rewrite_then_crash"]):
     rollback.apply({"type": "mutation", "endpoint": name, "args": {"id": i}, "request_id": f"t{i}"})
-people.apply({"type": "insert_batch", "model": "User", "docs": [5, {"id": 1}], "request_id": "b"})
+people.apply(insert_batch("User", [5, {"id": 1}], 1, request_id="b"))
 # results that are not JSON (sets, bytes, NaN, ...) and a log entry that is not JSON
-poison = StateMachine(load_app("tests.apps.bad_results_app"))
+poison = owning_all(load_app("tests.apps.bad_results_app"))
 for i, name in enumerate(sorted(poison.app.endpoints)):
     poison.apply({"type": "mutation", "endpoint": name, "args": {"id": i}, "request_id": f"x{i}"}, index=i + 1)
 poison.apply_entry(b"\\xff not json", 99)
@@ -659,13 +671,16 @@ def test_error_results_are_the_same_in_every_process() -> None:
 
 
 def test_every_command_type_has_one_handler_and_is_documented() -> None:
-    assert set(StateMachine.COMMANDS) == {"mutation", "insert_batch", "migrate", "set_fingerprint", "noop", "batch"}
+    assert set(StateMachine.COMMANDS) == {
+        *("mutation", "insert_batch", "migrate", "set_fingerprint", "init_slots", "set_members", "noop", "batch"),
+        *("import_begin", "move_begin", "import_docs", "move_commit", "import_commit", "move_abort", "import_abort"),
+    }
     doc = state_machine_module.__doc__ or ""
     assert all(f'{{"type": "{kind}"' in doc for kind in StateMachine.COMMANDS)
 
 
 def test_query_errors_raise_docraft_errors() -> None:
-    machine = StateMachine(PEOPLE)
+    machine = owning_all(PEOPLE)
     with pytest.raises(BadRequest, match="insert_user is a mutation, not a query"):
         machine.query("insert_user", {})
     with pytest.raises(NotFound, match="no endpoint 'nope'"):

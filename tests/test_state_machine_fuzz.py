@@ -3,7 +3,8 @@
 Two fresh machines running the example app are fed the same entries: commands
 of every type with fields of the right names and values of any JSON shape
 (NaN, infinities and huge numbers included, since a log entry's JSON can hold
-them), arbitrary JSON values, and bytes that are not JSON. After every entry
+them), the slot table's and slot moves' commands among them (so a machine
+may own slots, or none), arbitrary JSON values, and bytes that are not JSON. After every entry
 both must have answered the same strict-JSON result, and hold byte-identical
 snapshots and equal digests (STYLE.md: two state machines fed the same
 commands produce identical snapshots).
@@ -17,6 +18,7 @@ import ujson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consensus.slots import slot_of
 from consensus.state_machine import StateMachine
 from query.app import load_app
 
@@ -47,6 +49,7 @@ def either(likely: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.integers(0, 5).flatmap(lambda n: JSON if n == 0 else likely)
 
 
+SLOT = either(st.sampled_from(sorted({slot_of(i) for i in range(6)})))  # a batch's routed slot
 ENVELOPE = {"request_id": either(st.sampled_from(["r0", "r1", "r2"])), "time": either(st.floats(0, 2e9))}
 
 
@@ -69,7 +72,7 @@ SIMPLE_COMMANDS = st.one_of(
         "mutation",
         {"endpoint": either(st.sampled_from([*sorted(PEOPLE.endpoints), "nope"])), "args": either(DOCUMENT)},
     ),
-    command("insert_batch", {"model": st.just("User"), "docs": st.lists(USER | DOCUMENT, max_size=4)}),
+    command("insert_batch", {"model": st.just("User"), "docs": st.lists(USER | DOCUMENT, max_size=4), "slot": SLOT}),
     command(
         "insert_batch",
         {"model": either(st.sampled_from(["User", "Order", "Ghost"])), "docs": either(st.lists(DOCUMENT, max_size=4))},
@@ -80,6 +83,29 @@ SIMPLE_COMMANDS = st.one_of(
     command("garbage", {}),
     st.fixed_dictionaries({"type": JSON}),
 )
+SLOTS = st.lists(st.lists(st.integers(-1, 16384), min_size=2, max_size=2), max_size=3)
+REPLICAS = st.lists(st.fixed_dictionaries({"id": NAMES, "raft": NAMES, "http": NAMES}), max_size=2)
+MOVE = {"move": either(st.sampled_from(["m1", "m2"])), "epoch": either(st.integers(0, 3))}
+SLOT_COMMANDS = st.one_of(
+    command("init_slots", {"ranges": either(st.just([[0, 16383]]) | SLOTS)}),
+    command("set_members", {"voters": either(REPLICAS), "learners": either(REPLICAS)}),
+    command("import_begin", {**MOVE, "source": either(NAMES), "slots": either(SLOTS)}),
+    command("move_begin", {**MOVE, "target": either(NAMES), "target_replicas": either(REPLICAS), "slots": SLOTS}),
+    command(
+        "import_docs",
+        {
+            **MOVE,
+            "batch": either(st.integers(0, 2)),
+            "docs": either(st.fixed_dictionaries({}, optional={"User": st.lists(USER, max_size=2)})),
+            "requests": either(st.lists(st.tuples(NAMES, st.none(), st.just({"ok": 1}), IDS).map(list), max_size=2)),
+        },
+    ),
+    command("move_commit", MOVE),
+    command("import_commit", {**MOVE, "count": either(st.integers(0, 3)), "hash": either(st.text(max_size=3))}),
+    command("move_abort", MOVE),
+    command("import_abort", MOVE),
+)
+SIMPLE_COMMANDS = SIMPLE_COMMANDS | SLOT_COMMANDS
 COMMANDS = SIMPLE_COMMANDS | command("batch", {"commands": either(st.lists(SIMPLE_COMMANDS | JSON, max_size=4))})
 
 

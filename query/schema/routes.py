@@ -106,7 +106,14 @@ def _operations(app: App) -> dict[str, tuple[str, Schema, Schema | None, str]]:
     shard = object_schema(
         {
             "id": {"type": "string"},
-            "slots": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+            "epoch": {"type": ["integer", "null"], "description": "the highest slot version the group committed"},
+            "slots": {
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+                "description": "inclusive [first, last] slot ranges",
+            },
+            "slot_count": {"type": "integer"},
+            "documents": {"type": ["integer", "null"]},
             "leader": {"type": ["string", "null"]},
             "replicas": {"type": "array", "items": {"type": "object"}},
         },
@@ -127,7 +134,14 @@ def _operations(app: App) -> dict[str, tuple[str, Schema, Schema | None, str]]:
     return {
         "/_admin/cluster": (
             "cluster",
-            object_schema({"shards": {"type": "array", "items": shard}}, required=("shards",)),
+            object_schema(
+                {
+                    "epoch": {"type": "integer", "description": "the slot map's epoch"},
+                    "shards": {"type": "array", "items": shard},
+                    "moves": {"type": "array", "items": {"type": "object"}, "description": "slot moves and progress"},
+                },
+                required=("epoch", "shards", "moves"),
+            ),
             None,
             "",
         ),
