@@ -8,7 +8,11 @@
 Starts its own cluster (default 1 shard x 3 replicas + a dispatcher, app
 ``bench.register_app``, a snapshot and journal compaction every
 ``--compaction-entries`` log entries) and runs two workloads through the
-dispatcher while a nemesis (``bench.nemesis``) injects faults:
+dispatcher while a nemesis (``bench.nemesis``) injects faults, with several
+shards each in a shard it picks at random. The register and counter keys are
+chosen to span every shard under the cluster file's slot map
+(``bench.placement.spread_keys``; with one shard they are 0, 1, ...), and
+printed with their shards at the start:
 
 - register clients write, read and compare-and-set integer registers; half
   of them read with ``consistency=leader`` (the default level), the others
@@ -30,13 +34,17 @@ time and checks:
 5. every fault ran to its end (a graceful stop exits 0, a repair does not
    time out, a lagging follower catches up; a refused repair is skipped);
 6. no client got an answer it should never get under these faults (a 500);
-7. the integrity monitor raised no false alarm.
+7. the integrity monitor raised no false alarm;
+8. no key is held by two shards: each key's slot is owned by exactly one
+   group, and every other group's leader refuses a stale read of it
+   (``bench.placement.check_placement``).
 
-It also measures, per fault, the time to the next successful write, the time
-until a newer term's leader was seen (from every replica's role and term,
-polled throughout and kept in the report) and each healed replica's catch-up
-time (``bench.timings``), and prints them per kind with their targets; those
-fail the run only with ``--targets``.
+It also measures, per fault, the time to the next successful write to a key
+its shard owned, the time until a newer term's leader was seen in its group
+(from every replica's role and term, polled throughout and kept in the
+report) and each healed replica's catch-up time (``bench.timings``), and
+prints them per kind with their targets; those fail the run only with
+``--targets``.
 
 Writes a JSON report and a PNG timeline (matplotlib), removes its run
 directory (cluster file, data, logs) when everything passed unless
@@ -57,6 +65,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +78,7 @@ from bench.fault_report import plot, summary
 from bench.linearizability import Op, check_history, lost_writes
 from bench.nemesis import NEMESES, PARTITIONS, Fault, Harness, LeaderWatch, Nemesis, SnapshotWatch, error_code, fetch
 from bench.netns import NetworkUnavailable, why_unavailable
+from bench.placement import by_shard, check_placement, owner_of, spread_keys
 from bench.timings import by_kind, record_failovers, targets
 
 RECOVERY_LIMIT = 5.0
@@ -85,7 +95,8 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     ops: list[Op] = field(default_factory=list)
     increments: list[Increment] = field(default_factory=list)
-    writes: list[tuple[float, float]] = field(default_factory=list)  # (invoke, complete) of each acknowledged write
+    # (key, invoke, complete) of each acknowledged write: a register's or a counter's key, which share slots
+    writes: list[tuple[int, float, float]] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     completions: list[tuple[float, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -107,13 +118,15 @@ def read_level(process: int) -> str:
     return "leader" if process % 2 else "linearizable"
 
 
-async def client(process: int, harness: Harness, run: Run, keys: int, rng: random.Random, done: asyncio.Event) -> None:
-    """Write, read and cas random registers until ``done``; every written value is unique."""
+async def client(
+    process: int, harness: Harness, run: Run, keys: list[int], rng: random.Random, done: asyncio.Event
+) -> None:
+    """Write, read and cas random registers of ``keys`` until ``done``; every written value is unique."""
     counter = 0
     last_seen: dict[int, int | None] = {}
     level = read_level(process)
     while not done.is_set():
-        key = rng.randrange(keys)
+        key = keys[rng.randrange(len(keys))]
         roll = rng.random()
         counter += 1
         value = process * 10_000_000 + counter
@@ -140,7 +153,7 @@ async def client(process: int, harness: Harness, run: Run, keys: int, rng: rando
             run.ops.append(Op(process, key, kind, op_value, output, invoke, complete))
             last_seen[key] = value if kind == "write" or (kind == "cas" and output == op_value[0]) else output
             if kind != "read":
-                run.writes.append((invoke, complete))
+                run.writes.append((key, invoke, complete))
         elif outcome != "fail" and kind != "read":
             run.ops.append(Op(process, key, kind, op_value, None, invoke, None))
         if outcome == "error":
@@ -148,20 +161,22 @@ async def client(process: int, harness: Harness, run: Run, keys: int, rng: rando
 
 
 async def counter_client(
-    process: int, harness: Harness, run: Run, counters: int, rng: random.Random, done: asyncio.Event
+    process: int, harness: Harness, run: Run, counters: list[int], rng: random.Random, done: asyncio.Event
 ) -> None:
-    """Increment random counters by 1-9 until ``done``, each under its own Idempotency-Key until answered."""
+    """Increment random counters of ``counters`` by 1-9 until ``done``, each under its own Idempotency-Key until
+    answered."""
     sent = 0
     while not done.is_set():
         sent += 1
-        increment = Increment(process, rng.randrange(counters), rng.randint(1, 9), f"incr-{process}-{sent}", run.now())
+        counter = counters[rng.randrange(len(counters))]
+        increment = Increment(process, counter, rng.randint(1, 9), f"incr-{process}-{sent}", run.now())
         for answer in await send(harness.url, increment, run.now, INCREMENT_PATIENCE):
             run.record_error(answer)
         run.increments.append(increment)
         run.outcomes[f"incr:{increment.outcome}"] += 1
         run.completions.append((run.now(), "incr", increment.outcome))
         if increment.answered is not None:
-            run.writes.append(increment.answered)
+            run.writes.append((counter, *increment.answered))
 
 
 async def resolve_unknown(harness: Harness, run: Run) -> None:
@@ -205,6 +220,20 @@ def per_second(run: Run) -> dict[str, list[int]]:
     return series
 
 
+def record_fault_timings(
+    members: Mapping[str, Collection[str]],
+    faults: list[Fault],
+    writes: list[tuple[int, float, float]],
+    elections: list[tuple[float, str, int]],
+) -> None:
+    """``record_failovers`` for each fault, against the writes to the keys its shard owned when it struck
+    (``Fault.keys``) and the leaders seen among that shard's ``members`` (terms are per group)."""
+    for fault in faults:
+        keys, group = set(fault.keys), members[fault.shard]
+        mine = [(invoke, complete) for key, invoke, complete in writes if key in keys]
+        record_failovers([fault], mine, [election for election in elections if election[1] in group])
+
+
 def fault_counts(faults: list[Fault]) -> dict[str, dict[str, int]]:
     """Per nemesis kind, how many faults ended ``done``, ``skipped`` and ``failed``."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
@@ -240,10 +269,10 @@ async def integrity_alerts(harness: Harness) -> list[dict[str, Any]]:
     return recent
 
 
-async def final_reads(harness: Harness, run: Run, keys: int) -> dict[int, Any]:
-    """Read every register once more (recorded in the history as process -1); the values read."""
+async def final_reads(harness: Harness, run: Run, keys: list[int]) -> dict[int, Any]:
+    """Read every register of ``keys`` once more (recorded in the history as process -1); the values read."""
     final: dict[int, Any] = {}
-    for key in range(keys):
+    for key in keys:
         for _ in range(20):
             invoke = run.now()
             status, body = await fetch(f"{harness.url}/reg_read?key={key}&consistency=linearizable", timeout=15)
@@ -255,10 +284,10 @@ async def final_reads(harness: Harness, run: Run, keys: int) -> dict[int, Any]:
     return final
 
 
-async def final_counts(harness: Harness, counters: int) -> dict[int, int]:
-    """Every counter's value, read linearizably; a counter that never answered is left out."""
+async def final_counts(harness: Harness, counters: list[int]) -> dict[int, int]:
+    """The value of every counter of ``counters``, read linearizably; a counter that never answered is left out."""
     final: dict[int, int] = {}
-    for key in range(counters):
+    for key in counters:
         for _ in range(20):
             status, body = await fetch(f"{harness.url}/counter_read?key={key}&consistency=linearizable", timeout=15)
             if status == 200:
@@ -284,11 +313,18 @@ def increment_counts(increments: list[Increment]) -> dict[str, int]:
 async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> tuple[dict[str, Any], list[Fault]]:
     """Run the workloads under the nemesis, heal, check; the report and the faults injected."""
     rng = random.Random(args.seed)
-    snapshots = SnapshotWatch({name: harness.snapshot_file(name) for name in harness.replicas()})
+    snapshots = SnapshotWatch({name: harness.snapshot_file(name) for name in harness.all_replicas()})
     leaders = LeaderWatch(harness, run.now)
     watching = asyncio.create_task(snapshots.run())
     watching_leaders = asyncio.create_task(leaders.run())
-    keys = range(max(args.keys, args.counters))  # registers and counters are keyed 0, 1, ...: reshard moves their slots
+    initial = harness.initial_slots()
+    registers, counter_keys = spread_keys(initial, args.keys), spread_keys(initial, args.counters)
+    keys = sorted({*registers, *counter_keys})  # reshard moves the slots holding them
+    placed = {key: owner_of(initial, key) for key in keys}
+    print("keys by shard (the cluster file's slot map):", flush=True)
+    for shard, held in by_shard(placed).items():
+        mine = ([k for k in held if k in registers], [k for k in held if k in counter_keys])
+        print(f"  {shard}: registers {mine[0]}, counters {mine[1]}", flush=True)
     nemesis = Nemesis(harness, args.nemesis, random.Random(rng.random()), run.now, snapshots, keys)
     done = asyncio.Event()
 
@@ -296,9 +332,9 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> tup
         await nemesis.run(until=run.now() + args.duration)
         done.set()  # the workload runs on until the last fault is healed
 
-    workers = [client(p, harness, run, args.keys, random.Random(rng.random()), done) for p in range(args.clients)]
+    workers = [client(p, harness, run, registers, random.Random(rng.random()), done) for p in range(args.clients)]
     workers += [
-        counter_client(p, harness, run, args.counters, random.Random(rng.random()), done)
+        counter_client(p, harness, run, counter_keys, random.Random(rng.random()), done)
         for p in range(args.clients, args.clients + args.counter_clients)
     ]
     await asyncio.gather(faults(), *workers)
@@ -306,9 +342,10 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> tup
     healed_at = run.now()
     recovery = await first_success(harness, run, RECOVERY_LIMIT)
     await resolve_unknown(harness, run)
-    final = await final_reads(harness, run, args.keys)
-    counts = await final_counts(harness, args.counters)
+    final = await final_reads(harness, run, registers)
+    counts = await final_counts(harness, counter_keys)
     alerts = await integrity_alerts(harness)
+    placement = await check_placement(harness, keys, "reg_read")
     watching.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watching
@@ -318,7 +355,8 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> tup
     lost = lost_writes(run.ops)
     anomalies = [v for v in verdicts if v.linearizable is not True]
     counters = check_counters(run.increments, counts)
-    record_failovers(nemesis.faults, run.writes, leaders.elections)
+    members = {shard: harness.replicas(shard) for shard in harness.shards()}
+    record_fault_timings(members, nemesis.faults, run.writes, leaders.elections)
     timings = by_kind(nemesis.faults)
     goals = targets(timings)
     checks = {
@@ -331,6 +369,7 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> tup
         "faults_completed": all(f.outcome != "failed" for f in nemesis.faults),
         "no_unexpected_errors": not run.errors,
         "no_false_integrity_alarm": not [a for a in alerts if a["kind"] in FALSE_ALARMS],
+        "one_owner_per_key": placement.passed,
     }
     targets_met = all(goal.passed is not False for goal in goals)
     report = {
@@ -342,6 +381,10 @@ async def benchmark(args: argparse.Namespace, harness: Harness, run: Run) -> tup
         "passed": all(checks.values()) and (targets_met or not args.targets),
         "operations": dict(sorted(run.outcomes.items())),
         "read_consistency": {str(p): read_level(p) for p in range(args.clients)},
+        "register_keys": registers,
+        "counter_keys": counter_keys,
+        "initial_key_shards": by_shard(placed),
+        "placement": placement.to_json(),
         "throughput_per_second": per_second(run),
         "recovery_seconds": recovery,
         "healed_at": healed_at,
@@ -379,7 +422,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keys", type=int, default=5, help="registers")
     parser.add_argument("--counter-clients", type=int, default=4)
     parser.add_argument("--counters", type=int, default=3)
-    parser.add_argument("--nemesis", default=",".join(NEMESES), help=f"comma list of {', '.join(NEMESES)}")
+    parser.add_argument(
+        "--nemesis",
+        help=f"comma list of {', '.join(NEMESES)} (default: all of them; reshard only with --shards 2 or more)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--replicas", type=int, default=3)
@@ -396,6 +442,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (data, logs) even on success")
     parser.add_argument("--report", default="fault-report.json", help="JSON report; the PNG goes beside it")
     args = parser.parse_args(argv)
+    if args.nemesis is None:
+        args.nemesis = ",".join(k for k in NEMESES if k != "reshard" or args.shards > 1)
     kinds = [k.strip() for k in args.nemesis.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in NEMESES]
     if unknown or not kinds:

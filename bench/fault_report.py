@@ -86,6 +86,16 @@ def _counter(verdict: dict[str, Any]) -> str:
     )
 
 
+def _placement(placement: dict[str, Any]) -> str:
+    """How many keys were checked on one owner each, and how many stale reads elsewhere were refused."""
+    problems = len(placement["problems"])
+    return (
+        f"placement: {len(placement['keys'])} keys, each on one shard: {'yes' if not problems else 'NO'};"
+        f" {placement['refusals_checked']} stale reads sent where a key is not owned"
+        + (f"; {problems} problems" if problems else ", all refused")
+    )
+
+
 def _spread(spread: dict[str, Any], value: str) -> str:
     """One statistic of a ``Spread`` (``median`` or ``max``), with how many never completed."""
     never = f" +{spread['missing']} never" if spread["missing"] else ""
@@ -93,12 +103,16 @@ def _spread(spread: dict[str, Any], value: str) -> str:
 
 
 def fault_table(faults: list[dict[str, Any]]) -> list[str]:
-    """One row per fault: when, what, whether it took the leader, new leader seen, next write, catch-ups."""
-    rows = [f"  {'at':>7}  {'kind':<21} {'target':<7} {'leader':<6} {'new leader':>10} {'next write':>10}  catch-up"]
+    """One row per fault: when, what, which shard and replica, whether it took the leader, new leader seen, next
+    write, catch-ups."""
+    rows = [
+        f"  {'at':>7}  {'kind':<21} {'shard':<5} {'target':<7} {'leader':<6} {'new leader':>10} {'next write':>10}"
+        "  catch-up"
+    ]
     for fault in faults:
         catch_up = " ".join(f"{name} {'never' if t is None else f'{t:.2f}s'}" for name, t in fault["catch_up"].items())
         rows.append(
-            f"  {fault['start']:>6.2f}s  {fault['kind']:<21} {fault['target']:<7} "
+            f"  {fault['start']:>6.2f}s  {fault['kind']:<21} {fault['shard']:<5} {fault['target']:<7} "
             f"{'yes' if fault['leader'] else 'no':<6} {_seconds(fault['elected']):>10}"
             f" {_seconds(fault['failover']):>10}  {catch_up or '-'}"
         )
@@ -165,6 +179,8 @@ def summary(report: dict[str, Any], path: Path) -> str:
         + ", ".join(f"{name} {n}" for name, n in snapshots.items())
         + ")",
         f"lost writes: {report['lost_write_count']}",
+        _placement(report["placement"]),
+        *(f"  {problem}" for problem in report["placement"]["problems"][:5]),
         *(_lost(loss) for loss in report["lost_writes"][:3]),
         *(f"unexpected answer ({n}x): {answer}" for answer, n in list(report["errors"].items())[:3]),
         f"recovery after healing: {_seconds(report['recovery_seconds'])}",

@@ -1,7 +1,8 @@
 """The fault benchmark's cluster and its nemesis: one fault at a time, each healed before the next.
 
 Faults (``NEMESES``), each aimed at the leader or a random replica unless said otherwise (the first
-fault of each kind at the leader, later ones at it 60% of the time):
+fault of each kind at the leader, later ones at it 60% of the time). With several shards each fault but
+``reshard`` first picks its shard at random (``Fault.shard``) and strikes that group:
 
 - ``kill``: SIGKILL a replica, restart it 1.5-3 s later.
 - ``pause``: SIGSTOP a replica for 1.5-3 s, then SIGCONT.
@@ -24,8 +25,8 @@ fault of each kind at the leader, later ones at it 60% of the time):
   SIGKILL the leader); SIGCONT the follower, restart the first one stopped (and once a leader is elected
   without it, the second), and wait until the follower has caught up.
 
-Before each fault the nemesis waits (up to ``SETTLE_LIMIT``) until every replica answers and has
-applied what its leader had committed, so one fault's tail does not stack onto the next and take a
+Before each fault the nemesis waits (up to ``SETTLE_LIMIT`` per group) until every replica answers and
+has applied what its leader had committed, so one fault's tail does not stack onto the next and take a
 majority away for longer than either intends.
 
 After healing a fault (a restart, SIGCONT or a healed partition) the nemesis measures each healed
@@ -50,6 +51,7 @@ import ujson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from bench.netns import TestNetwork
+from bench.placement import owner_of
 from consensus.replica import SNAPSHOT_FILE
 from consensus.slots import slot_of
 from models.errors import DocraftError
@@ -75,7 +77,6 @@ NEMESES = (
 )
 PARTITIONS = ("partition", "partition-dispatcher")  # the kinds that need the test network
 APP = "bench.register_app"
-SHARD = "s0"
 SETTLE_LIMIT = 20.0  # seconds to wait for the group to be whole and caught up before the next fault
 STOP_LIMIT = 15.0  # seconds a SIGTERMed replica may take to exit before it counts as failed (and is killed)
 REPAIR_LIMIT = 60.0  # seconds ``docraft repair`` may take to make the replica agree again
@@ -131,6 +132,8 @@ class Fault:
     kind: str
     start: float
     target: str = ""
+    shard: str = ""  # the group it struck (``reshard``: the source)
+    keys: list[Any] = field(default_factory=list)  # the workload keys that group owned when it struck
     end: float = 0.0
     leader: bool = False  # the fault took the leader away
     failover: float | None = None  # seconds from ``start`` to the next successful write (set by the benchmark)
@@ -212,13 +215,24 @@ class Harness:
         self._shard_client: ShardClient | None = None
         self._router: Router | None = None
 
-    def replicas(self, shard: str = SHARD) -> list[str]:
+    def shards(self) -> list[str]:
+        """The shard ids, in the cluster file's order."""
+        return [shard.id for shard in self.config.shards]
+
+    def replicas(self, shard: str) -> list[str]:
         return [r.id for r in self.config.shard(shard).replicas]
+
+    def initial_slots(self) -> dict[str, list[tuple[int, int]]]:
+        """Each shard's slot ranges as the cluster file gives them (before any move)."""
+        return {shard.id: list(shard.slots) for shard in self.config.shards}
+
+    def all_replicas(self) -> list[str]:
+        return [name for shard in self.shards() for name in self.replicas(shard)]
 
     def snapshot_file(self, name: str) -> Path:
         return self.config.replica(name).data_dir / SNAPSHOT_FILE
 
-    async def status(self, shard: str = SHARD) -> GroupStatus:
+    async def status(self, shard: str) -> GroupStatus:
         """The group's status through the dispatcher; no leader and no replicas if it does not answer."""
         code, body = await fetch(self.url + "/_admin/cluster", timeout=3)
         if code != 200:
@@ -231,14 +245,18 @@ class Harness:
     async def replica_status(self, name: str, timeout: float = 0.5) -> dict[str, Any]:
         """``name``'s own ``/_shard/status``, asked directly (not through the dispatcher); ``{}`` if silent.
 
-        Asked as a cluster member asks (``ShardClient``, which signs with the cluster secret). Event loop only.
+        Asked as a cluster member asks (``shard_client``). Event loop only.
         """
-        if self._shard_client is None:  # made on the event loop, whose HTTP client it uses
-            self._shard_client = ShardClient(self.config)
         try:
-            return await self._shard_client.status(self.config.replica(name), timeout)
+            return await self.shard_client().status(self.config.replica(name), timeout)
         except DocraftError:
             return {}
+
+    def shard_client(self) -> ShardClient:
+        """A client of the replicas' ``/_shard/*`` routes, signing with the cluster secret. Event loop only."""
+        if self._shard_client is None:  # made on the event loop, whose HTTP client it uses
+            self._shard_client = ShardClient(self.config)
+        return self._shard_client
 
     def router(self) -> Router:
         """A router of this process (for moving slots), made on the event loop on first use."""
@@ -246,7 +264,7 @@ class Harness:
             self._router = Router(self.config, load_app(APP), ShardClient(self.config))
         return self._router
 
-    async def replica_statuses(self, shard: str = SHARD) -> GroupStatus:
+    async def replica_statuses(self, shard: str) -> GroupStatus:
         """The group as its replicas answer directly; a silent replica has role ``unreachable``."""
         names = self.replicas(shard)
         answers = await asyncio.gather(*(self.replica_status(name) for name in names))
@@ -366,7 +384,7 @@ class LeaderWatch:
 
     async def run(self) -> None:
         """Poll until ``stop``; returns once the polls in flight have ended (a cancelled fetch would log an error)."""
-        await asyncio.gather(*(self._watch(name) for name in self.harness.replicas()))
+        await asyncio.gather(*(self._watch(name) for name in self.harness.all_replicas()))
 
     def stop(self) -> None:
         self._stopped.set()
@@ -386,7 +404,8 @@ class Nemesis:
     """Injects faults of ``kinds`` into ``harness`` one at a time; records them in ``faults`` and ``notes``.
 
     Kinds are drawn in shuffled rounds, so a run long enough for ``len(kinds)``
-    faults injects every kind.
+    faults injects every kind. ``placement`` is where each workload key's slot
+    is owned, as the groups said before the latest fault (with one shard: there).
     """
 
     def __init__(
@@ -401,6 +420,8 @@ class Nemesis:
         """``workload_keys``: partition keys the workload uses; ``reshard`` moves slots holding them."""
         self.harness = harness
         self.workload_keys = list(workload_keys)
+        initial = harness.initial_slots()
+        self.placement: dict[Any, str | None] = {key: owner_of(initial, key) for key in self.workload_keys}
         self.kinds = kinds
         self.rng = rng
         self.clock = clock
@@ -423,21 +444,38 @@ class Nemesis:
     async def run(self, until: float) -> None:
         """Inject faults until ``until`` (run time); returns once the last one is healed."""
         deck: list[str] = []
+        shards = self.harness.shards()
         while True:
             await asyncio.sleep(self.rng.uniform(1.5, 3.0))
             if self.clock() >= until - 1:
                 return
-            if await self.caught_up(self.harness.replicas(), SETTLE_LIMIT) is None:
-                self.notes.append(f"at {self.clock():.1f}s the group was not whole and caught up; injecting anyway")
+            for shard in shards:
+                if await self.caught_up(shard, self.harness.replicas(shard), SETTLE_LIMIT) is None:
+                    self.notes.append(f"at {self.clock():.1f}s {shard} was not whole and caught up; injecting anyway")
+            if len(shards) > 1:
+                await self._locate_keys()
             if not deck:
                 deck = self.rng.sample(self.kinds, len(self.kinds))
-            fault = Fault(deck.pop(), self.clock())
+            fault = Fault(deck.pop(), self.clock(), shard=shards[0])
+            if len(shards) > 1 and fault.kind != "reshard":  # a reshard picks its source by the key it moves
+                fault.shard = self.rng.choice(shards)
             self.faults.append(fault)
-            await self._inject[fault.kind](fault, await self.harness.status())
+            placement = dict(self.placement)
+            await self._inject[fault.kind](fault, await self.harness.status(fault.shard))
             fault.end = self.clock()
+            fault.keys = [key for key, shard in placement.items() if shard == fault.shard]
 
-    async def caught_up(self, names: list[str], limit: float) -> float | None:
-        """Seconds until each of ``names`` has applied what the leader had committed; ``None`` past ``limit``.
+    async def _locate_keys(self) -> None:
+        """Refresh ``placement`` from the groups' slot tables; keep the last one known if a group does not answer."""
+        try:
+            owned, _ = holdings(await asyncio.wait_for(reports(self.harness.router()), SETTLE_LIMIT))
+        except (DocraftError, TimeoutError) as exc:
+            self.notes.append(f"at {self.clock():.1f}s the slot map was not read ({exc}); keys placed as before")
+            return
+        self.placement = {key: owner_of(owned, key) for key in self.workload_keys}
+
+    async def caught_up(self, shard: str, names: list[str], limit: float) -> float | None:
+        """Seconds until each of ``names`` has applied what ``shard``'s leader had committed; ``None`` past ``limit``.
 
         The target is the leader's commit index when one is first seen; a replica that does not answer has
         applied nothing, and one that reports a fault is not caught up. With no ``names``: seconds until a
@@ -446,7 +484,7 @@ class Nemesis:
         start = self.clock()
         target: int | None = None
         while self.clock() - start < limit:
-            status = await self.harness.status()
+            status = await self.harness.status(shard)
             target = status.committed() if target is None else target
             if target is not None and status.leader and all(status.caught_up(name, target) for name in names):
                 return self.clock() - start
@@ -464,7 +502,7 @@ class Nemesis:
         fault.healed = healed = self.clock()
         target: int | None = None
         while target is None and self.clock() - healed < CATCH_UP_LIMIT:
-            target = (await self.harness.replica_statuses()).committed()
+            target = (await self.harness.replica_statuses(fault.shard)).committed()
             if target is None:
                 await asyncio.sleep(CATCH_UP_POLL)
 
@@ -489,7 +527,7 @@ class Nemesis:
         return self.rng.choice(among)
 
     def _aim(self, fault: Fault, status: GroupStatus, among: list[str] | None = None) -> str:
-        fault.target = self._pick(status, among or self.harness.replicas(), fault.kind)
+        fault.target = self._pick(status, among or self.harness.replicas(fault.shard), fault.kind)
         fault.leader = fault.target == status.leader
         return fault.target
 
@@ -528,8 +566,8 @@ class Nemesis:
         await self.catch_up(fault, [target])
 
     async def _restart_all(self, fault: Fault, status: GroupStatus) -> None:
-        fault.target, fault.leader = SHARD, True
-        replicas = self.harness.replicas()
+        fault.target, fault.leader = fault.shard, True
+        replicas = self.harness.replicas(fault.shard)
         for name in replicas:
             self.harness.kill(name)
         self._struck(fault)
@@ -593,7 +631,7 @@ class Nemesis:
         await self.catch_up(fault, [target])
 
     async def _lag(self, fault: Fault, status: GroupStatus) -> None:
-        replicas = self.harness.replicas()
+        replicas = self.harness.replicas(fault.shard)
         slow = self.rng.choice(status.followers() or replicas)
         others = [name for name in replicas if name != slow]
         fault.target = slow
@@ -610,7 +648,7 @@ class Nemesis:
         self.harness.resume(slow)
         self.harness.restart(victims[0][0])
         if len(victims) > 1:  # let the slow follower and the restarted one elect a leader without the last
-            await self.caught_up([], ELECTION_LIMIT)  # no leader in time: restart it anyway
+            await self.caught_up(fault.shard, [], ELECTION_LIMIT)  # no leader in time: restart it anyway
             self.harness.restart(victims[1][0])
         await self.catch_up(fault, [slow, *(name for name, _ in victims)])
         caught_up = fault.catch_up[slow]
@@ -647,6 +685,7 @@ class Nemesis:
             fault.outcome, fault.detail = "skipped", f"no shard owns slot {slot} (key {key!r}), or no other to take it"
             return
         source, first, last = held[0]
+        fault.shard = source
         width = self.rng.randint(*RESHARD_SLOTS)
         start = max(first, slot - self.rng.randrange(width))
         end = min(last, start + width - 1)

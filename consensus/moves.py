@@ -15,14 +15,26 @@ idempotent by move id (a resent step changes nothing and answers ok):
 Why a write lands once: S refuses writes to the range from ``move_begin`` on
 and T accepts none before ``import_commit``, which installs exactly what S
 froze (count and hash must match what arrived). Imported documents wait in
-``incoming`` until then, so T's queries never see them early. Refusals are
-``MoveRefused`` with a ``reason``: ``stale_epoch`` (an epoch not above the
-group's), ``busy`` (another move is active here), ``slots_held`` /
+``incoming`` until then, so T's queries never see them early.
+
+Why ``import_commit`` cannot fail once S committed (except for a count or
+hash that S's decision already checked): a primary key can be taken on T only
+by a co-located child (placed by its parent, so its own key may exist in
+another slot). ``import_docs`` refuses a page holding a key stored on T or
+already received, before S decides; and while T imports, its writes treat a
+key waiting in ``incoming`` as taken (``WriteView``).
+
+Commits and aborts raise the group's epoch to the move's, so the next plan
+(epoch ``1 +`` the highest) gets a new move id even after an abort.
+
+Refusals are ``MoveRefused`` with a ``reason``: ``stale_epoch`` (an epoch not
+above the group's), ``busy`` (another move is active here), ``slots_held`` /
 ``not_owned`` (the range is not in the state the step needs), ``unknown_move``,
 ``not_importing``, ``epoch`` (a commit naming another epoch than its begin),
 ``mismatch`` (count or hash differ), ``collision`` (an imported primary key is
-taken), ``committed`` / ``aborted`` (the move already ended the other way),
-``conflict`` (a begin reusing a move id for other slots or peers).
+stored on T or arrives twice), ``committed`` / ``aborted`` (the move already
+ended the other way), ``conflict`` (a begin reusing a move id for other slots
+or peers).
 
 Handlers follow ``consensus.state_machine.Command``: they check everything
 that can fail first and change state last.
@@ -30,7 +42,7 @@ that can fail first and change state last.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +61,9 @@ from consensus.slots import (
 )
 from models.errors import BadRequest, MoveRefused
 from models.json_values import copy_document, copy_json
+from models.model import Model
 from query.collection import HASH_MODULUS, document_hash
-from query.ordering import value_key
+from query.ordering import SortKey, value_key
 
 if TYPE_CHECKING:
     from consensus.state_machine import Result, StateMachine
@@ -132,19 +145,38 @@ class Move:
 @dataclass
 class Incoming:
     """What T received for a move and has not installed: documents per model and request ids, in
-    arrival order, with their running count and hash (the sum of ``document_hash``, as S computes it)."""
+    arrival order, with their running count and hash (the sum of ``document_hash``, as S computes it).
+    ``keys`` holds their primary keys per model (derived from ``docs``; not in snapshots)."""
 
     docs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     requests: list[list[Any]] = field(default_factory=list)
     count: int = 0
     hash: int = 0
+    keys: dict[str, set[SortKey]] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def holds(self, model: str, key: Any) -> bool:
+        """Whether a document of ``model`` with primary key ``key`` waits here."""
+        return value_key(key) in self.keys.get(model, ())
+
+    def add(self, model: type[Model], docs: list[dict[str, Any]]) -> None:
+        """Keep ``docs`` (validated documents of ``model``, which this record now owns)."""
+        self.docs.setdefault(model.name, []).extend(docs)
+        self.keys.setdefault(model.name, set()).update(value_key(doc[model.primary_key]) for doc in docs)
+        for doc in docs:
+            self.hash = (self.hash + document_hash(model.name, doc)) % HASH_MODULUS
+        self.count += len(docs)
 
     def to_json(self) -> dict[str, Any]:
         return {"docs": self.docs, "requests": self.requests, "count": self.count, "hash": self.hash}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Incoming:
-        return cls(data["docs"], data["requests"], data["count"], data["hash"])
+    def from_json(cls, data: dict[str, Any], models: Mapping[str, type[Model]]) -> Incoming:
+        """The record ``to_json`` gave, for an app defining ``models`` (by name)."""
+        incoming = cls(data["docs"], data["requests"], data["count"], data["hash"])
+        for name, docs in incoming.docs.items():
+            key = models[name].primary_key
+            incoming.keys[name] = {value_key(doc[key]) for doc in docs}
+        return incoming
 
 
 # -- the commands -------------------------------------------------------------
@@ -195,7 +227,9 @@ def move_begin(machine: StateMachine, command: dict[str, Any], view: WriteView) 
 
 
 def import_docs(machine: StateMachine, command: dict[str, Any], view: WriteView) -> Result:
-    """T: keep one exported page aside in ``incoming``; a batch number already taken is ignored."""
+    """T: keep one exported page aside in ``incoming``; a batch number already taken is ignored.
+    A page with a primary key stored here or already received is refused (``collision``): the
+    rebalancer then aborts both groups, before S's decision."""
     move = _move(machine, command, TARGET)
     batch = command.get("batch")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 0:
@@ -207,11 +241,9 @@ def import_docs(machine: StateMachine, command: dict[str, Any], view: WriteView)
     docs = _imported_docs(machine, move, command.get("docs"))
     requests = _imported_requests(move, command.get("requests"))
     incoming = machine.incoming[move.id]
+    _check_keys_free(machine, move, incoming, docs)
     for name, batch_docs in docs.items():
-        incoming.docs.setdefault(name, []).extend(batch_docs)
-        for doc in batch_docs:
-            incoming.hash = (incoming.hash + document_hash(name, doc)) % HASH_MODULUS
-        incoming.count += len(batch_docs)
+        incoming.add(machine.collections[name].model, batch_docs)
     incoming.requests.extend(requests)
     move.received.append(batch)
     move.docs_copied, move.count, move.hash = incoming.count, incoming.count, _hex(incoming.hash)
@@ -239,7 +271,8 @@ def move_commit(machine: StateMachine, command: dict[str, Any], view: WriteView)
 
 
 def import_commit(machine: StateMachine, command: dict[str, Any], view: WriteView) -> Result:
-    """T: install what arrived, if it is what S froze (``count``, ``hash``); the range becomes owned."""
+    """T: install what arrived, if it is what S froze (``count``, ``hash``); the range becomes owned.
+    No key collides: ``import_docs`` and T's writes kept every arriving key free."""
     move = _move(machine, command, TARGET)
     if _already(move, COMMITTED, _epoch(command)):
         return {"ok": move.report()}
@@ -252,17 +285,7 @@ def import_commit(machine: StateMachine, command: dict[str, Any], view: WriteVie
             move=move.id,
             reason="mismatch",
         )
-    for name, docs in incoming.docs.items():
-        collection = machine.collections[name]
-        keys = [doc[collection.model.primary_key] for doc in docs]
-        taken = [key for key in keys if key in collection]
-        if taken or len({ujson.dumps(key) for key in keys}) < len(keys):
-            raise MoveRefused(
-                f"move {move.id}: {name} primary keys arrive twice or are taken here ({taken[:5]!r})",
-                move=move.id,
-                reason="collision",
-            )
-    for name, docs in incoming.docs.items():
+    for name, docs in incoming.docs.items():  # their keys are free here: see the module docstring
         for doc in docs:
             machine.collections[name].put(doc)
     for rid, request_digest, result, slot in incoming.requests:
@@ -436,10 +459,11 @@ def _already(move: Move, ending: str, epoch: int | None) -> bool:
 
 
 def _finish(machine: StateMachine, move: Move, state: str, command: dict[str, Any]) -> None:
-    """End ``move``; commits raise the group's epoch. Only the last ``FINISHED_KEPT`` ended moves are kept."""
+    """End ``move``, raising the group's epoch to the move's (slot versions are the ranges' own). An aborted
+    move raises it too, so the next plan's epoch is above it and its move id differs: an ended move's id is
+    refused by a begin. Only the last ``FINISHED_KEPT`` ended moves are kept."""
     move.state, move.touched_at = state, _now(command)
-    if state == COMMITTED:
-        machine.slots.epoch = max(machine.slots.epoch, move.epoch)
+    machine.slots.epoch = max(machine.slots.epoch, move.epoch)
     finished = [m.id for m in machine.moves.values() if m.state not in ACTIVE]
     for old in finished[: max(0, len(finished) - FINISHED_KEPT)]:
         del machine.moves[old]
@@ -472,6 +496,24 @@ def _imported_docs(machine: StateMachine, move: Move, value: Any) -> dict[str, l
                 raise BadRequest(f"import_docs: a {name} document is not in the move's slots", param="docs")
             docs[model.name].append(clean)
     return docs
+
+
+def _check_keys_free(
+    machine: StateMachine, move: Move, incoming: Incoming, docs: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Refuse (``collision``) a page with a primary key stored here, already received, or twice in the page."""
+    for name, page_docs in docs.items():
+        collection = machine.collections[name]
+        seen: set[SortKey] = set()
+        for doc in page_docs:
+            key = doc[collection.model.primary_key]
+            if key in collection or incoming.holds(name, key) or value_key(key) in seen:
+                raise MoveRefused(
+                    f"move {move.id}: {name} {collection.model.primary_key}={key!r} is stored here or arrives twice",
+                    move=move.id,
+                    reason="collision",
+                )
+            seen.add(value_key(key))
 
 
 def _imported_requests(move: Move, value: Any) -> list[list[Any]]:

@@ -32,10 +32,20 @@ checked at start; see ``check_pysyncobj``):
   messages are refused (changes go through docraft's checks). A ``learner``
   member (``mode``) is PySyncObj's read-only node; a ``joining`` one does not
   stand for election until its leader has reached it, so a promoted learner
-  that the group has not added yet cannot inflate its term.
+  that the group has not added yet cannot inflate its term. Membership entries
+  take effect when appended (``on_membership_changed`` runs then, before the
+  member acknowledges them) and are not applied again at commit: after a
+  restart the member already starts from its latest appended configuration.
+- **Higher terms than the group's** (a removed member that campaigned alone):
+  a learner never votes, so it follows a leader of a lower term, keeping its
+  own term (it can never vote twice in one later); a ``joining`` member that
+  hears a leader of a lower term stands for election once, and its vote request
+  moves the group to its term. A member about to be removed ``stand_down``s:
+  it stops standing for election and ignores ``timeout_now``.
 - **Leadership transfer** (``transfer``): the target's vote requests carry
   ``transfer`` and pass leader stickiness; the old leader gives up its lease
-  when it sends ``timeout_now``, since the voters may now elect another at once.
+  when it sends ``timeout_now`` and holds none for the rest of that term, since
+  the voters may now elect another at any moment.
 - **Dead links are dropped.** PySyncObj checks a connection's read timeout
   only when the socket has an event; a connection attempt whose SYN a
   partition dropped, or a link that went silent, then waits for TCP's own
@@ -46,8 +56,9 @@ checked at start; see ``check_pysyncobj``):
 
 Threads: everything here runs on PySyncObj's thread, except ``lease_valid``,
 ``membership_change_pending``, ``progress`` (any thread: they read values the
-Raft thread replaces whole), ``propose_membership`` and ``transfer`` (any
-thread: they queue work for the Raft thread).
+Raft thread replaces whole), ``propose_membership``, ``transfer`` and
+``stand_down`` (any thread: they queue work for the Raft thread or replace a
+value whole).
 """
 
 from __future__ import annotations
@@ -81,6 +92,7 @@ HOOKS = {
         "_SyncObj__loadDumpFile",
         "_SyncObj__changeCluster",
         "_SyncObj__doChangeCluster",
+        "_SyncObj__doApplyCommand",
     ),
     "SyncObj instance": (
         "_SyncObj__raftLog",
@@ -224,7 +236,10 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         self.removed = False  # this member appended its own removal (PySyncObj ignores it: a leader drops it)
         self._change_pending = False  # a membership entry above the commit index (leader; Raft thread writes)
         self._transfer_term: int | None = None  # the term in which our leader asked us to take over
-        self._lease_blocked: tuple[int, float] = (-1, 0.0)  # no lease in this term until then: we handed over
+        self._lease_blocked = -1  # the term in which we handed leadership over: no lease for the rest of it
+        self._stand_down_until = 0.0  # monotonic time until which this member stands out of elections
+        self._learner_leader_term = -1  # a learner: the newest term of a leader it followed
+        self._lower_term_leader = False  # a joining member heard a leader of a lower term: stand once
         self._raft_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.timings = timings
         self.fault: ReplicaFault | None = None
@@ -296,9 +311,8 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         if node not in voters:  # a learner, or a member removed since: its ack promises nothing
             self._lease_acks.pop(node, None)
             return
-        blocked_term, blocked_until = self._lease_blocked
-        if term == blocked_term and time.monotonic() < blocked_until:
-            return  # we asked another member to take over: the voters may elect it at once
+        if term == self._lease_blocked:
+            return  # we asked another member to take over: the voters may elect it at any moment
         self._lease_acks[node] = max(self._lease_acks.get(node, float("-inf")), float(sent))
         needed = (len(voters) + 1) // 2  # followers that make a majority with the leader
         newest = sorted(self._lease_acks.values(), reverse=True)
@@ -357,7 +371,25 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         changed: bool = SyncObj._SyncObj__doChangeCluster(self, request, reverse)
         if changed:
             self._drop_lease()
+            self.on_membership_changed()
         return changed
+
+    def on_membership_changed(self) -> None:
+        """Raft thread: the voters changed by an appended (or truncated) entry, before it is acknowledged.
+
+        Subclasses record the new configuration here; this one does nothing.
+        """
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:  # noqa: N802
+        """Raft thread, applying a committed entry: membership entries took effect when appended.
+
+        PySyncObj applies them again at commit for a member that restarted; but a restarted member
+        starts from its latest appended configuration (``on_membership_changed`` recorded it), and
+        re-applying an older entry then would roll that back (an ``add`` below a later ``rem``).
+        """
+        if command[:1] == _MEMBERSHIP_ENTRY:
+            return None
+        return SyncObj._SyncObj__doApplyCommand(self, command)
 
     def propose_membership(self, op: str, address: str, callback: Callable[[Any, int], None]) -> None:
         """Append ``add``/``remove`` of ``address``; ``callback(result, FAIL_REASON)`` runs on the Raft thread.
@@ -381,6 +413,13 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         caught up or not a connected voter, ``NOT_LEADER``. Any thread.
         """
         self._raft_calls.put(lambda: self.transferLeadership(target, callback))
+
+    def stand_down(self, seconds: float) -> None:
+        """Stand out of elections, and ignore ``timeout_now``, for ``seconds``: the group is about to remove
+        this member, which PySyncObj's leader stops reaching before it has sent it its removal, so it
+        would otherwise campaign alone and inflate its term. Any thread."""
+        self._stand_down_until = time.monotonic() + seconds
+        log.warning("replica %s stands down for %.0fs: its group is removing it", self.raft_address, seconds)
 
     def progress(self) -> dict[str, dict[str, Any]]:
         """On a leader: each voter's match index and seconds since it last answered; else empty. Any thread."""
@@ -416,8 +455,7 @@ class RaftMember(SyncObj):  # type: ignore[misc]
                 message["transfer"] = True  # our leader asked us to stand: pass the voters' stickiness
         elif kind == "timeout_now":
             self._drop_lease()
-            timings = self.timings
-            self._lease_blocked = (self._SyncObj__raftCurrentTerm, time.monotonic() + timings.leader_fallback)
+            self._lease_blocked = self._SyncObj__raftCurrentTerm
         sent: bool = self._transport_send(node, message)
         return sent
 
@@ -431,6 +469,8 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             return  # out of the group: no votes, no leadership, and no acks while the state is unusable
         if kind == "request_vote" and not message.get("transfer") and self._leader_recently_heard():
             return  # leader stickiness: the lease of the leader we heard from must hold
+        if kind == "timeout_now" and self._standing_down():
+            return  # the group is removing us: never take over
         if kind == "timeout_now" and message.get("term", -1) >= self._getTerm() and node == self._getLeader():
             self._transfer_term = self._getTerm()
         if kind == "append_entries":
@@ -443,8 +483,31 @@ class RaftMember(SyncObj):  # type: ignore[misc]
     def _leader_recently_heard(self) -> bool:
         return not self._isLeader() and time.monotonic() - self._heard_from_leader < self.timings.election_min
 
+    def _standing_down(self) -> bool:
+        return time.monotonic() < self._stand_down_until
+
     def _on_append(self, node: Any, message: dict[str, Any], handle: Any) -> None:
+        term, own_term = message.get("term", -1), self._SyncObj__raftCurrentTerm
+        if self.mode == "learner" and self._learner_leader_term <= term < own_term:
+            # A learner never votes, so a term it reached campaigning (as a removed voter) binds no one:
+            # follow the group's leader, but keep the higher term, so it never votes twice in a term
+            # once it is a voter again. Never a leader older than one it already followed.
+            message = {**message, "term": own_term}
+        elif self.mode == "joining" and term < own_term and not self._lower_term_leader:
+            log.warning(
+                "replica %s (joining, term %d) hears a leader of term %d: standing for election once to "
+                "move the group to its term",
+                self.raft_address,
+                own_term,
+                term,
+            )
+            self._lower_term_leader = True
+            self._SyncObj__raftElectionDeadline = time.monotonic() + self.timings.election_min
+        if self.mode == "learner" and term >= self._learner_leader_term:
+            self._learner_leader_term = term
         current = message.get("term", -1) >= self._SyncObj__raftCurrentTerm
+        if current:
+            self._lower_term_leader = False
         leader_commit = message.get("commit_index", -1)
         if current:
             self._heard_from_leader = time.monotonic()
@@ -536,7 +599,7 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         self._drop_dead_links()
         if self._isLeader():
             self._change_pending = self._scan_pending_change()
-        if self.mode == "joining":
+        if (self.mode == "joining" and not self._lower_term_leader) or self._standing_down():
             self._SyncObj__raftElectionDeadline = time.monotonic() + _NO_ELECTION
         if self.fault is None:
             return

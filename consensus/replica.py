@@ -16,7 +16,7 @@ Files in the data directory: ``raft.journal`` (the log, an mmap, see
 ``snapshot.json`` (our JSON snapshot, written by PySyncObj's log compaction
 through the ``serializer`` hook) and ``raft.members`` (its mode and the
 group's voters as its log last said: ``consensus.members``, rewritten on
-every change). With ``fsync`` on, each is flushed to disk
+every change, before the member acknowledges it). With ``fsync`` on, each is flushed to disk
 before the replica acknowledges what it holds.
 
 Raft itself, with docraft's fixes to PySyncObj (journal, faults, lease,
@@ -296,8 +296,15 @@ class Replica(RaftMember):
 
         return future, callback
 
+    def on_membership_changed(self) -> None:
+        """Raft thread: a membership entry was appended or truncated; record the voters before the
+        entry is acknowledged (the journal first, so the record never names a change the log lacks)."""
+        self.journal.sync()
+        self._record_membership()
+
     def _record_membership(self) -> None:
-        """Raft thread, each tick: rewrite ``raft.members`` when the mode or the voters changed."""
+        """Raft thread, each tick and on every change: rewrite ``raft.members`` when the mode or the
+        voters changed."""
         self._startup_cluster = None  # the snapshot, if any, was loaded in the first tick
         current = self.membership()
         if current != self._recorded:

@@ -29,7 +29,15 @@ from typing import Any
 
 import ujson
 
-from models.errors import BadRequest, DocraftError, SlotFrozen, SlotImporting, SlotsUnknown, WrongShard
+from models.errors import (
+    BadRequest,
+    CrossShardWrite,
+    DocraftError,
+    SlotFrozen,
+    SlotImporting,
+    SlotsUnknown,
+    WrongShard,
+)
 
 SLOT_COUNT = 16384
 
@@ -43,8 +51,10 @@ READABLE = frozenset({OWNED, FROZEN})
 ROUTABLE = frozenset({OWNED, FROZEN, IMPORTING})
 
 # The error codes of a slot refusal: a write refused with one of them was not applied and is not
-# remembered under its request id.
-REFUSAL_CODES = frozenset({WrongShard.code, SlotFrozen.code, SlotImporting.code, SlotsUnknown.code})
+# remembered under its request id (a retry once the slots have moved may apply it).
+REFUSAL_CODES = frozenset(
+    {WrongShard.code, SlotFrozen.code, SlotImporting.code, SlotsUnknown.code, CrossShardWrite.code}
+)
 
 # How long a client should wait before retrying a slot that is moving, or a group still starting.
 MOVING_RETRY_AFTER = 0.05
@@ -257,6 +267,27 @@ class SlotTable:
             epoch=self.epoch,
             replicas=[],
         )
+
+    def touch_refusal(self, slot: int, routed: int | None) -> DocraftError | None:
+        """``None`` when a write routed by slot ``routed`` may read or write documents of ``slot``, else the error.
+
+        Nothing is refused before the table is initialized: the writes applied then were logged before
+        slots existed, and are replayed as they were applied (no replica proposes a write until the table
+        is committed). A slot other than ``routed`` that this group does not hold (moved away, never held)
+        is ``CrossShardWrite``: no group can run such a write, so routers must not resend it. Otherwise
+        (``routed`` itself, a moving slot, or ``routed`` ``None``) the answer is ``refusal``'s.
+        """
+        if not self.initialized:
+            return None
+        found = self.refusal(slot, WRITABLE)
+        if isinstance(found, WrongShard) and routed is not None and slot != routed:
+            return CrossShardWrite(
+                f"slot {slot} is not this write's slot {routed} and is not held here; a mutation touches only "
+                "its own slot and the documents co-located with it; nothing was stored",
+                slot=slot,
+                owner=found.details["owner"],
+            )
+        return found
 
     def to_json(self) -> dict[str, Any]:
         return {

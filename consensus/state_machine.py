@@ -10,7 +10,8 @@ A log entry is the JSON encoding of one command, an object:
     {"type": "mutation", "endpoint": NAME, "args": {...}, "request_id": ID, "time": T}
     {"type": "insert_batch", "model": NAME, "docs": [...], "request_id": ID, "time": T}
     {"type": "migrate", "model": NAME, "to": VERSION, "request_id": ID}
-    {"type": "insert_batch", ..., "slot": N}   the hash slot its documents were routed by
+    {"type": "insert_batch", ..., "slot": N}   the hash slot its documents were routed by (omitted in
+                                               entries from before slots: each document is then fenced alone)
     {"type": "set_fingerprint", "fingerprint": F, "initial": bool}
     {"type": "init_slots", "ranges": [[first, last], ...]}   the group's slots, once
     {"type": "set_members", "voters": [...], "learners": [...]}
@@ -38,10 +39,15 @@ applied once.
 Slots (``consensus.slots``): a write is fenced at apply by the hash slot it
 was routed by, against the group's own ``SlotTable``: it runs only if the slot
 is owned here, and a refusal (``wrong_shard``, ``slot_frozen``,
-``slot_importing``, ``slots_unknown``) is never remembered under its request
-id, so the retry at the right group or after the move applies it. Every
-document a write touches must be of an owned slot too (``WriteView``).
-Remembered request ids keep their slot and move with its documents.
+``slot_importing``, ``cross_shard_write``) is never remembered under its
+request id, so the retry at the right group or after the move applies it.
+Every document a write touches must be of an owned slot too (``WriteView``):
+one of another slot held elsewhere is ``cross_shard_write``, and that refusal
+stands even if app code caught it. Remembered request ids keep their slot and
+move with its documents. Before the table is initialized nothing is fenced:
+the writes in the log then are from before the upgrade that brought slots
+(``insert_batch`` without ``slot`` included), replayed as they were applied;
+replicas propose no write until it is (``check_route``).
 
 Integrity (``consensus.digests``): the digest folds every entry and its
 result into a running hash, with a hash of the contents; checkpoints keep it
@@ -57,6 +63,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import ujson
@@ -250,40 +257,53 @@ class StateMachine:
         slot, refusal = self._fence(spec, command)
         if refusal is not None:
             return _encoded(refusal.to_json())
-        result, encoded = self._transaction(spec.handler, command)
+        result, encoded = self._transaction(spec.handler, command, slot)
         if request_id is not None and spec.remembered and _error_code(result) not in REFUSAL_CODES:
             self.remember(request_id, digest, result, slot)
         return result, encoded
 
     def _fence(self, spec: Command, command: dict[str, Any]) -> tuple[int | None, DocraftError | None]:
-        """The slot a routed write was sent for, and the error to refuse it with unless it is owned here."""
+        """The slot a routed write was sent for, and the error to refuse it with unless it is owned here.
+
+        Nothing is refused before the table is initialized: see the module docstring.
+        """
         if spec.routed_slot is None:
             return None, None
-        if (unknown := self.slots.not_ready()) is not None:
-            return None, unknown
         try:
             slot = spec.routed_slot(self, command)
         except DocraftError as exc:
             return None, exc
-        return slot, None if slot is None else self.slots.refusal(slot, WRITABLE)
+        if slot is None or not self.slots.initialized:
+            return slot, None
+        return slot, self.slots.refusal(slot, WRITABLE)
 
-    def _writable(self, slot: int) -> None:
-        """What a ``WriteView`` asks before writing a document of ``slot``: raise unless it is owned here."""
-        if (refusal := self.slots.refusal(slot, WRITABLE)) is not None:
-            raise refusal
+    def _awaiting_import(self, model_name: str, key: Any) -> bool:
+        """Whether a document of ``model_name`` with primary key ``key`` waits in ``incoming`` (see ``WriteView``)."""
+        return any(incoming.holds(model_name, key) for incoming in self.incoming.values())
 
-    def _transaction(self, handler: Handler, command: dict[str, Any]) -> tuple[Result, bytes]:
-        """Run ``handler``; on any exception, or a result that is not JSON, undo its writes."""
+    def _transaction(self, handler: Handler, command: dict[str, Any], routed: int | None) -> tuple[Result, bytes]:
+        """Run ``handler`` for a command routed by slot ``routed`` (``None``: by none).
+
+        Its writes are undone on any exception, or a result that is not JSON;
+        and when its ``WriteView`` raised a slot refusal, the command answers
+        with the first one, whatever the handler did with it.
+        """
         stamp, request_id = float(command.get("time", 0.0)), command.get("request_id") or ""
-        view = WriteView(self.collection, stamp, request_id, self._writable)
+        view = WriteView(
+            self.collection, stamp, request_id, partial(self.slots.touch_refusal, routed=routed), self._awaiting_import
+        )
         try:
-            return _json_result(handler(self, command, view))
+            outcome = _json_result(handler(self, command, view))
         except DocraftError as exc:
             view.rollback()
-            return _error_result(exc)
+            outcome = _error_result(exc)
         except Exception as exc:  # a bug in docraft's own handler, or a result that is not JSON
             view.rollback()
-            return _internal_error(exc)
+            outcome = _internal_error(exc)
+        if view.refusal is not None:  # app code caught the fence's refusal: it still refuses the whole command
+            view.rollback()
+            return _error_result(view.refusal)
+        return outcome
 
     def _code_mismatch(self) -> CodeMismatch:
         return CodeMismatch(
@@ -333,17 +353,21 @@ class StateMachine:
         except (TypeError, ValueError, OverflowError):  # a key no document can have (an integer past 64 bits)
             return None
 
-    def _insert_batch_slot(self, command: dict[str, Any]) -> int:
-        slot = command.get("slot")
+    def _insert_batch_slot(self, command: dict[str, Any]) -> int | None:
+        """The batch's ``slot``; ``None`` when it has none (logged before slots: each document is fenced alone)."""
+        if "slot" not in command:
+            return None
+        slot = command["slot"]
         if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < SLOT_COUNT:
-            raise BadRequest("insert_batch needs slot: the hash slot its documents were routed by", param="slot")
+            raise BadRequest("insert_batch's slot must be the hash slot its documents were routed by", param="slot")
         return slot
 
     def _insert_batch(self, command: dict[str, Any], view: WriteView) -> Result:
         """Insert documents one by one; each gets its own result so one bad row spoils nothing.
 
         A document whose partition key is not in the batch's ``slot`` gets a
-        ``wrong_shard`` result (the fence checked that slot, not this one).
+        ``wrong_shard`` result (the fence checked that slot, not this one). A
+        batch without ``slot`` checks each document's own slot instead.
         """
         model = self.app.model(str(command.get("model")))
         collection = self.collections[model.name]
@@ -354,19 +378,31 @@ class StateMachine:
         for doc in docs:
             try:
                 valid = model.validate(doc)
-                if (slot := collection.slot_of(valid)) != routed:
-                    raise self.slots.refusal(slot, WRITABLE) or WrongShard(
-                        f"{model.name}.{model.partition_key} is in slot {slot}, not the batch's slot {routed}",
-                        slot=slot,
-                        owner=None,
-                        shard=None,
-                        epoch=self.slots.epoch,
-                        replicas=[],
-                    )
+                if (refusal := self._batch_refusal(collection.slot_of(valid), routed)) is not None:
+                    raise refusal
                 results.append({"ok": view.insert(model, valid)[model.primary_key]})
             except DocraftError as exc:  # raised before the document is stored
                 results.append(exc.to_json())
         return {"ok": results}
+
+    def _batch_refusal(self, slot: int, routed: int | None) -> DocraftError | None:
+        """Why an ``insert_batch`` routed by ``routed`` may not store a document of ``slot`` here, or ``None``.
+
+        Checked before the document reaches the ``WriteView``, whose refusal would refuse the whole batch.
+        """
+        if not self.slots.initialized or slot == routed:
+            return None  # before slots, nothing is fenced; the routed slot passed the fence
+        refusal = self.slots.refusal(slot, WRITABLE)
+        if routed is None or refusal is not None:
+            return refusal
+        return WrongShard(
+            f"the document is in slot {slot}, not the batch's slot {routed}",
+            slot=slot,
+            owner=None,
+            shard=None,
+            epoch=self.slots.epoch,
+            replicas=[],
+        )
 
     def _migrate(self, command: dict[str, Any], view: WriteView) -> Result:
         """Rewrite every document of a model to the code's version in this one command, or none."""
@@ -574,7 +610,10 @@ class StateMachine:
 
     def check_route(self, slot: int) -> None:
         """Raise ``WrongShard`` or ``SlotsUnknown`` unless ``slot`` is held here (owned, frozen or
-        importing: a write to a moving slot is proposed, and the fence at apply answers it)."""
+        importing: a write to a moving slot is proposed, and the fence at apply answers it).
+
+        ``SlotsUnknown`` while the table is not initialized matters: the fence at apply is off until
+        then (for entries logged before slots), so no new write may be proposed before it is."""
         if (refusal := self.slots.refusal(slot, ROUTABLE)) is not None:
             raise refusal
 
@@ -630,7 +669,9 @@ class StateMachine:
         if "slots" in snapshot:
             self.slots = SlotTable.from_json(snapshot["slots"])
             self.moves = {m["id"]: moves.Move.from_json(m) for m in snapshot["moves"]}
-            self.incoming = {move: moves.Incoming.from_json(data) for move, data in snapshot["incoming"].items()}
+            self.incoming = {
+                move: moves.Incoming.from_json(data, self.app.models) for move, data in snapshot["incoming"].items()
+            }
             self.members = snapshot["members"]
 
     def document_count(self) -> dict[str, int]:

@@ -158,6 +158,16 @@ class SlotsUnknown(DocraftError):
     code = "slots_unknown"
 
 
+class CrossShardWrite(DocraftError):
+    """A mutation read or wrote a document of another slot than the one it was routed by, and this group does
+    not hold that slot (moved away, or never held); rolled back, nothing was stored. ``details``: ``slot``,
+    ``owner`` (the shard holding it when known, else ``None``). Sending it again does not help: a mutation may
+    touch only its own slot and the documents co-located with it."""
+
+    status = 409
+    code = "cross_shard_write"
+
+
 class MoveRefused(DocraftError):
     """A slot-move step this group cannot take in its state (``details``: ``move``, ``reason``); nothing changed."""
 
@@ -275,6 +285,7 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         SlotFrozen,
         SlotImporting,
         SlotsUnknown,
+        CrossShardWrite,
         MoveRefused,
         NoLeader,
         OutcomeUnknown,

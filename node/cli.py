@@ -52,7 +52,13 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     config = load_config(Path(args.config))
     _logging(args.replica)
-    run_replica(config, args.replica, _app(args.app, config.app), fault_injection=args.unsafe_fault_injection)
+    run_replica(
+        config,
+        args.replica,
+        _app(args.app, config.app),
+        fault_injection=args.unsafe_fault_injection,
+        bootstrap=args.bootstrap,
+    )
     return 0
 
 
@@ -249,6 +255,12 @@ def parser() -> argparse.ArgumentParser:
     node.add_argument("--app", help="app module (default: the cluster file's)")
     node.add_argument(
         "--unsafe-fault-injection", action="store_true", help="accept POST /_admin/fault/corrupt (tests only)"
+    )
+    node.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="the first start of a new group (a new cluster, a new shard): with an empty data directory, "
+        "start as a voter of the cluster file's list; without it, an empty replica joins as a learner",
     )
     node.set_defaults(run=cmd_node)
 

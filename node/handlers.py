@@ -377,7 +377,10 @@ class MembershipHandler(JSONHandler):
 
 
 class TransferHandler(JSONHandler):
-    """``POST /_admin/transfer`` with ``{"to": ADDRESS|null}``: the leader asks a caught-up voter to take over."""
+    """``POST /_admin/transfer`` with ``{"to": ADDRESS|null}``: give up leadership (``membership.transfer``).
+
+    A leader hands over to ``to`` (or the most caught-up voter); then the replica, leader or follower,
+    stays out of elections for a while, as one its group is about to remove."""
 
     def initialize(self, service: ShardService) -> None:
         self.service = service

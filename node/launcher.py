@@ -27,6 +27,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from consensus.members import MEMBERS_FILE
+from consensus.replica import JOURNAL_FILE, SNAPSHOT_FILE
 from node.admin import http_json
 from node.certs import make_certificates
 from node.cluster_secret import new_secret
@@ -105,17 +107,22 @@ class LocalCluster:
             self.app_module,
         ]
 
-    def start_replica(self, replica_id: str) -> subprocess.Popen[bytes]:
-        """Start (or restart) one replica process."""
-        return self._spawn(replica_id, self._command("node", "--replica", replica_id, *self.extra_args))
+    def start_replica(self, replica_id: str, bootstrap: bool = False) -> subprocess.Popen[bytes]:
+        """Start (or restart) one replica process; ``bootstrap`` for the first start of a new group."""
+        flags = ("--bootstrap",) if bootstrap else ()
+        return self._spawn(replica_id, self._command("node", "--replica", replica_id, *flags, *self.extra_args))
 
     def start_dispatcher(self, dispatcher_id: str) -> subprocess.Popen[bytes]:
         return self._spawn(dispatcher_id, self._command("dispatcher", "--id", dispatcher_id))
 
     def start_all(self) -> None:
+        """Start every process. A shard whose replicas all have empty data directories is a new group
+        (a new cluster, or a shard added to the file): its replicas start with ``--bootstrap``. A lone
+        empty replica of a group that has data joins it as a learner instead (a lost disk: repair it)."""
         for shard in self.config.shards:
+            new_group = all(is_empty(replica.data_dir) for replica in shard.replicas)
             for replica in shard.replicas:
-                self.start_replica(replica.id)
+                self.start_replica(replica.id, bootstrap=new_group)
         for dispatcher in self.config.dispatchers:
             self.start_dispatcher(dispatcher.id)
 
@@ -171,6 +178,11 @@ class LocalCluster:
                 return shards
             time.sleep(0.2)
         raise TimeoutError(f"no leader after {timeout:.0f}s for: {', '.join(missing)}")
+
+
+def is_empty(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds no Raft state (absent, or without journal, snapshot and membership)."""
+    return not any((data_dir / name).exists() for name in (JOURNAL_FILE, SNAPSHOT_FILE, MEMBERS_FILE))
 
 
 def prepare(data_dir: Path, app_module: str, layout: Layout, tls: bool = False) -> ClusterConfig:

@@ -4,9 +4,19 @@ A group changes one voter at a time (Raft's single-server change, on
 PySyncObj's dynamic membership: ``consensus.raft_member``). A new replica
 starts as a **learner** (it copies the log, never votes: ``consensus.members``),
 is **promoted** once caught up (it restarts as a ``joining`` member that does
-not stand for election), and is then **added** by the leader. A replica is
-removed by the leader (after handing leadership over if it leads) and then
-**retired**: it stops and never starts on that data directory again.
+not stand for election), and is then **added** by the leader, which first
+checks it answers as ``joining`` and caught up. A replica is asked to **stand
+down** (it stops standing for election; a leader hands leadership over first),
+removed by the leader, and then **retired**: it stops and never starts on that
+data directory again.
+
+**How a replica with an empty data directory starts** (``starting_membership``):
+only the first start of a new group (``docraft node --bootstrap``) makes it a
+voter of the cluster file's list, and not when a listed peer shows a group that
+exists without it (``bootstrap_refusal``). Otherwise it asks its listed peers
+until one answers and joins as a learner of the voters the leader reports
+(``joined_membership``): a replica that lost its disk must never vote again with
+an empty log, or the group could elect a leader that lacks committed entries.
 
 **The majority rule** (``refusal``), checked by the leader before proposing:
 a voter is healthy when it answered within ``election_max`` and holds what
@@ -27,6 +37,8 @@ code over ``node.admin.http_json``, every step safe to re-run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import signal
 import time
@@ -39,11 +51,13 @@ from consensus.members import Membership, read_membership, retire
 from consensus.replica import JOURNAL_FILE
 from models.errors import BadRequest, DocraftError, MembershipRefused, OutcomeUnknown, RepairRefused
 from node.admin import agrees, http_json
-from node.config import ClusterConfig, ReplicaConfig
+from node.config import ClusterConfig, ConfigError, ReplicaConfig, load_config
 from node.repair import restart
 from node.shard_client import ShardClient
 from node.shard_service import ShardService
 from node.signing import internal_key
+
+log = logging.getLogger("docraft.membership")
 
 CATCH_UP_WAIT = 2.0  # seconds the leader waits for voters to hold what it had committed before refusing
 CHANGE_TIMEOUT = 10.0  # seconds a proposed change may take to commit
@@ -51,6 +65,13 @@ TRANSFER_TRIES = 20  # a transfer is denied while the target trails by an entry:
 TRANSFER_RETRY = 0.05  # ...this far apart
 OPS = ("add", "remove")
 JOIN_ASK_TIMEOUT = 1.0  # seconds a replica with an empty data directory waits for each listed peer's status
+JOIN_ASK_EVERY = 0.5  # seconds between its rounds of questions...
+JOIN_WAIT_LOG = 5.0  # ...a line in its log this often while nobody answers...
+FOLLOWERS_ONLY_AFTER = 5.0  # ...and after this long without a leader's answer, the followers' best one will do
+# Entries a joining replica may trail the leader's commit index by to be added: what the group commits
+# while it restarts from learner to joining (it copies them once added).
+CATCH_UP_SLACK = 1000
+STAND_DOWN = 60.0  # seconds a replica about to be removed stands out of elections
 
 
 # -- the rules (pure) ---------------------------------------------------------------------------
@@ -105,30 +126,59 @@ def _no_majority(healthy: set[str], needed: int, what: str) -> MembershipRefused
     )
 
 
-def first_membership(own: str, listed: list[str], answers: list[dict[str, Any]]) -> Membership:
-    """How a replica with an empty data directory starts, from the ``/_shard/status`` of its listed peers.
+def bootstrap_refusal(own: str, answers: list[dict[str, Any]]) -> str | None:
+    """Why a replica at Raft address ``own`` must not bootstrap a group (``docraft node --bootstrap``), from
+    the ``/_shard/status`` its listed peers answered; or None.
 
-    ``own`` is its Raft address, ``listed`` its group's Raft addresses in the cluster file. When the
-    newest answer (highest term, then commit index) names voters without ``own``, the group exists and
-    does not count it: a learner of those voters. Otherwise (it is listed, or nobody answered: the group
-    is being created) a voter with the file's list.
+    A peer whose voters lack ``own`` and that leads or has committed entries shows a group that exists
+    without this replica: bootstrapping would make a second group of the same shard.
     """
-    if answers:
-        newest = max(answers, key=lambda a: (a.get("term", -1), a.get("commit_index", -1)))
-        voters = newest.get("voters") or []
-        if voters and own not in voters:
-            return Membership("learner", tuple(sorted(voters)))
-    return Membership("voter", tuple(sorted(listed)))
+    for answer in answers:
+        voters = answer.get("voters") or []
+        if own not in voters and (answer.get("role") == "leader" or answer.get("commit_index", 0) > 0):
+            return (
+                f"replica {answer.get('raft')} belongs to a group of voters {', '.join(voters)} without this "
+                "replica: start it without --bootstrap and run docraft replica add"
+            )
+    return None
+
+
+def joined_membership(answers: list[dict[str, Any]], waited: float) -> Membership | None:
+    """How a replica with an empty data directory joins its group: a learner of the voters its leader
+    reports, from the ``/_shard/status`` its listed peers answered after ``waited`` seconds of asking;
+    None to ask again.
+
+    The leader's answer, not the highest term's (a removed replica campaigning alone inflates its term).
+    When only followers answer, the one with the highest commit index will do after
+    ``FOLLOWERS_ONLY_AFTER`` seconds.
+    """
+    leaders = [a for a in answers if a.get("role") == "leader" and a.get("voters")]
+    if leaders:
+        chosen = max(leaders, key=lambda a: (a.get("term", -1), a.get("commit_index", -1)))
+    else:
+        followers = [a for a in answers if a.get("voters")]
+        if not followers or waited < FOLLOWERS_ONLY_AFTER:
+            return None
+        chosen = max(followers, key=lambda a: a.get("commit_index", -1))
+    return Membership("learner", tuple(sorted(chosen["voters"])))
 
 
 # -- a replica's side (its event loop) ---------------------------------------------------------
 
 
-async def starting_membership(config: ClusterConfig, replica: ReplicaConfig) -> Membership:
-    """How ``replica`` starts: as ``raft.members`` records; a voter of the file's list for a data directory
-    from before membership changes (a journal, no record); for an empty one, ``first_membership`` of what
-    its listed peers answer to one round of questions (a peer not yet listening refuses at once, so a new
-    cluster's replicas, started together, bootstrap without waiting for each other)."""
+class BootstrapRefused(Exception):
+    """A replica started with ``--bootstrap`` found its group running without it (``bootstrap_refusal``)."""
+
+
+async def starting_membership(config: ClusterConfig, replica: ReplicaConfig, bootstrap: bool) -> Membership:
+    """How ``replica`` starts (see the module docstring): as ``raft.members`` records; a voter of the file's
+    list for a data directory from before membership changes (a journal, no record); for an empty one with
+    ``bootstrap`` (or in a group of one), a voter of the file's list after one round of questions to its
+    peers (a peer of a new group, not yet listening, refuses at once); else, once a peer answers,
+    ``joined_membership``.
+
+    Raises ``BootstrapRefused``. Event loop; waits as long as no listed peer answers.
+    """
     recorded = read_membership(replica.data_dir)
     if recorded is not None:
         return recorded
@@ -137,6 +187,7 @@ async def starting_membership(config: ClusterConfig, replica: ReplicaConfig) -> 
     if (replica.data_dir / JOURNAL_FILE).exists():
         return Membership("voter", tuple(sorted(listed)))
     client = ShardClient(config)
+    others = [r for r in group if r.id != replica.id]
 
     async def ask(peer: ReplicaConfig) -> dict[str, Any] | None:
         try:
@@ -144,9 +195,44 @@ async def starting_membership(config: ClusterConfig, replica: ReplicaConfig) -> 
         except DocraftError:
             return None
 
-    others = [r for r in group if r.id != replica.id]
-    answers = [a for a in await asyncio.gather(*(ask(r) for r in others)) if a is not None]
-    return first_membership(replica.raft, listed, answers)
+    async def answers() -> list[dict[str, Any]]:
+        return [a for a in await asyncio.gather(*(ask(r) for r in others)) if a is not None]
+
+    if not others:  # a group of one: nobody to join, so its first start is the group's
+        return Membership("voter", tuple(listed))
+    if bootstrap:
+        why = bootstrap_refusal(replica.raft, await answers())
+        if why is not None:
+            raise BootstrapRefused(why)
+        return Membership("voter", tuple(sorted(listed)))
+    started = last_said = time.monotonic()
+    first_answer: float | None = None
+    while True:
+        heard = await answers()
+        now = time.monotonic()
+        if heard and first_answer is None:
+            first_answer = now
+        joined = joined_membership(heard, now - first_answer) if first_answer is not None else None
+        if joined is not None:
+            break
+        if now - last_said >= JOIN_WAIT_LOG or last_said == started:
+            log.warning(
+                "replica %s: its data directory is empty; waiting for a leader of shard %s to answer "
+                "(%.0fs so far; start it with --bootstrap only for a new group)",
+                replica.id,
+                replica.shard,
+                now - started,
+            )
+            last_said = now
+        await asyncio.sleep(JOIN_ASK_EVERY)
+    if replica.raft in joined.voters:
+        log.error(
+            "replica %s: its data directory is empty but its group counts it as a voter (a lost disk?): "
+            "run docraft repair --replica %s; it runs as a learner until then",
+            replica.id,
+            replica.id,
+        )
+    return joined
 
 
 async def change(service: ShardService, op: str, address: str) -> None:
@@ -166,18 +252,61 @@ async def change(service: ShardService, op: str, address: str) -> None:
         if why.details["reason"] != "no_majority" or time.monotonic() >= deadline:
             raise why
         await asyncio.sleep(0.05)
+    if op == "add":
+        await _check_joining(service, address)
     try:
         await asyncio.wait_for(replica.change_membership(op, address), CHANGE_TIMEOUT)
     except TimeoutError:
         raise OutcomeUnknown(f"the change ({op} {address}) did not commit within {CHANGE_TIMEOUT:.0f}s") from None
 
 
+async def _check_joining(service: ShardService, address: str) -> None:
+    """On the leader, before adding the voter at ``address``: it must answer its status as ``joining`` and
+    have applied what the leader committed (but ``CATCH_UP_SLACK`` entries) within ``CATCH_UP_WAIT`` (a
+    restarted member replays its log); else ``MembershipRefused`` (``not_caught_up``). Its HTTP address
+    comes from the cluster file as it is on disk now (an operator adds the replica's entry before adding
+    it), or the one this replica started with."""
+    config = service.shard_map.config
+    with contextlib.suppress(ConfigError, OSError):
+        config = load_config(config.path)
+    target = next((r for s in config.shards for r in s.replicas if r.raft == address), None)
+    if target is None:
+        raise MembershipRefused(f"{address} is in no shard of {config.path}: add its entry", reason="not_caught_up")
+    goal = service.replica.raftCommitIndex - CATCH_UP_SLACK
+    client = ShardClient(config)
+    deadline = time.monotonic() + CATCH_UP_WAIT
+    while True:
+        try:
+            status = await client.status(target, timeout=JOIN_ASK_TIMEOUT)
+        except DocraftError as exc:
+            why = f"{target.id} ({address}) does not answer: {exc}"
+            raise MembershipRefused(why, reason="not_caught_up") from None
+        if status.get("mode") == "joining" and status.get("applied_index", -1) >= goal:
+            return
+        if status.get("mode") != "joining" or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(0.05)
+    raise MembershipRefused(
+        f"{target.id} ({address}) runs as {status.get('mode')} with index {status.get('applied_index')} "
+        f"applied: only a promoted learner holding index {goal} may be added (docraft replica add)",
+        reason="not_caught_up",
+    )
+
+
 async def transfer(service: ShardService, target: str | None) -> None:
-    """On the leader: send ``timeout_now`` to ``target`` (or the most caught-up voter). See ``Replica``."""
+    """Give up leadership for good: a leader sends ``timeout_now`` to ``target`` (or the most caught-up
+    voter); then (a follower at once: ``target`` must be None) the replica stands out of elections and
+    ignores ``timeout_now`` for ``STAND_DOWN`` seconds, as one its group is about to remove. See ``Replica``.
+
+    Raises ``MembershipRefused`` (``not_caught_up``: nothing changed) or ``NotLeader`` (a follower asked
+    to hand leadership to ``target``).
+    """
     replica = service.replica
-    if not replica._isLeader():
+    if replica._isLeader():
+        await replica.transfer_leadership(target)
+    elif target is not None:
         raise replica.not_leader()
-    await replica.transfer_leadership(target)
+    replica.stand_down(STAND_DOWN)
 
 
 def promote(service: ShardService) -> str:
@@ -429,12 +558,19 @@ def remove(
 
 
 def _remove(group: Group, target: ReplicaConfig, deadline: float) -> list[str]:
-    """Hand leadership over if ``target`` leads, remove it, commit ``set_members``; the voters after it."""
+    """Have ``target`` stand down (handing leadership over if it leads), remove it, commit ``set_members``;
+    the voters after it.
+
+    Standing down keeps it from campaigning alone once the leader stops reaching it (PySyncObj drops it
+    before it has sent it its removal), which would inflate its term beyond the group's.
+    """
     leader, status = group.leader(deadline)
     if target.raft in status["voters"]:
         _check_new_code(group, status["voters"])
         if leader.id == target.id:
             _hand_over(group, target, status["term"], deadline)
+        elif group.post(target, "/_admin/transfer", {"to": None})[0] == 0:
+            group.say(f"{target.id} does not answer: it is removed without standing down first")
         _change(group, "remove", target, deadline)
     group.set_members(deadline)
     _, status = group.leader(deadline)

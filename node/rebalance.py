@@ -19,6 +19,12 @@ verify and commit again (or, asked to, abort both); T importing a move S never
 froze -> T ``import_abort``. A refusal or a mismatch aborts both groups
 before the decision; after it, only rolling forward is possible.
 
+A group forgets all but its last 16 finished moves, so one side's record may
+be gone; the slot tables then decide. T importing a move S forgot: S's slots
+``moved`` to T at the move's epoch -> roll forward; S owning them -> T
+``import_abort``; anything else is left to an operator. S committed a move T
+forgot: T holding the slots at that epoch or a later one means it is finished.
+
 Every function here runs on the router's event loop.
 """
 
@@ -30,11 +36,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from consensus.slots import Ranges, ranges_json
-from models.errors import MoveRefused, NoLeader, OutcomeUnknown, error_from_json
-from node.config import ShardConfig
+from consensus.slots import IMPORTING, MOVED, OWNED, Ranges, ranges_json
+from models.errors import DocraftError, MoveRefused, NoLeader, OutcomeUnknown, error_from_json
+from node.config import ConfigError, ShardConfig
 from node.consistency import Consistency
-from node.rebalance_plan import Chunk, merged
+from node.rebalance_plan import Chunk, merged, size
 from node.router import Router
 
 # Documents per export page (one import_docs entry on T). Pages are numbered in the order S exports them, and T
@@ -47,11 +53,16 @@ STEP_PAUSE = 0.1
 # (move id, documents copied so far, documents the move holds): called after each page.
 PageCallback = Callable[[str, int, int], None]
 
+# The outcome of a move ``resume`` could not finish: refused (a copy that did not verify is rolled back, as
+# ``move_range`` does) or left as it was for an operator; ``MoveSummary.detail`` says which.
+FAILED = "failed"
+
 
 @dataclass(frozen=True)
 class MoveSummary:
-    """How one move ended: ``outcome`` is ``committed`` or ``aborted``; ``freeze_ms`` the time the slots did not
-    take writes (from S's freeze to T's commit), ``None`` for a move resumed from another process's start."""
+    """How one move ended: ``outcome`` is ``committed``, ``aborted``, or ``failed`` (``resume`` could not finish
+    it; ``detail`` says why); ``freeze_ms`` the time the slots did not take writes (from S's freeze to T's
+    commit), ``None`` for a move resumed from another process's start."""
 
     move: str
     source: str
@@ -61,6 +72,7 @@ class MoveSummary:
     epoch: int
     outcome: str
     freeze_ms: float | None = None
+    detail: str | None = None
 
     def row(self) -> str:
         """One line of the summary table (``TABLE_HEADER`` names its columns)."""
@@ -245,7 +257,10 @@ def _record(report: dict[str, Any], move_id: str, role: str) -> dict[str, Any] |
 
 @dataclass(frozen=True)
 class PendingMove:
-    """A move the groups' records show unfinished: each side's record (``None`` if that group has none)."""
+    """A move the groups' records show unfinished: each side's record (``None`` if that group has none), and
+    each side's slot table over the move's slots (``None`` if that group holds some of them in no state, or
+    sent no report: it is not in the cluster file). A group keeps only its last 16 finished moves
+    (``consensus.moves.FINISHED_KEPT``), so the tables decide what a forgotten record cannot."""
 
     id: str
     source: str
@@ -254,6 +269,8 @@ class PendingMove:
     epoch: int
     source_record: dict[str, Any] | None
     target_record: dict[str, Any] | None
+    source_ranges: list[dict[str, Any]] | None
+    target_ranges: list[dict[str, Any]] | None
 
     @property
     def states(self) -> tuple[str | None, str | None]:
@@ -261,6 +278,24 @@ class PendingMove:
         return (
             None if self.source_record is None else self.source_record["state"],
             None if self.target_record is None else self.target_record["state"],
+        )
+
+    def given_to_target(self) -> bool:
+        """S's table shows the slots ``moved`` to T at the move's epoch: S committed this move."""
+        return self.source_ranges is not None and all(
+            r["state"] == MOVED and r["owner"] == self.target and r["version"] == self.epoch for r in self.source_ranges
+        )
+
+    def owned_by_source(self) -> bool:
+        """S's table shows the slots ``owned`` (not frozen): S never gave them away for this move."""
+        return self.source_ranges is not None and all(r["state"] == OWNED for r in self.source_ranges)
+
+    def installed_on_target(self) -> bool:
+        """T's table shows T took the slots: held at the move's epoch other than ``importing``, or at a later
+        one (T passed them on, or is getting them back: both need this move finished first)."""
+        return self.target_ranges is not None and all(
+            r["version"] > self.epoch or (r["version"] == self.epoch and r["state"] != IMPORTING)
+            for r in self.target_ranges
         )
 
     def describe(self) -> str:
@@ -273,7 +308,8 @@ class PendingMove:
 
 def pending_moves(by_shard: dict[str, dict[str, Any]]) -> list[PendingMove]:
     """The unfinished moves in every group's slots report (``reports``), by id: S ``frozen``, T ``importing``,
-    or S ``committed`` without T (which no rebalancer leaves). Finished and rolled-back ones are left out."""
+    or S ``committed`` while T has not installed the slots (which no rebalancer leaves). Finished and
+    rolled-back ones are left out, also when a group has forgotten its record of them."""
     sides: dict[str, dict[str, dict[str, Any]]] = {}
     for shard_id, report in by_shard.items():
         for record in report.get("moves", []):
@@ -283,39 +319,81 @@ def pending_moves(by_shard: dict[str, dict[str, Any]]) -> list[PendingMove]:
         source, target = records.get("source"), records.get("target")
         known = source or target
         assert known is not None, "a listed move has at least one side"
+        source_id = source["shard"] if source is not None else known["peer"]
+        target_id = target["shard"] if target is not None else known["peer"]
+        slots = [(f, last) for f, last in known["slots"]]
         move = PendingMove(
             move_id,
-            source["shard"] if source is not None else known["peer"],
-            target["shard"] if target is not None else known["peer"],
-            [(f, last) for f, last in known["slots"]],
+            source_id,
+            target_id,
+            slots,
             int(known["epoch"]),
             source,
             target,
+            _held(by_shard.get(source_id), slots),
+            _held(by_shard.get(target_id), slots),
         )
         s_state, t_state = move.states
-        if s_state == "frozen" or t_state == "importing" or (s_state == "committed" and t_state != "committed"):
+        undelivered = s_state == "committed" and t_state != "committed" and not move.installed_on_target()
+        if s_state == "frozen" or t_state == "importing" or undelivered:
             pending.append(move)
     return pending
 
 
-async def resume(router: Router, abort: bool = False, on_page: PageCallback | None = None) -> list[MoveSummary]:
-    """Finish every move a rebalancer left unfinished (``pending_moves``), or with ``abort`` roll back those not
-    yet decided (a move S committed can only roll forward); a summary of each.
+def _held(report: dict[str, Any] | None, slots: Ranges) -> list[dict[str, Any]] | None:
+    """``report``'s ranges over ``slots``, cut to them; ``None`` without a report or if any of them is absent."""
+    if report is None:
+        return None
+    held = [
+        {**r, "first": max(r["first"], first), "last": min(r["last"], last)}
+        for first, last in slots
+        for r in report["ranges"]
+        if r["first"] <= last and r["last"] >= first
+    ]
+    return held if size((r["first"], r["last"]) for r in held) == size(slots) else None
 
-    Raises ``MoveRefused`` (reason ``lost``) for a move S committed whose target holds no copy, which no
-    rebalancer does; other errors as ``move_range``.
+
+async def resume(
+    router: Router,
+    abort: bool = False,
+    on_page: PageCallback | None = None,
+    pending: list[PendingMove] | None = None,
+) -> list[MoveSummary]:
+    """Finish every move a rebalancer left unfinished (``pending``, by default ``pending_moves`` now), or with
+    ``abort`` roll back those not yet decided (a move S committed can only roll forward); a summary of each.
+
+    A move that cannot be finished (``resume_move`` raised a ``DocraftError``) does not stop the others: its
+    summary's outcome is ``failed`` and its ``detail`` says why. Other errors propagate.
     """
-    return [await resume_move(router, move, abort, on_page) for move in pending_moves(await reports(router))]
+    if pending is None:
+        pending = pending_moves(await reports(router))
+    summaries = []
+    for move in pending:
+        try:
+            summaries.append(await resume_move(router, move, abort, on_page))
+        except DocraftError as exc:
+            reason = exc.details.get("reason")
+            detail = f"{move.describe()}: {exc.message} ({exc.code}{'' if reason is None else ', ' + str(reason)})"
+            summaries.append(
+                MoveSummary(move.id, move.source, move.target, move.slots, 0, move.epoch, FAILED, detail=detail)
+            )
+    return summaries
 
 
 async def resume_move(
     router: Router, pending: PendingMove, abort: bool = False, on_page: PageCallback | None = None
 ) -> MoveSummary:
-    """Finish or roll back one of ``pending_moves`` (see ``resume``)."""
+    """Finish or roll back one of ``pending_moves`` (see ``resume``).
+
+    Raises ``MoveRefused`` (details ``move``, ``reason``) when the move cannot be ended safely, the groups left
+    as they are: ``unknown_shard`` (a group of the move is not in the cluster file), ``lost`` (S committed, T
+    holds no copy), ``needs_operator`` (T imports, S has no record and its table shows neither outcome);
+    other errors as ``move_range``.
+    """
     move = _Move(
         pending.id,
-        router.config.shard(pending.source),
-        router.config.shard(pending.target),
+        _shard_of(router, pending, pending.source),
+        _shard_of(router, pending, pending.target),
         pending.slots,
         pending.epoch,
     )
@@ -324,23 +402,42 @@ async def resume_move(
     def summary(outcome: str, docs: int) -> MoveSummary:
         return MoveSummary(move.id, pending.source, pending.target, move.slots, docs, move.epoch, outcome)
 
-    if s_state == "committed":
+    if s_state == "committed" or (s_state is None and t_state == IMPORTING and pending.given_to_target()):
         received = pending.target_record
-        if t_state != "importing" or received is None:
+        if t_state != IMPORTING or received is None:
             raise MoveRefused(
-                f"{pending.describe()}: the source gave the slots away but the target holds no copy",
+                "the source gave the slots away but the target holds no copy",
                 move=move.id,
                 reason="lost",
             )
         await _import_commit(router, move, int(received["count"]), str(received["hash"]))
         return summary("committed", int(received["count"]))
-    if s_state == "frozen" and t_state == "importing" and not abort:
+    if s_state == "frozen" and t_state == IMPORTING and not abort:
         return await _copy_and_commit(router, move, on_page, None)
     if s_state == "frozen":
         await _abort(router, move)
+    elif s_state is None and not pending.owned_by_source():
+        raise MoveRefused(
+            "the source has no record of the move and neither owns the slots nor gave them to the target: "
+            "compare both groups' /_shard/slots and end the move by hand",
+            move=move.id,
+            reason="needs_operator",
+        )
     else:  # S never froze, or already rolled back: nothing reached T's collections
         await _propose(router, move.target, {"type": "import_abort", "move": move.id})
     return summary("aborted", 0)
+
+
+def _shard_of(router: Router, pending: PendingMove, shard_id: str) -> ShardConfig:
+    """``shard_id``'s configuration; ``MoveRefused`` (``unknown_shard``) naming the move if the file lacks it."""
+    try:
+        return router.config.shard(shard_id)
+    except ConfigError as exc:
+        raise MoveRefused(
+            f"{exc}: put shard {shard_id!r} back in the cluster file to end this move",
+            move=pending.id,
+            reason="unknown_shard",
+        ) from exc
 
 
 # -- plans -------------------------------------------------------------------------------------------------

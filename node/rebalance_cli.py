@@ -5,7 +5,8 @@ Holding the cluster file, the command is a cluster member: it runs a
 ``node.rebalance`` with it. In order:
 
 1. unfinished moves found in the groups' records are finished, or with
-   ``--abort`` rolled back (then nothing else is done);
+   ``--abort`` rolled back (then nothing else is done); one that cannot be
+   finished is reported, the others still are, and nothing else is done;
 2. the plan: even shares (``node.rebalance_plan.even_plan``; a drained shard's
    share is 0) or the ``--move SLOTS --to SHARD`` chosen ranges, in chunks of
    at most ``--max-docs`` documents; ``--dry-run`` prints it and stops;
@@ -13,8 +14,9 @@ Holding the cluster file, the command is a cluster member: it runs a
    plan's total, move i/n) on standard error, and a summary line per move:
    range, from, to, documents, freeze time, epoch.
 
-Exit codes: 0 done, 1 a move was refused or failed (the groups are consistent;
-rerun to resume), 2 nothing could be planned (bad arguments, a group unreachable).
+Exit codes: 0 done, 1 a move was refused or failed, resumed or planned (the
+groups are consistent; rerun to resume, or do what the message says),
+2 nothing could be planned (bad arguments, a group unreachable).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from models.errors import DocraftError
 from node.config import ClusterConfig, ConfigError
-from node.rebalance import TABLE_HEADER, MoveSummary, holdings, pending_moves, reports, resume_move, run_plan
+from node.rebalance import FAILED, TABLE_HEADER, MoveSummary, holdings, pending_moves, reports, resume, run_plan
 from node.rebalance_plan import DEFAULT_MAX_DOCS, Chunk, PlanError, chosen_plan, even_plan, parse_slots
 from node.router import Router
 from node.shard_client import ShardClient
@@ -52,7 +54,12 @@ def rebalance(config: ClusterConfig, app: App, request: Request) -> int:
 
 
 async def _rebalance(config: ClusterConfig, app: App, request: Request) -> int:
-    router = Router(config, app, ShardClient(config))
+    # The router is made on the loop that runs it: its HTTP client binds to the running loop.
+    return await run(Router(config, app, ShardClient(config)), request)
+
+
+async def run(router: Router, request: Request) -> int:
+    """The command with ``router`` (see ``rebalance``); its exit code. Runs on the router's event loop."""
     try:
         pending = pending_moves(await reports(router))
         if pending:
@@ -62,8 +69,14 @@ async def _rebalance(config: ClusterConfig, app: App, request: Request) -> int:
         if request.dry_run and pending:
             print("(dry run: they would be " + ("rolled back" if request.abort else "finished") + " first)")
         elif pending:
-            finished = [await resume_move(router, move, request.abort) for move in pending]
-            _table(finished)
+            resumed = await resume(router, request.abort, pending=pending)
+            _table(resumed)
+            failed = [summary for summary in resumed if summary.outcome == FAILED]
+            for summary in failed:
+                print(f"not finished: {summary.detail}")
+            if failed:
+                print(f"docraft rebalance: {len(failed)} unfinished move(s) failed; nothing else was done")
+                return 1
         if request.abort:
             return 0
         owned, counts = holdings(await reports(router, counts=True))

@@ -168,7 +168,8 @@ ROUTES: tuple[Route, ...] = (
         Access.MEMBERS,
         ("POST",),
         ("replica",),
-        '`{"to": ADDRESS|null}`: the leader hands leadership to a caught-up voter (`docraft replica remove`)',
+        '`{"to": ADDRESS|null}`: give up leadership: a leader hands it to a caught-up voter, then the replica '
+        "stays out of elections for a while (`docraft replica remove`)",
     ),
     Route(
         "/_admin/promote",

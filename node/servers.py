@@ -31,7 +31,7 @@ from node.browsers import HostCheck
 from node.config import ClusterConfig, ReplicaConfig
 from node.handlers import NotFoundHandler, request_settings
 from node.limits import Limits, http_server
-from node.membership import starting_membership
+from node.membership import BootstrapRefused, starting_membership
 from node.monitor import IntegrityMonitor
 from node.private_files import private_dir
 from node.router import Router
@@ -139,10 +139,15 @@ async def serve(
     server.stop()
 
 
-def run_replica(config: ClusterConfig, replica_id: str, app: App, fault_injection: bool = False) -> None:
+def run_replica(
+    config: ClusterConfig, replica_id: str, app: App, fault_injection: bool = False, bootstrap: bool = False
+) -> None:
     """Run one replica process: Raft member, routes and router, until signalled.
 
-    Raises ``SystemExit`` on a data directory whose replica its group removed (``consensus.members``).
+    ``bootstrap``: this is the first start of a new group (``docraft node --bootstrap``), so an empty data
+    directory makes a voter of the cluster file's list (``node.membership.starting_membership``).
+    Raises ``SystemExit`` on a data directory whose replica its group removed (``consensus.members``),
+    or when ``bootstrap`` finds the group running without this replica.
     """
     replica = config.replica(replica_id)
     private_dir(replica.data_dir)
@@ -152,7 +157,10 @@ def run_replica(config: ClusterConfig, replica_id: str, app: App, fault_injectio
     tls = server_context(config.tls, replica.id) if config.tls else None
 
     async def main() -> None:
-        membership = await starting_membership(config, replica)
+        try:
+            membership = await starting_membership(config, replica, bootstrap)
+        except BootstrapRefused as exc:
+            raise SystemExit(f"docraft node {replica_id}: {exc}") from None
         log.info("replica %s starts as a %s of voters %s", replica.id, membership.mode, ", ".join(membership.voters))
         service = start_replica(config, replica, app, membership)
         if fault_injection:

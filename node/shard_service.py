@@ -128,7 +128,11 @@ class ShardService:
         """Raise ``WrongShard`` when ``key``'s slot moved away or was never held here, ``SlotsUnknown``
         before the group's slot table is committed. A slot moving in or out passes: the fence at apply
         answers the write (``StateMachine._fence``). The owner named is the tombstone's; for a slot never
-        held here, the cluster file's owner at version 0 (the map every group started from)."""
+        held here, the cluster file's owner at version 0 (the map every group started from).
+
+        Refusing before the table is committed is what keeps every new write fenced: until ``init_slots``
+        is applied the state machine fences nothing (it replays entries logged before slots existed), and
+        a write proposed after this check passed lands after ``init_slots`` in the log."""
         slot = slot_of(key)
 
         def check(state: StateMachine) -> Result:

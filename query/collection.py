@@ -105,7 +105,11 @@ class Collection:
 
     def slot_of(self, doc: dict[str, Any]) -> int:
         """The hash slot of ``doc``'s partition key (a co-located child's is its parent's)."""
-        return self._slot_of(doc[self.model.partition_key])
+        return self.slot_of_key(doc[self.model.partition_key])
+
+    def slot_of_key(self, value: Any) -> int:
+        """The hash slot of a partition key value."""
+        return self._slot_of(value)
 
     def stored_in_slots(self, first: int, last: int, after: SortKey | None = None) -> Iterator[dict[str, Any]]:
         """Stored documents, lent, whose slot is in ``first..last``, in (slot, primary key) order,

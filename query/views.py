@@ -3,7 +3,7 @@
 A ``WriteView`` records an undo entry for every change, so the state machine
 can roll a failed mutation back and keep multi-document writes atomic. It
 writes or deletes a document only if the group may write its hash slot now
-(``writable``): a slot being moved away, or held elsewhere, refuses the write.
+(``fence``): a slot being moved away, or held elsewhere, refuses the write.
 
 Every document either view hands out is a copy the endpoint owns: changing
 it changes nothing stored. The only way to change a document is ``insert``,
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from models.errors import DocumentNotFound, DuplicateKey, ValidationError
+from models.errors import DocraftError, DocumentNotFound, DuplicateKey, ValidationError
 from models.json_values import copy_document
 from models.model import Model
 from query.collection import Collection
@@ -60,8 +60,21 @@ class WriteView(ReadView):
 
     ``now`` (seconds since the epoch) and ``request_id`` are stamped by the
     leader into the command, so every replica sees the same values.
-    ``writable(slot)`` raises the ``DocraftError`` to refuse a write to a
-    document of that hash slot with (the state machine's slot fence).
+
+    A mutation may read and write only its own slot (its shard key's) and the
+    documents co-located with it. ``fence(slot)`` is the state machine's slot
+    fence: the ``DocraftError`` refusing documents of that hash slot, or
+    ``None``. The view raises it before writing or deleting such a document,
+    and for a model whose partition key is its primary key also before
+    ``get``, ``update`` or ``delete`` of such a key, so a document of a slot
+    that moved away is never read as absent. Co-located children and ``find``
+    cannot be checked by key: reading them elsewhere is the mutation's own
+    error. The first refusal raised is kept in ``refusal``; the state machine
+    refuses the whole command with it, even if the endpoint caught it.
+
+    ``awaiting(model name, key)`` says whether a document with that primary
+    key waits to be installed by a slot move into this group: inserting or
+    putting that key is refused as taken (``DuplicateKey``), since it will be.
     """
 
     def __init__(
@@ -69,33 +82,41 @@ class WriteView(ReadView):
         collection_of: Callable[[type[Model]], Collection],
         now: float,
         request_id: str,
-        writable: Callable[[int], None],
+        fence: Callable[[int], DocraftError | None],
+        awaiting: Callable[[str, Any], bool],
     ) -> None:
         super().__init__(collection_of)
         self.now = now
         self.request_id = request_id
-        self.writable = writable
+        self.fence = fence
+        self.awaiting = awaiting
+        self.refusal: DocraftError | None = None
         self.undo: list[tuple[Collection, Any, dict[str, Any] | None]] = []
 
+    def get(self, model: type[Model], key: Any) -> dict[str, Any] | None:
+        """A copy of the document of ``model`` with primary key ``key``, or ``None``; raises the fence's
+        refusal for a key of a slot this mutation may not read (see the class docstring)."""
+        self._fence_key(model, key)
+        return super().get(model, key)
+
     def insert(self, model: type[Model], doc: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate and store a new document and return a copy; raises ``DuplicateKey`` if its key is taken."""
+        """Validate and store a new document and return a copy; raises ``DuplicateKey`` if its key is taken
+        (stored, or arriving with a slot move)."""
         clean = model.validate(doc)
         collection = self._collection_of(model)
         key = clean[model.primary_key]
         if key in collection:
-            raise DuplicateKey(
-                f"{model.name} with {model.primary_key}={key!r} already exists",
-                model=model.name,
-                key=key,
-            )
+            raise _taken(model, key, "already exists")
         return self._store(collection, clean)
 
     def put(self, model: type[Model], doc: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate and store a document, replacing any with the same key; return a copy."""
+        """Validate and store a document, replacing any with the same key; return a copy. Raises
+        ``DuplicateKey`` for a key arriving with a slot move."""
         return self._store(self._collection_of(model), model.validate(doc))
 
     def update(self, model: type[Model], key: Any, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``changes`` to an existing document and return a copy; raises ``DocumentNotFound``."""
+        self._fence_key(model, key)
         collection = self._collection_of(model)
         current = collection.stored(key)  # lent: read only, validate() builds the new document
         if current is None:
@@ -104,23 +125,45 @@ class WriteView(ReadView):
 
     def delete(self, model: type[Model], key: Any) -> dict[str, Any]:
         """Remove a document and return a copy of it; raises ``DocumentNotFound``."""
+        self._fence_key(model, key)
         collection = self._collection_of(model)
         current = collection.stored(key)  # lent: read only
         if current is None:
             raise DocumentNotFound(f"no {model.name} with {model.primary_key}={key!r}", model=model.name, key=key)
-        self.writable(collection.slot_of(current))
+        self._fence_slot(collection.slot_of(current))
         collection.remove(key)
         self.undo.append((collection, key, current))  # the original, for rollback; the endpoint gets a copy
         return copy_document(current)
+
+    def _fence_key(self, model: type[Model], key: Any) -> None:
+        """For a model placed by its primary key, raise the fence's refusal of ``key``'s slot, if any."""
+        if model.partition_key != model.primary_key:
+            return
+        try:
+            slot = self._collection_of(model).slot_of_key(key)
+        except (TypeError, ValueError, OverflowError):  # not a JSON value: no stored document has it
+            return
+        self._fence_slot(slot)
+
+    def _fence_slot(self, slot: int) -> None:
+        """Raise the fence's refusal of ``slot``, if any, keeping the first one raised in ``refusal``."""
+        refusal = self.fence(slot)
+        if refusal is None:
+            return
+        if self.refusal is None:
+            self.refusal = refusal
+        raise refusal
 
     def _store(self, collection: Collection, doc: dict[str, Any]) -> dict[str, Any]:
         """Store ``doc`` (the collection owns it from now on) and return a copy for the endpoint."""
         key = doc[collection.model.primary_key]
         replaced = collection.stored(key)  # lent: read only
         # A changed partition key moves the document between slots: both must be writable here.
-        self.writable(collection.slot_of(doc))
+        self._fence_slot(collection.slot_of(doc))
         if replaced is not None:
-            self.writable(collection.slot_of(replaced))
+            self._fence_slot(collection.slot_of(replaced))
+        if self.awaiting(collection.model.name, key):
+            raise _taken(collection.model, key, "is arriving here with a slot move")
         self._check_references(collection.model, doc)
         self.undo.append((collection, key, collection.put(doc)))
         return copy_document(doc)
@@ -150,3 +193,7 @@ class WriteView(ReadView):
             else:
                 collection.put(old)
         self.undo.clear()
+
+
+def _taken(model: type[Model], key: Any, why: str) -> DuplicateKey:
+    return DuplicateKey(f"{model.name} with {model.primary_key}={key!r} {why}", model=model.name, key=key)

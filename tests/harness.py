@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import pytest
 
@@ -154,8 +155,14 @@ class Cluster:
         assert self.local is not None, "cluster not started"
         return self.local
 
-    def start(self, attempts: int = 3) -> Cluster:
+    def start(self, attempts: int = 3) -> Self:
+        """Start a new cluster (its replicas bootstrap their groups: ``LocalCluster.start_all``); retry with
+        new ports, and empty data directories, when a process did not come up."""
         for attempt in range(attempts):
+            if self.local is not None:
+                for shard in self.local.config.shards:
+                    for replica in shard.replicas:
+                        shutil.rmtree(replica.data_dir, ignore_errors=True)
             self._write_config()
             config = load_config(self.root / "cluster.toml")
             if config.tls is not None and not config.tls.ca.exists():
@@ -235,8 +242,9 @@ class Cluster:
 
     def add_shard(self, shard_id: str, replicas: int = 3, timeout: float = 30.0) -> None:
         """Add shard ``shard_id`` holding no slots (``slots = []``) to the running cluster's file, start its
-        replicas and wait until one leads it, as an operator adding capacity does. The running processes keep
-        the file they started with; ``processes.config`` is the new one."""
+        replicas (with ``--bootstrap``: a new group) and wait until one leads it, as an operator adding
+        capacity does. The running processes keep the file they started with; ``processes.config`` is the
+        new one."""
         path = self.processes.config.path
         ports = free_ports(2 * replicas)
         lines = ["", "[[shards]]", f'id = "{shard_id}"', "slots = []", ""]
@@ -255,7 +263,7 @@ class Cluster:
         _MEMBER_KEYS.update(dict.fromkeys(member_addresses(config), internal_key(config.secret)))
         self.processes.config = config
         for name in names:
-            self.restart(name)
+            self.processes.start_replica(name, bootstrap=True)  # a new group
 
         def leads() -> bool:
             for name in names:
@@ -428,7 +436,7 @@ class PartitionedCluster(Cluster):
         assert self._network is not None, "cluster not started"
         return self._network
 
-    def start(self, attempts: int = 3) -> PartitionedCluster:
+    def start(self, attempts: int = 3) -> Self:
         self._network = TestNetwork(self.names, net=unused_network_number())
         self.prefixes.update({name: self._network.prefix(name) for name in self.names})
         super().start(attempts)

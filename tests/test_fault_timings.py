@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from bench.fault import record_fault_timings
 from bench.nemesis import Fault, GroupStatus, has_applied
 from bench.timings import Spread, Target, by_kind, new_leader, next_write, record_failovers, targets
 
@@ -79,3 +80,12 @@ def test_the_leader_is_the_replica_leading_in_the_newest_term() -> None:
     assert not status.caught_up("s0r0", 52) and status.caught_up("s0r0", 40)
     assert not status.caught_up("s0r2", 0)
     assert not has_applied({"applied_index": 60, "fault": {"kind": "entries_lost"}}, 52)
+
+
+def test_a_fault_on_one_shard_is_timed_by_its_own_keys_writes_and_its_own_groups_leaders() -> None:
+    on_s1 = Fault("kill", 10.0, target="s1r0", shard="s1", keys=[1, 2], leader=True)
+    writes = [(0, 10.1, 10.2), (1, 10.0, 11.5), (2, 10.2, 12.0)]  # key 0, on s0, answers at once
+    elections = [(0.0, "s0r0", 7), (0.0, "s1r0", 1), (10.5, "s0r1", 8), (10.8, "s1r1", 2)]
+    record_fault_timings({"s0": ["s0r0", "s0r1"], "s1": ["s1r0", "s1r1"]}, [on_s1], writes, elections)
+    assert on_s1.failover == pytest.approx(1.5)  # key 1's write; the one in flight at 10.0 counts from 10.0 on
+    assert on_s1.elected == pytest.approx(0.8)  # s1's new term, not s0's election (whose terms are higher)

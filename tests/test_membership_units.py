@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pysyncobj import FAIL_REASON
 from pysyncobj.node import Node, TCPNode
 
+from consensus import raft_member
 from consensus.members import Membership, read_membership, retired_message
 from consensus.raft_member import RaftTimings
 from consensus.replica import Replica
 from consensus.state_machine import StateMachine
 from examples import people
-from node.membership import first_membership, refusal
+from node.membership import bootstrap_refusal, joined_membership, refusal
 from query.app import load_app
 from tests.harness import free_ports, wait_for
 
@@ -58,13 +60,31 @@ def test_one_change_at_a_time_and_sense_checks() -> None:
     assert reason(refusal("remove", LEADER, HEALTHY, 100, 0.7)) == "leads"
 
 
-def test_an_empty_replica_joins_as_a_learner_only_when_the_group_does_not_count_it() -> None:
-    listed = [LEADER, A, C]
-    assert first_membership(C, listed, []) == Membership("voter", tuple(sorted(listed)))  # bootstrap
-    counted = {"term": 3, "commit_index": 9, "voters": [LEADER, A, C]}
-    assert first_membership(C, listed, [counted]).mode == "voter"
-    grown = {"term": 4, "commit_index": 20, "voters": [LEADER, A, B]}
-    assert first_membership(C, listed, [counted, grown]) == Membership("learner", (LEADER, A, B))
+def test_bootstrap_is_refused_only_by_a_running_group_that_does_not_count_the_replica() -> None:
+    assert bootstrap_refusal(C, []) is None  # nobody answers: a new group's peers are starting too
+    starting = {"raft": A, "role": "candidate", "commit_index": 0, "voters": [LEADER, A, C]}
+    assert bootstrap_refusal(C, [starting]) is None
+    fresh_peer_of_another_list = {"raft": A, "role": "follower", "commit_index": 0, "voters": [LEADER, A, B]}
+    assert bootstrap_refusal(C, [fresh_peer_of_another_list]) is None  # no group yet
+    running = {"raft": LEADER, "role": "leader", "commit_index": 9, "voters": [LEADER, A, B]}
+    why = bootstrap_refusal(C, [starting, running])
+    assert why is not None and "without --bootstrap" in why and "docraft replica add" in why
+
+
+def test_an_empty_replica_joins_as_a_learner_of_the_voters_its_leader_reports() -> None:
+    """Not the highest term's: a removed replica campaigning alone inflates its term."""
+    leader = {"role": "leader", "term": 3, "commit_index": 20, "voters": [LEADER, A, B]}
+    removed = {"role": "candidate", "term": 40, "commit_index": 18, "voters": [LEADER, A, B, C]}
+    assert joined_membership([removed, leader], waited=0.0) == Membership("learner", (LEADER, A, B))
+    # Only followers: keep asking for a while, then the highest commit index's report.
+    behind = {"role": "follower", "term": 9, "commit_index": 12, "voters": [LEADER, A]}
+    ahead = {"role": "follower", "term": 3, "commit_index": 20, "voters": [LEADER, A, B]}
+    assert joined_membership([behind, ahead], waited=1.0) is None
+    assert joined_membership([behind, ahead], waited=6.0) == Membership("learner", (LEADER, A, B))
+    assert joined_membership([], waited=60.0) is None
+    # Counted as a voter (a lost disk): still a learner, never a voter with an empty log.
+    counting = {"role": "leader", "term": 3, "commit_index": 20, "voters": [LEADER, A, C]}
+    assert joined_membership([counting], waited=0.0) == Membership("learner", (LEADER, A, C))
 
 
 # -- RaftMember's fixes, on one real member in this process ------------------------------------
@@ -187,3 +207,94 @@ def test_a_retired_data_directory_names_the_way_back(tmp_path: Path) -> None:
     assert retired_message(tmp_path) is None
     (tmp_path / "RETIRED").write_text("removed\n")
     assert "docraft replica add" in str(retired_message(tmp_path))
+
+
+def capture_sent(replica: Replica) -> list[dict[str, Any]]:
+    """Replace ``replica``'s transport send: every message it sends is kept, none leaves."""
+    sent: list[dict[str, Any]] = []
+
+    def capture(node: Any, message: dict[str, Any]) -> bool:
+        sent.append(message)
+        return True
+
+    replica._transport_send = capture
+    return sent
+
+
+def test_a_leader_that_handed_over_holds_no_lease_for_the_rest_of_its_term(
+    lone_leader: Replica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raft thesis §3.10 / §6.4: once timeout_now is sent, the target may win at any moment of the term."""
+    voter = TCPNode("127.0.0.1:2")
+    lone_leader.propose_membership("add", voter.address, lambda result, error: None)
+    wait_for(lambda: voter in lone_leader.otherNodes, 10, "the new voter appended")
+    term = lone_leader._getTerm()
+    capture_sent(lone_leader)
+    lone_leader._send(voter, {"type": "timeout_now", "term": term})
+    # Long after leader_fallback, still in the same term: an ack must not grant a lease.
+    later = time.monotonic() + lone_leader.timings.leader_fallback + 5
+    monkeypatch.setattr(raft_member, "time", SimpleNamespace(monotonic=lambda: later))
+    lone_leader._record_lease_ack(voter, (term, later))
+    assert not lone_leader.lease_valid(), "a leader that handed over took a lease again in the same term"
+
+
+def test_a_learner_follows_a_leader_of_a_lower_term_and_keeps_its_own(tmp_path: Path) -> None:
+    """A removed voter that campaigned alone, repaired into a learner, must still copy the group's log."""
+    learner = member(tmp_path, ["127.0.0.1:1"], mode="learner")
+    try:
+        learner._SyncObj__raftCurrentTerm = 40  # inflated while it campaigned alone
+        capture_sent(learner)
+        leader = TCPNode("127.0.0.1:1")
+        append = {"type": "append_entries", "term": 3, "commit_index": 0, "prevLogIdx": 1, "prevLogTerm": 0}
+        learner._SyncObj__onMessageReceived(leader, {**append, "entries": [(b"\x00", 2, 3)]})
+        assert learner.journal.last_index == 2, "the learner ignored its leader's lower-term append"
+        assert learner._getTerm() == 40, "the learner lowered its term: it could vote twice in one later"
+        assert learner._getLeader() == leader
+        # Never a leader older than one it already followed (a deposed one still sending).
+        learner._SyncObj__onMessageReceived(
+            leader, {**append, "term": 2, "prevLogIdx": 2, "prevLogTerm": 3, "entries": [(b"\x00", 3, 2)]}
+        )
+        assert learner.journal.last_index == 2
+    finally:
+        learner.destroy_synchronous()
+
+
+def test_a_joining_member_that_hears_a_lower_term_leader_stands_for_election_once(tmp_path: Path) -> None:
+    joining = member(tmp_path, ["127.0.0.1:1"], mode="joining")
+    try:
+        wait_for(lambda: joining._SyncObj__raftElectionDeadline > time.monotonic() + 600, 10, "held off")
+        joining._SyncObj__raftCurrentTerm = 40
+        capture_sent(joining)
+        append = {"type": "append_entries", "term": 3, "commit_index": 5, "prevLogIdx": 1, "prevLogTerm": 0}
+        joining._SyncObj__onMessageReceived(TCPNode("127.0.0.1:1"), append)
+        # It stands as soon as it reaches a voter (this one reaches none): its election deadline is near again.
+        ticks: list[float] = []
+        joining.addOnTickCallback(lambda: ticks.append(time.monotonic()))
+        wait_for(lambda: len(ticks) >= 3, 10, "three ticks, which would pin the deadline if it still held off")
+        assert joining._SyncObj__raftElectionDeadline < time.monotonic() + 600, "it still holds off elections"
+    finally:
+        joining.destroy_synchronous()
+
+
+def test_a_member_standing_down_neither_campaigns_nor_takes_over(follower: Replica) -> None:
+    follower.stand_down(60)
+    wait_for(lambda: follower._SyncObj__raftElectionDeadline > time.monotonic() + 600, 10, "elections held off")
+    leader = TCPNode("127.0.0.1:1")
+    follower._SyncObj__raftLeader = leader
+    follower._SyncObj__onMessageReceived(leader, {"type": "timeout_now", "term": follower._getTerm()})
+    assert follower._SyncObj__raftElectionDeadline > time.monotonic() + 600, "timeout_now was obeyed"
+
+
+def test_a_membership_change_is_recorded_when_appended_and_not_rolled_back_at_commit(lone_leader: Replica) -> None:
+    """Raft §4.1: a server uses the latest configuration in its log, committed or not; after a restart
+    PySyncObj re-applies membership entries at commit, which would put back an older one."""
+    data_dir = lone_leader.data_dir
+    lone_leader.propose_membership("add", "127.0.0.1:2", lambda result, error: None)
+    wait_for(lambda: "127.0.0.1:2" in lone_leader.voters(), 10, "the change appended")
+    recorded = read_membership(data_dir)
+    assert recorded is not None and "127.0.0.1:2" in recorded.voters
+    lone_leader._SyncObj__doChangeCluster(["rem", "127.0.0.1:2", TCPNode("127.0.0.1:2")])
+    assert read_membership(data_dir) == Membership("voter", (lone_leader.raft_address,)), "it waited for a tick"
+    add_entry = next(e[0] for e in lone_leader.journal[:] if e[0][:1] == b"\x02")
+    lone_leader._SyncObj__doApplyCommand(add_entry)  # the older ``add`` applied at commit, as after a restart
+    assert "127.0.0.1:2" not in lone_leader.voters(), "applying an older change at commit rolled the voters back"

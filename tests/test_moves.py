@@ -3,7 +3,9 @@
 Each step is a command in one group's log (``consensus.moves``); the export is a read of S. Checked here:
 documents, co-located children and remembered request ids arrive on T and leave S; a request id retried on T
 returns its first result; S refuses writes to a frozen range and T serves nothing before ``import_commit``;
-every step is idempotent by move id; epochs and endings are compare-and-set; abort restores both; a
+every step is idempotent by move id; epochs and endings are compare-and-set; abort restores both and raises
+their epochs, so a new plan can retry; a primary key collision is refused by ``import_docs``, before S
+decides, and T's writes keep the keys arriving free; a mutation on S reading a moved document is refused; a
 snapshot taken mid-move continues identically; and, with hypothesis, random interleavings of retried writes
 and (resent) move steps end with every document on exactly one group and every request id applied once.
 """
@@ -20,9 +22,28 @@ from hypothesis import strategies as st
 from consensus.slots import SLOT_COUNT, slot_of
 from consensus.state_machine import Result, StateMachine
 from models.errors import BadRequest, MoveRefused, SlotImporting
-from query.app import load_app
+from query import WriteView, mutation
+from query.app import App, load_app
+from tests.apps.slots_app import Counter, Tag
 
-COUNTERS = load_app("tests.apps.slots_app")
+
+@mutation(shard_key="counter_id")
+def retag(db: WriteView, id: int, counter_id: int) -> dict[str, Any]:
+    """Put tag ``id`` under counter ``counter_id``, replacing any tag with that id."""
+    return db.put(Tag, {"id": id, "counter_id": counter_id})
+
+
+@mutation(shard_key="id")
+def copy_from(db: WriteView, id: int, other: int) -> dict[str, Any]:
+    """Set counter ``id`` to counter ``other``'s value (0 if there is none): a mutation reading another slot."""
+    found = db.get(Counter, other)
+    return db.put(Counter, {"id": id, "value": 0 if found is None else found["value"]})
+
+
+SLOTS_APP = load_app("tests.apps.slots_app")
+COUNTERS = App(
+    "tests.test_moves", dict(SLOTS_APP.models), {**SLOTS_APP.endpoints, "retag": retag, "copy_from": copy_from}
+)
 TARGET_REPLICAS = [{"id": "s1r0", "raft": "127.0.0.1:7001", "http": "127.0.0.1:8001"}]
 KEY = 1
 SLOT = slot_of(KEY)
@@ -238,23 +259,96 @@ def test_an_import_commit_that_does_not_match_what_arrived_is_refused() -> None:
     assert "ok" in target.apply(import_commit(page))
 
 
-def test_an_imported_primary_key_taken_on_the_target_refuses_the_commit() -> None:
-    # Tags are placed by their counter, so two groups can each hold a Tag with the same id.
-    source, target = groups()
-    parent_here = next(k for k in range(2, 1000) if slot_of(k) != SLOT)
+PARENT_ON_T = next(k for k in range(2, 1000) if slot_of(k) != SLOT)
+
+
+def groups_sharing_a_tag_id() -> tuple[StateMachine, StateMachine]:
+    """S holds counter ``KEY`` with tag 77; T owns only ``PARENT_ON_T``'s slot. Tags are placed by their
+    counter, so T may hold (or later take) a tag 77 of its own."""
+    source, _ = groups()
     target = StateMachine(COUNTERS)
-    target.apply({"type": "init_slots", "ranges": [[slot_of(parent_here), slot_of(parent_here)]]})
+    target.apply({"type": "init_slots", "ranges": [[slot_of(PARENT_ON_T), slot_of(PARENT_ON_T)]]})
     source.apply(add(KEY))
     source.apply(tag(77, KEY, request_id="t1"))
-    target.apply(add(parent_here))
-    target.apply(tag(77, parent_here, request_id="t2"))
+    target.apply(add(PARENT_ON_T))
+    return source, target
+
+
+def test_a_primary_key_stored_on_the_target_is_refused_by_import_docs_before_the_source_decides() -> None:
+    source, target = groups_sharing_a_tag_id()
+    target.apply(tag(77, PARENT_ON_T, request_id="t2"))
     target.apply(import_begin())
     source.apply(move_begin())
+    (page,) = pages(source, limit=100)
+    assert reason_of(target.apply(import_docs(page, 0))) == "collision"
+    assert target.slots_report()["moves"][0]["docs_copied"] == 0 and target.incoming["m1"].count == 0
+    # What the rebalancer does with that refusal: abort both; S owns its documents again.
+    assert machine_ok(source, {"type": "move_abort", "move": "m1"})
+    assert machine_ok(target, {"type": "import_abort", "move": "m1"})
+    assert source.apply(add(KEY, 1)) == {"ok": {"id": KEY, "value": 2}}
+    assert [t["counter_id"] for t in target.collections["Tag"].all()] == [PARENT_ON_T]
+
+
+def test_a_primary_key_arriving_twice_is_refused_by_import_docs() -> None:
+    source, target = groups()
+    source.apply(add(KEY))
+    target.apply(import_begin())
+    source.apply(move_begin())
+    (page,) = pages(source, limit=100)
+    assert machine_ok(target, import_docs(page, 0))
+    assert reason_of(target.apply(import_docs(page, 1))) == "collision"  # the same documents as another batch
+    assert target.incoming["m1"].count == 1
+
+
+def test_while_importing_the_target_refuses_writes_of_a_key_waiting_to_arrive_so_the_commit_installs_it() -> None:
+    source, target = groups_sharing_a_tag_id()
+    target.apply(import_begin())
+    source.apply(move_begin())
+    (page,) = pages(source, limit=100)
+    assert machine_ok(target, import_docs(page, 0))
+    assert code_of(target.apply(tag(77, PARENT_ON_T, request_id="t2"))) == "duplicate_key"
+    put = {"type": "mutation", "endpoint": "retag", "args": {"id": 77, "counter_id": PARENT_ON_T}}
+    assert code_of(target.apply(put)) == "duplicate_key"
+    restarted = StateMachine(COUNTERS)  # a replica of T that loaded a snapshot taken mid-import
+    restarted.restore(ujson.loads(ujson.dumps(target.snapshot())))
+    assert code_of(restarted.apply(put)) == "duplicate_key"
+    assert machine_ok(source, {"type": "move_commit", "move": "m1", "epoch": 1})
+    assert machine_ok(target, import_commit(page))
+    assert [t["counter_id"] for t in target.collections["Tag"].all()] == [KEY]
+    assert code_of(target.apply(tag(77, PARENT_ON_T, request_id="t3"))) == "duplicate_key"  # taken for good
+
+
+def test_after_an_abort_a_new_plan_gets_a_higher_epoch_and_a_new_move_id() -> None:
+    source, target = groups()
+    source.apply(add(KEY, 2))
+    target.apply(import_begin())
+    source.apply(move_begin())
+    assert machine_ok(source, {"type": "move_abort", "move": "m1"})
+    assert machine_ok(target, {"type": "import_abort", "move": "m1"})
+    assert source.slots_report()["epoch"] == target.slots_report()["epoch"] == 1
+    assert [r["version"] for r in source.slots_report()["ranges"]] == [0]  # slot versions unchanged
+    # The rebalancer's rule: epoch 1 + the highest any group reports, and a move id made from it.
+    epoch = 1 + max(group.slots_report()["epoch"] for group in (source, target))
+    move_all(source, target, move=f"m{epoch}", epoch=epoch)
+    assert counters(target) == {KEY: 2}
+
+
+def test_a_mutation_on_the_source_reading_a_moved_document_is_refused_not_read_as_absent() -> None:
+    source, target = groups()
+    source.apply(add(KEY, 9))
+    here = next(k for k in range(2, 1000) if slot_of(k) != SLOT)
+    copy = {"type": "mutation", "endpoint": "copy_from", "args": {"id": here, "other": KEY}, "request_id": "c"}
+    target.apply(import_begin())
+    source.apply(move_begin())
+    assert code_of(source.apply(copy)) == "slot_frozen"  # moving: retried until the move settles
     exported = pages(source)
     for batch, page in enumerate(exported):
-        target.apply(import_docs(page, batch))
-    assert reason_of(target.apply(import_commit(exported[-1]))) == "collision"
-    assert [t["counter_id"] for t in target.collections["Tag"].all()] == [parent_here]  # nothing installed
+        assert machine_ok(target, import_docs(page, batch))
+    assert machine_ok(source, {"type": "move_commit", "move": "m1", "epoch": 1})
+    refused = source.apply(copy)
+    assert code_of(refused) == "cross_shard_write"
+    assert refused["error"]["details"] == {"slot": SLOT, "owner": "s1"}
+    assert here not in counters(source) and "c" not in source.recent
 
 
 # -- the export --------------------------------------------------------------------------------------------

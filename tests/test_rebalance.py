@@ -20,10 +20,13 @@ import pytest
 from consensus.slots import slot_of
 from consensus.state_machine import StateMachine
 from models.errors import BadRequest, MoveRefused, error_from_json
-from node.config import ReplicaConfig, ShardConfig
+from node.config import ConfigError, ReplicaConfig, ShardConfig
 from node.consistency import Consistency
 from node.move_commands import checked_move, export_request
-from node.rebalance import EXPORT_PAGE, move_range, pending_moves, reports, resume
+from node.rebalance import EXPORT_PAGE, move_range, pending_moves, reports, resume, run_plan
+from node.rebalance_cli import Request
+from node.rebalance_cli import run as run_cli
+from node.rebalance_plan import Chunk
 from node.router import Router
 from query.app import load_app
 
@@ -41,7 +44,10 @@ class Config:
         self.shards = tuple(shards)
 
     def shard(self, shard_id: str) -> ShardConfig:
-        return next(s for s in self.shards if s.id == shard_id)
+        for s in self.shards:
+            if s.id == shard_id:
+                return s
+        raise ConfigError(f"no shard {shard_id!r} in the cluster file")  # as ClusterConfig.shard
 
 
 def shard(shard_id: str, ranges: list[tuple[int, int]]) -> ShardConfig:
@@ -284,3 +290,117 @@ def test_a_replica_refuses_malformed_move_commands_before_proposing(command: dic
 def test_malformed_export_reads_are_refused(request_: dict[str, Any]) -> None:
     with pytest.raises(BadRequest):
         export_request(request_)
+
+
+def move_slots_one_by_one(groups: Groups, source: str, target: str, slots: range) -> None:
+    """One move per slot: more than a group keeps records of (16), so the oldest are forgotten."""
+    plan = [Chunk(source, target, slot, slot) for slot in slots]
+    assert [s.outcome for s in run(run_plan(groups.router, plan))] == ["committed"] * len(plan)
+
+
+def crash_mid_move(groups: Groups, command: str, source: str, target: str, slots: list[tuple[int, int]]) -> None:
+    """Start moving ``slots`` and let the rebalancer die right after the first ``command`` landed."""
+    groups.applied.clear()
+    groups.crash_after = (command, 1)
+    with pytest.raises(Crash):
+        run(move_range(groups.router, groups.config.shard(source), groups.config.shard(target), slots))
+
+
+def test_resume_rolls_forward_a_committed_move_the_source_has_forgotten(groups: Groups) -> None:
+    moved = users_in(MOVING)
+    crash_mid_move(groups, "move_commit", "s0", "s1", MOVING)
+    move_slots_one_by_one(groups, "s0", "s2", range(16))  # s0 forgets its record of the committed move
+    [pending] = pending_moves(run(reports(groups.router)))
+    assert pending.states == (None, "importing")
+    [summary] = run(resume(groups.router))
+    assert (summary.outcome, summary.docs) == ("committed", len(moved))
+    assert_each_user_once(groups, moved, "s1")
+    assert not pending_moves(run(reports(groups.router)))
+
+
+def test_resume_leaves_an_import_whose_source_never_owned_the_slots_to_an_operator(groups: Groups) -> None:
+    """T imports from a source that neither remembers the move nor owns the slots: no outcome is provably safe."""
+    theirs = [(HALF, HALF + 10)]  # s1's slots, named as s0's
+    crash_mid_move(groups, "import_begin", "s0", "s2", theirs)
+    [summary] = run(resume(groups.router))
+    assert summary.outcome == "failed"
+    assert summary.detail is not None and "needs_operator" in summary.detail and summary.move in summary.detail
+    report = run(reports(groups.router))
+    assert state_of(report["s2"], HALF) == "importing", "the import must be left as it was"
+    assert [p.id for p in pending_moves(report)] == [summary.move]
+
+
+def test_moves_the_target_has_forgotten_are_finished_also_once_it_passed_the_slots_on(groups: Groups) -> None:
+    """s2 takes 17 one-slot moves, then passes 8 on: it forgets the early imports s0 still lists as committed."""
+    move_slots_one_by_one(groups, "s0", "s2", range(17))
+    move_slots_one_by_one(groups, "s2", "s1", range(8))
+    report = run(reports(groups.router))
+    forgotten = {m["id"] for m in report["s0"]["moves"]} - {m["id"] for m in report["s2"]["moves"]}
+    assert len(forgotten) == 8, "the test needs source records whose target record is gone"
+    assert pending_moves(report) == []
+    assert run(resume(groups.router)) == []
+
+
+def break_one_move_and_interrupt_another(groups: Groups) -> str:
+    """A move ended by hand on T after S committed (its documents are nowhere: ``lost``), then a second move
+    interrupted after the freeze; the first's id."""
+    crash_mid_move(groups, "move_commit", "s0", "s1", MOVING)
+    [lost] = pending_moves(run(reports(groups.router)))
+    assert "ok" in groups.machines["s1"].apply({"type": "import_abort", "move": lost.id, "time": 0.5})
+    crash_mid_move(groups, "move_begin", "s1", "s2", [(HALF, HALF + 100)])
+    assert next(p.id for p in pending_moves(run(reports(groups.router)))) == lost.id, "the lost move comes first"
+    return lost.id
+
+
+def test_resume_reports_a_move_it_cannot_end_and_finishes_the_others(groups: Groups) -> None:
+    lost = break_one_move_and_interrupt_another(groups)
+    summaries = run(resume(groups.router))
+    assert [(s.move, s.outcome) for s in summaries] == [(lost, "failed"), (summaries[1].move, "committed")]
+    assert summaries[0].detail is not None and "lost" in summaries[0].detail
+    assert {uid for uid, where in groups.holders().items() if where == ["s2"]} == users_in([(HALF, HALF + 100)])
+    assert [p.id for p in pending_moves(run(reports(groups.router)))] == [lost]
+
+
+def test_the_rebalance_command_reports_a_move_it_cannot_end_and_exits_non_zero(
+    groups: Groups, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lost = break_one_move_and_interrupt_another(groups)
+    assert run(run_cli(groups.router, Request())) == 1
+    output = capsys.readouterr().out
+    assert f"not finished: move {lost}" in output and "lost" in output
+    assert "plan:" not in output, "nothing is planned after a resume failed"
+    assert [p.id for p in pending_moves(run(reports(groups.router)))] == [lost], "the other move was finished"
+
+
+def test_resume_names_the_move_and_the_shard_that_left_the_cluster_file(groups: Groups) -> None:
+    crash_mid_move(groups, "move_begin", "s0", "s1", MOVING)
+    groups.config = Config([s for s in groups.config.shards if s.id != "s1"])
+    [summary] = run(resume(groups.router))
+    assert summary.outcome == "failed" and summary.detail is not None
+    assert summary.move in summary.detail and "shard 's1'" in summary.detail
+    assert state_of(run(reports(groups.router))["s0"], HALF - 1) == "frozen", "the move is left as it was"
+
+
+def insert_order(groups: Groups, shard_id: str, order_id: int, user_id: int) -> None:
+    args = {"id": order_id, "user_id": user_id, "item": "book", "amount": 1.0}
+    command = {"type": "mutation", "endpoint": "insert_order", "args": args, "request_id": f"o{shard_id}{order_id}"}
+    assert "ok" in groups.machines[shard_id].apply({**command, "time": 0.5})
+
+
+def test_a_primary_key_taken_on_the_target_aborts_both_groups_before_the_decision(groups: Groups) -> None:
+    """Orders live with their user, so ids are unique per group only: one arriving whose id T holds is refused
+    while copying (``import_docs``), and both groups roll back; S never gives the slots away."""
+    mover = min(users_in(MOVING))
+    stayer = next(uid for uid in range(USERS) if slot_of(uid) >= HALF)
+    insert_order(groups, "s0", 7, mover)
+    insert_order(groups, "s1", 7, stayer)
+    with pytest.raises(MoveRefused) as refused:
+        run(move_range(groups.router, groups.config.shard("s0"), groups.config.shard("s1"), MOVING))
+    assert refused.value.details["reason"] == "collision"
+    assert groups.applied["move_commit"] == 0 and groups.applied["import_commit"] == 0
+    report = run(reports(groups.router))
+    assert not pending_moves(report)
+    assert (state_of(report["s0"], slot_of(mover)), state_of(report["s1"], slot_of(mover))) == ("owned", None)
+    assert [o["user_id"] for o in groups.machines["s0"].collections["Order"].all()] == [mover]
+    assert [o["user_id"] for o in groups.machines["s1"].collections["Order"].all()] == [stayer]
+    assert_each_user_once(groups, set(), "s1")
