@@ -14,7 +14,9 @@ from typing import Any
 from models.errors import BadRequest, DocraftError, FingerprintRefused, MigrationRefused
 from node.config import ReplicaConfig, ShardConfig
 from node.consistency import Consistency
-from node.router import Router, request_id_for, unwrap
+from node.group_calls import unwrap
+from node.request_ids import request_id_for
+from node.router import Router
 
 # How long the report waits for a fresh look at every group's slots.
 REFRESH_TIMEOUT = 1.0
@@ -31,7 +33,7 @@ class AdminOps:
         """Commit ``command`` (a fresh request id per group) on every group; each group's result by id."""
 
         async def one(shard: ShardConfig) -> Any:
-            return unwrap(await self.router.write(shard, {**command, "request_id": request_id_for(None)}))
+            return unwrap(await self.router.groups.write(shard, {**command, "request_id": request_id_for(None)}))
 
         shards = self.router.view.shards()
         results = await asyncio.gather(*(one(shard) for shard in shards))
@@ -91,7 +93,7 @@ class AdminOps:
             )
         request = {"migration_plan": {"model": model.name, "to": target}, "consistency": "linearizable"}
         shards = self.router.view.shards()
-        plans = await asyncio.gather(*(self.router.read(s, request, Consistency.LINEARIZABLE) for s in shards))
+        plans = await asyncio.gather(*(self.router.groups.read(s, request, Consistency.LINEARIZABLE) for s in shards))
         by_shard = {
             shard.id: {k: v for k, v in plan.items() if k != "served_by"}
             for shard, plan in zip(shards, plans, strict=True)

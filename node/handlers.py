@@ -31,7 +31,8 @@ from node.alerts import AlertBook
 from node.auth import Gate, Principal
 from node.browsers import HostCheck, check_content_type
 from node.limits import Limits
-from node.router import Router, new_idempotency_key, request_id_for
+from node.request_ids import new_idempotency_key, request_id_for
+from node.router import Router
 from node.shard_client import TIMEOUT_HEADER
 from node.shard_service import DEFAULT_TIMEOUT, ShardService
 from query.permissions import Access, Permission

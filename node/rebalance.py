@@ -102,7 +102,7 @@ class _Move:
 async def slots_report(router: Router, shard: ShardConfig, counts: bool = False) -> dict[str, Any]:
     """``shard``'s ``StateMachine.slots_report`` from its leader, after a barrier (so nothing committed is missed)."""
     request = {"slots": {"counts": counts}, "consistency": Consistency.LINEARIZABLE.value}
-    return await router.read(shard, request, Consistency.LINEARIZABLE)
+    return await router.groups.read(shard, request, Consistency.LINEARIZABLE)
 
 
 async def reports(router: Router, counts: bool = False) -> dict[str, dict[str, Any]]:
@@ -199,7 +199,7 @@ async def _copy(router: Router, move: _Move, on_page: PageCallback | None) -> tu
             "export": {"move": move.id, "after": after, "limit": EXPORT_PAGE},
             "consistency": Consistency.LINEARIZABLE.value,
         }
-        page = await router.read(move.source, request, Consistency.LINEARIZABLE)
+        page = await router.groups.read(move.source, request, Consistency.LINEARIZABLE)
         docs = page["docs"]
         await _propose(
             router,
@@ -236,7 +236,7 @@ async def _propose(router: Router, shard: ShardConfig, command: dict[str, Any]) 
     deadline = time.monotonic() + STEP_DEADLINE
     while True:
         try:
-            result = await router.write(shard, {**command, "request_id": request_id})
+            result = await router.groups.write(shard, {**command, "request_id": request_id})
         except (NoLeader, OutcomeUnknown):
             if time.monotonic() > deadline:
                 raise

@@ -10,18 +10,16 @@ answer and the call sent to the owner it names; on ``slot_frozen``,
 ``slot_importing`` or ``slots_unknown`` it is sent again after the answer's
 ``retry_after``. A write keeps its request id across retries, whichever group
 they reach, so it is applied once even when an earlier attempt did land (a
-move carries remembered request ids to the new owner). ``include=`` is
-``node.includes``'s, the admin fan-out ``node.admin_ops``'s.
+move carries remembered request ids to the new owner). Calling one group's
+leader and following leadership is ``node.group_calls``'s, request ids are
+``node.request_ids``', ``include=`` is ``node.includes``'s, the admin fan-out
+``node.admin_ops``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import re
 import time
-import uuid
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -31,12 +29,6 @@ from models.errors import (
     BadRequest,
     DocraftError,
     MethodNotAllowed,
-    NoLeader,
-    NotLeader,
-    OutcomeUnknown,
-    ReplicaFaulted,
-    ReplicaFlagged,
-    ShardUnavailable,
     SlotFrozen,
     SlotImporting,
     SlotsUnknown,
@@ -44,9 +36,11 @@ from models.errors import (
     error_from_json,
 )
 from node.cluster_view import ClusterView
-from node.config import ClusterConfig, ReplicaConfig, ShardConfig
+from node.config import ClusterConfig, ShardConfig
 from node.consistency import Consistency
+from node.group_calls import Attempts, GroupCalls, unwrap
 from node.includes import embed
+from node.request_ids import new_idempotency_key, request_id_for
 from node.shard_client import ShardClient
 from query.app import App
 from query.cursors import cursor_key, open_cursor, seal_cursor
@@ -76,19 +70,13 @@ class Router:
         patience: float = 0.15,
     ) -> None:
         self.config = config
-        self.attempt_timeout = attempt_timeout
-        # How long an attempt may take before the router asks whether leadership moved.
-        self.patience = patience
         self.app = app
         self.client = client
         self.deadline = deadline
         self.view = ClusterView(config, client)
+        self.groups = GroupCalls(self.view, client, deadline, attempt_timeout, patience)
         self.limits = config.limits
         self.cursor_key = cursor_key(config.secret)
-        self.leaders = self.view.leaders
-        # Replicas the integrity monitor flagged (divergent or wrong code): nothing is read from them.
-        self.flagged: set[str] = set()
-        self._stale_turns: defaultdict[str, itertools.count[int]] = defaultdict(itertools.count)
 
     # -- public entry points ---------------------------------------------------
 
@@ -206,7 +194,7 @@ class Router:
                 "request_id": f"{base}:slot:{slot}",
             }
 
-        tried = _Attempts()
+        tried = Attempts()
         pending = sorted(by_slot)
         while pending:
             groups: dict[str, list[int]] = {}
@@ -240,11 +228,11 @@ class Router:
         return [r for r in results if r is not None]
 
     async def _group_write(
-        self, shard_id: str, command: dict[str, Any], deadline: float, tried: _Attempts
+        self, shard_id: str, command: dict[str, Any], deadline: float, tried: Attempts
     ) -> list[Result] | DocraftError:
         """``command`` (a routed batch) on group ``shard_id``: its results, or the refusal that sent nothing."""
         try:
-            return list(unwrap(await self._write(self.view.shard(shard_id), command, deadline, tried)))
+            return list(unwrap(await self.groups.write_with(self.view.shard(shard_id), command, deadline, tried)))
         except RELOCATIONS as exc:
             return exc
 
@@ -256,12 +244,16 @@ class Router:
         Raises as ``write`` does, and the last ``SlotFrozen``/``SlotImporting``/
         ``SlotsUnknown``/``WrongShard`` when the slot did not settle by ``deadline``.
         """
-        tried = _Attempts()
-        return await self._at_owner(slot, lambda shard: self._write(shard, command, deadline, tried), deadline)
+        tried = Attempts()
+        return await self._at_owner(
+            slot, lambda shard: self.groups.write_with(shard, command, deadline, tried), deadline
+        )
 
     async def read_slot(self, slot: int, request: dict[str, Any], consistency: Consistency, deadline: float) -> Result:
         """Run ``request`` at the group owning ``slot``, following moves; raises as ``write_slot``."""
-        return await self._at_owner(slot, lambda shard: self.read(shard, request, consistency, deadline), deadline)
+        return await self._at_owner(
+            slot, lambda shard: self.groups.read(shard, request, consistency, deadline), deadline
+        )
 
     async def _at_owner(
         self, slot: int, attempt: Callable[[ShardConfig], Awaitable[Result]], deadline: float
@@ -381,158 +373,9 @@ class Router:
         """``request`` on ``shard``, sent again while the group answers that a slot is moving or unknown."""
         while True:
             try:
-                return await self.read(shard, request, consistency, deadline)
+                return await self.groups.read(shard, request, consistency, deadline)
             except (SlotFrozen, SlotImporting, SlotsUnknown) as exc:
                 await self._after_refusals([(exc, shard.id)], deadline)
-
-    # -- group calls with leader tracking and retries ---------------------------
-
-    async def write(self, shard: ShardConfig, command: dict[str, Any], deadline: float | None = None) -> Result:
-        """Commit ``command`` on ``shard``'s leader, retrying with the same request id.
-
-        Raises ``NoLeader`` or ``ReplicaFlagged`` (503) only when no attempt
-        could have been applied, and ``OutcomeUnknown`` (504) naming the
-        request id to retry with when one may have been. A slot refusal
-        (``wrong_shard``...) is returned or raised as the group gave it.
-        """
-        return await self._write(shard, command, self._deadline(deadline), _Attempts())
-
-    async def _write(self, shard: ShardConfig, command: dict[str, Any], deadline: float, tried: _Attempts) -> Result:
-        """``write``, with ``tried`` shared by every group the same command was sent to."""
-
-        async def attempt(replica: ReplicaConfig, timeout: float) -> Result:
-            try:
-                return await self.client.write(replica, command, timeout)
-            except (OutcomeUnknown, ShardUnavailable, asyncio.CancelledError):
-                tried.maybe_applied = True  # it reached a leader, or may have; abandoned attempts too
-                raise
-
-        try:
-            # Accepting new code must reach leaders flagged for running it.
-            return await self._with_leader(shard, attempt, deadline, command.get("type") == "set_fingerprint")
-        except (NoLeader, ReplicaFlagged) as exc:
-            if tried.maybe_applied:
-                raise _outcome_unknown(shard, command) from exc
-            raise
-
-    async def read(
-        self, shard: ShardConfig, request: dict[str, Any], consistency: Consistency, deadline: float | None = None
-    ) -> Result:
-        """Run ``request`` on ``shard``: a ``stale`` read on any replica, others on the leader."""
-        if consistency is Consistency.STALE:
-            return await self._stale_read(shard, request)
-
-        async def attempt(replica: ReplicaConfig, timeout: float) -> Result:
-            return await self.client.read(replica, request, timeout)
-
-        return await self._with_leader(shard, attempt, self._deadline(deadline))
-
-    def _deadline(self, deadline: float | None) -> float:
-        return time.monotonic() + self.deadline if deadline is None else deadline
-
-    async def _stale_read(self, shard: ShardConfig, request: dict[str, Any]) -> Result:
-        """Any replica will do: this process's own first, then the others in turn."""
-        local = [r for r in shard.replicas if self.client.is_local(r)]
-        turn = next(self._stale_turns[shard.id]) % len(shard.replicas)
-        others = [r for r in shard.replicas[turn:] + shard.replicas[:turn] if r not in local]
-
-        last_error: DocraftError = NoLeader(f"shard {shard.id}: no replica answered", shard=shard.id)
-        for replica in local + others:
-            if replica.id in self.flagged:
-                continue
-            try:
-                return await self.client.read(replica, request, self.attempt_timeout)
-            except (ShardUnavailable, ReplicaFaulted) as exc:
-                last_error = exc
-        raise last_error
-
-    async def _with_leader(
-        self,
-        shard: ShardConfig,
-        attempt: Callable[[ReplicaConfig, float], Awaitable[T]],
-        deadline: float,
-        to_flagged: bool = False,
-    ) -> T:
-        """Run ``attempt`` on ``shard``'s leader, following leadership until ``deadline``.
-
-        While an attempt is slow, the group is asked whether another replica
-        leads in a newer term; if one does, the attempt is abandoned and the
-        new leader tried (``_attempt_or_moved``). The group's replicas are the
-        view's at each try, so a replica added since the call began can lead
-        it. Raises ``NoLeader`` at the deadline, and ``ReplicaFlagged`` when
-        the leader is flagged, unless ``to_flagged``.
-        """
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.leaders.forget(shard)
-                raise NoLeader(
-                    f"shard {shard.id} has no reachable leader; retry shortly", shard=shard.id, retry_after=1
-                )
-            shard = self.view.current(shard)
-            leader = self.leaders.leaders.get(shard.id) or await self.leaders.discover(shard, remaining)
-            if leader is None:
-                await asyncio.sleep(min(RETRY_PAUSE, remaining))
-                continue
-            if leader.id in self.flagged and not to_flagged:
-                raise ReplicaFlagged(
-                    f"the leader of shard {shard.id}, {leader.id}, is flagged by the integrity monitor "
-                    "(see /_admin/alerts); repair it with docraft repair",
-                    shard=shard.id,
-                    replica=leader.id,
-                )
-            try:
-                return await self._attempt_or_moved(shard, leader, attempt, min(remaining, self.attempt_timeout))
-            except _LeaderMoved:
-                continue
-            except NotLeader as exc:
-                if self.leaders.follow_hint(shard, exc.details.get("leader_raft")) is None:
-                    await asyncio.sleep(min(RETRY_PAUSE, remaining))
-            except (NoLeader, OutcomeUnknown, ShardUnavailable, ReplicaFaulted):
-                self.leaders.forget(shard)
-                await asyncio.sleep(min(RETRY_PAUSE, remaining))
-
-    async def _attempt_or_moved(
-        self,
-        shard: ShardConfig,
-        leader: ReplicaConfig,
-        attempt: Callable[[ReplicaConfig, float], Awaitable[T]],
-        timeout: float,
-    ) -> T:
-        """``attempt`` on ``leader``; raises ``_LeaderMoved`` (the attempt cancelled) if another replica leads now.
-
-        Costs one timer when the attempt answers within ``patience``, as nearly
-        all do; only a slow attempt starts a watcher, which cancels this task
-        when the group has a newer leader.
-        """
-        me = asyncio.current_task()
-        assert me is not None, "routers run inside asyncio tasks"
-        moved = False
-        watcher: asyncio.Task[None] | None = None
-
-        async def watch() -> None:
-            nonlocal moved
-            while await self.leaders.moved(shard, leader) is None:
-                await asyncio.sleep(self.leaders.probe_interval)
-            moved = True
-            me.cancel()
-
-        def start_watching() -> None:
-            nonlocal watcher
-            watcher = asyncio.ensure_future(watch())
-
-        timer = asyncio.get_running_loop().call_later(self.patience, start_watching)
-        try:
-            return await attempt(leader, timeout)
-        except asyncio.CancelledError:
-            if not moved:
-                raise
-            me.uncancel()
-            raise _LeaderMoved() from None
-        finally:
-            timer.cancel()
-            if watcher is not None:
-                watcher.cancel()
 
     # -- responses ---------------------------------------------------------------
 
@@ -553,59 +396,8 @@ class Router:
         return body
 
 
-class _LeaderMoved(Exception):
-    """Another replica leads now; the attempt on the old leader was abandoned."""
-
-
-_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-def new_idempotency_key() -> str:
-    return uuid.uuid4().hex
-
-
-def request_id_for(idempotency_key: str | None) -> str:
-    """The request id a mutation is committed under: derived from the client's key, or from a fresh one.
-
-    Raises ``BadRequest`` for a key that is not 1 to 128 of ``A-Z a-z 0-9 . _ -``.
-    """
-    key = new_idempotency_key() if idempotency_key is None else idempotency_key
-    if not _KEY.fullmatch(key):
-        raise BadRequest("Idempotency-Key must be 1 to 128 characters from A-Z a-z 0-9 . _ -", param="Idempotency-Key")
-    return f"key:{key}"
-
-
-def key_of(request_id: str) -> str:
-    """The idempotency key a request id was derived from (the inverse of ``request_id_for``)."""
-    return request_id.removeprefix("key:").split(":", 1)[0] if request_id.startswith("key:") else request_id
-
-
-def _outcome_unknown(shard: ShardConfig, command: dict[str, Any]) -> OutcomeUnknown:
-    key = key_of(command["request_id"])
-    return OutcomeUnknown(
-        f"shard {shard.id}: the write may or may not have been applied; retrying it with the header "
-        f"Idempotency-Key: {key} applies it at most once",
-        shard=shard.id,
-        request_id=command["request_id"],
-        idempotency_key=key,
-    )
-
-
-def unwrap(result: Result) -> Any:
-    """A result's ``ok`` value; raises the error it holds instead, if any."""
-    if "error" in result:
-        raise error_from_json(result)
-    return result.get("ok")
-
-
 RELOCATIONS = (WrongShard, SlotFrozen, SlotImporting, SlotsUnknown)
 _RELOCATION_CODES = {cls.code for cls in RELOCATIONS}
-
-
-class _Attempts:
-    """What the attempts at one command have risked: whether any may have been applied."""
-
-    maybe_applied = False
 
 
 def _relocation(result: Result) -> DocraftError | None:

@@ -72,7 +72,7 @@ def dispatcher(
     client = client or ShardClient(config)
     router = Router(config, app, client)
     alerts = AlertBook(config.webhooks)
-    monitor = IntegrityMonitor(config, client, alerts, router.flagged)
+    monitor = IntegrityMonitor(config, client, alerts, router.groups.flagged)
     me = config.dispatcher(dispatcher_id)
     guard = gate(config, AuditLog(config.path.parent / AUDIT_NAME, me.id))
     document = openapi_document(app, dispatcher_routes(), mutations_by_get=config.http.mutations_by_get)

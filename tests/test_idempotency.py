@@ -69,7 +69,7 @@ class IdempotencyTest(FakeClusterCase):
 
     def test_a_flagged_leader_after_an_attempt_that_may_have_applied_is_outcome_unknown(self) -> None:
         # 46377ff answered 503 replica_flagged here, which the README defines as "nothing was proposed".
-        shards, flagged = self.shards, self.parts.router.flagged
+        shards, flagged = self.shards, self.parts.router.groups.flagged
         real_write = shards.write
 
         async def write_then_flag(replica: ReplicaConfig, command: dict[str, Any], timeout: float) -> Any:
@@ -111,7 +111,7 @@ class FollowTheNewLeaderTest(FakeClusterCase):
         shards.status = elected  # type: ignore[method-assign]
         for shard in self.config.shards:
             shards.leader[shard.id] = shard.replicas[1]  # the fake's own leadership check
-            self.parts.router.leaders.leaders[shard.id] = shard.replicas[0]  # the router still believes r0
+            self.parts.router.view.leaders.leaders[shard.id] = shard.replicas[0]  # the router still believes r0
         started = time.monotonic()
         code, body = self.call("POST", "/insert_user", USER)
         elapsed = time.monotonic() - started

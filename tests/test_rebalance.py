@@ -57,7 +57,7 @@ def shard(shard_id: str, ranges: list[tuple[int, int]]) -> ShardConfig:
 
 
 class Groups:
-    """State machines by shard id, called as ``Router.write`` / ``Router.read`` are (only what ``node.rebalance`` uses).
+    """State machines by shard id, called as ``GroupCalls.write`` / ``.read`` are (what ``node.rebalance`` uses).
 
     ``crash_after = (type, n)`` raises ``Crash`` right after the n-th command of that type was applied;
     ``tamper`` drops the first document of every ``import_docs`` page (a copy that must not verify).
@@ -77,6 +77,11 @@ class Groups:
     def router(self) -> Router:
         """These groups, as the router ``node.rebalance`` takes."""
         return cast(Router, self)
+
+    @property
+    def groups(self) -> Groups:
+        """What ``node.rebalance`` calls through ``router.groups``: these groups themselves."""
+        return self
 
     async def write(self, target: ShardConfig, command: dict[str, Any]) -> dict[str, Any]:
         if self.tamper and command["type"] == "import_docs":

@@ -250,4 +250,4 @@ def test_a_voter_learned_from_members_is_followed_when_it_leads() -> None:
     routing.view.merge("s0", {**report, "applied_index": 7})
     groups.leaders["s0"] = "s0r3"
     insert_user(routing, key_in(0, 8191))
-    assert routing.leaders.leaders["s0"] is not None and routing.leaders.leaders["s0"].id == "s0r3"
+    assert routing.view.leaders.leaders["s0"] is not None and routing.view.leaders.leaders["s0"].id == "s0r3"
