@@ -30,7 +30,6 @@ import argparse
 import csv
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ import ujson
 
 from bench.etcd_cluster import EtcdCluster
 from bench.proc_cpu import CpuTimes, cpu_times, machine_busy_s, spent
-from bench.up_cluster import APP, UpCluster
+from bench.up_cluster import APP, UpCluster, stop_clusters_on_sigterm
 from bench.wrk_load import LoadResult, missing_tool, run_wrk, wrk_threads
 from query.app import load_app
 
@@ -301,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot measure etcd: {etcd_missing}", file=sys.stderr)
         return 2
 
-    # SIGTERM unwinds like Ctrl-C, so every cluster is stopped on the way out.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    stop_clusters_on_sigterm()
     users = sample_users()
     root = Path(tempfile.mkdtemp(prefix="docraft-compare-"))
     results: dict[str, dict[str, Measured]] = {}

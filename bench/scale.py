@@ -30,7 +30,7 @@ from pathlib import Path
 import ujson
 
 from bench.throughput import Result, cycle_paths, drive, user_paths
-from bench.up_cluster import APP, UpCluster
+from bench.up_cluster import APP, UpCluster, stop_clusters_on_sigterm
 from node.launcher import Layout
 from node.loader import load_csv
 from node.rebalance import holdings, reports
@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--move-docs", type=int, default=10_000, help="documents' worth of slots to move (0: skip)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
+    stop_clusters_on_sigterm()
     folder = Path(tempfile.mkdtemp(prefix="docraft-scale-"))
     results: list[Result] = []
     move: MoveResult | None = None

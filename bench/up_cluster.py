@@ -10,6 +10,8 @@ with that token. Only the ports differ: a block that is free right now
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 from bench.ports import free_block
@@ -20,6 +22,11 @@ from query.app import load_app
 APP = "examples.people"
 # Layout(port=P, raft_port=P + RAFT_OFFSET): the dispatcher on P, replica n on P + 100 + n and Raft on P + 200 + n.
 RAFT_OFFSET = 200
+
+
+def stop_clusters_on_sigterm() -> None:
+    """Make SIGTERM unwind like Ctrl-C, so every ``finally`` that closes a cluster runs on the way out."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 class UpCluster:
