@@ -76,9 +76,21 @@ from tornado.httpclient import AsyncHTTPClient
 from bench.counters import Increment, check_counters, send
 from bench.fault_report import plot, summary
 from bench.linearizability import Op, check_history, lost_writes
-from bench.nemesis import NEMESES, PARTITIONS, Fault, Harness, LeaderWatch, Nemesis, SnapshotWatch, error_code, fetch
+from bench.nemesis import (
+    NEMESES,
+    PARTITIONS,
+    Fault,
+    Harness,
+    LeaderWatch,
+    Nemesis,
+    SnapshotWatch,
+    error_code,
+    fetch,
+    port_offsets,
+)
 from bench.netns import NetworkUnavailable, why_unavailable
 from bench.placement import by_shard, check_placement, owner_of, spread_keys
+from bench.ports import free_block
 from bench.timings import by_kind, record_failovers, targets
 
 RECOVERY_LIMIT = 5.0
@@ -429,7 +441,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--replicas", type=int, default=3)
-    parser.add_argument("--port", type=int, default=8700, help="dispatcher port (loopback replicas use port+100..)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="dispatcher port (loopback replicas use port+100.. and port+200..); default: a block free right now",
+    )
     parser.add_argument(
         "--compaction-entries",
         type=int,
@@ -475,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             root,
             args.shards,
             args.replicas,
-            args.port,
+            args.port if args.port is not None else free_block(port_offsets(args.shards * args.replicas)),
             any(k in PARTITIONS for k in args.nemesis),
             args.compaction_entries,
         )

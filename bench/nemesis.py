@@ -175,6 +175,11 @@ class GroupStatus:
         return None if self.leader is None else int(self.replicas[self.leader]["commit_index"])
 
 
+def port_offsets(replicas: int) -> list[int]:
+    """The ports a ``Harness`` of ``replicas`` replicas takes, as offsets from its dispatcher's port."""
+    return [0, *(100 + n for n in range(replicas)), *(200 + n for n in range(replicas))]
+
+
 class Harness:
     """The cluster under test, its processes and (optionally) its network."""
 
