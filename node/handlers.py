@@ -15,14 +15,17 @@ is not JSON (415). What a request may ask is held to the cluster's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import ujson
 from tornado.httputil import HTTPServerRequest
 from tornado.web import Application, HTTPError, RequestHandler
 
+from consensus.state_machine import Result
 from models.errors import BadRequest, DocraftError, MethodNotAllowed, NoLeader, NotFound, Unauthorized
 from models.json_values import non_finite_path
 from node import membership
@@ -155,6 +158,14 @@ class JSONHandler(RequestHandler):
         value or response may hold one; or if it nests deeper than
         ``[limits] json_depth`` or holds an integer beyond 64 bits.
         """
+        body = self.json_object()
+        if body is not None:
+            self.check_json_value(body)
+        return body
+
+    def json_object(self) -> dict[str, Any] | None:
+        """The request's body parsed, ``None`` if empty; ``BadRequest`` if it is not a JSON object. Its
+        values are not checked: ``check_json_value`` does that (``json_body`` does both)."""
         if not self.request.body:
             return None
         try:
@@ -163,6 +174,11 @@ class JSONHandler(RequestHandler):
             raise BadRequest("the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
+        return body
+
+    def check_json_value(self, body: dict[str, Any]) -> None:
+        """Raise ``BadRequest`` if ``body`` holds a number that is not finite, nests deeper than
+        ``[limits] json_depth`` or holds an integer beyond 64 bits (see ``json_body``)."""
         path = non_finite_path(body)
         if path is not None:
             raise BadRequest(
@@ -171,7 +187,6 @@ class JSONHandler(RequestHandler):
                 path=path,
             )
         self.limits.check_json(body)
-        return body
 
     def idempotency_key(self, mutation: bool) -> str | None:
         """The request's ``Idempotency-Key`` (a fresh one for a mutation without), echoed in the answer.
@@ -415,30 +430,87 @@ class RetireHandler(JSONHandler):
         self.write_json({"retired": True})
 
 
-class ShardWriteHandler(JSONHandler):
-    """``POST /_shard/write``: propose a command on this replica (routers only)."""
+class ShardCallHandler(JSONHandler):
+    """A router's call on this replica's service: one call, or several a router coalesced (``node.coalescer``).
+
+    One call is its JSON object, answered with its result or its error. Several
+    are ``{MANY: [call, ...], "timeouts": [seconds, ...]}`` (``timeouts``
+    optional: ``X-Docraft-Timeout`` then holds for each), run concurrently,
+    so writes are proposed in one loop turn and share one Raft entry
+    (``Replica.submit``), and answered ``{"results": [{"status", "body"},
+    ...]}`` in order: the status and body each call alone would have been
+    answered with. A malformed list refuses the whole request (400).
+    """
+
+    MANY: ClassVar[str]
+    MAX_CALLS: ClassVar[int] = 1024
 
     def initialize(self, service: ShardService) -> None:
         self.service = service
 
+    def run(self, call: dict[str, Any], timeout: float) -> Awaitable[Result]:
+        """The service's answer to one call, waiting for Raft at most ``timeout`` seconds."""
+        raise NotImplementedError
+
     async def post(self) -> None:
+        body = self.json_object()
+        if body is not None and self.MANY in body and set(body) <= {self.MANY, "timeouts"}:
+            calls, timeouts = self._coalesced(body)
+            results = await asyncio.gather(*(self._answer(c, t) for c, t in zip(calls, timeouts, strict=True)))
+            self.write_json({"results": results})
+            return
         try:
-            self.write_json(await self.service.write(self.json_body() or {}, self.raft_timeout()))
+            if body is not None:
+                self.check_json_value(body)
+            self.write_json(await self.run(body or {}, self.raft_timeout()))
         except DocraftError as exc:
             self.send_error_for(exc)
 
+    def _coalesced(self, body: dict[str, Any]) -> tuple[list[Any], list[float]]:
+        """The calls of a coalesced request and how long each may wait; ``BadRequest`` if malformed."""
+        calls = body[self.MANY]
+        if not isinstance(calls, list) or not 0 < len(calls) <= self.MAX_CALLS:
+            raise BadRequest(f"{self.MANY} must be a list of 1 to {self.MAX_CALLS} calls", param=self.MANY)
+        timeouts = body.get("timeouts")
+        if timeouts is None:
+            return calls, [self.raft_timeout()] * len(calls)
+        if not isinstance(timeouts, list) or len(timeouts) != len(calls) or not all(map(_is_timeout, timeouts)):
+            raise BadRequest(
+                f"timeouts must list one number of seconds per call, each between 0 and {MAX_TIMEOUT:.0f}",
+                param="timeouts",
+            )
+        return calls, timeouts
 
-class ShardReadHandler(JSONHandler):
-    """``POST /_shard/read``: run a query endpoint on this replica (routers only)."""
-
-    def initialize(self, service: ShardService) -> None:
-        self.service = service
-
-    async def post(self) -> None:
+    async def _answer(self, call: Any, timeout: float) -> dict[str, Any]:
+        """``{"status", "body"}``: what ``call`` alone would have been answered with."""
         try:
-            self.write_json(await self.service.read(self.json_body() or {}, self.raft_timeout()))
+            if not isinstance(call, dict):
+                raise BadRequest("the request body must be a JSON object")
+            self.check_json_value(call)
+            return {"status": 200, "body": await self.run(call, timeout)}
         except DocraftError as exc:
-            self.send_error_for(exc)
+            return {"status": exc.status, "body": exc.to_json()}
+        except Exception:
+            log.exception("a coalesced call to %s failed", self.request.path)
+            return {"status": 500, "body": DocraftError("internal error; the server log has the details").to_json()}
+
+
+class ShardWriteHandler(ShardCallHandler):
+    """``POST /_shard/write``: propose a command on this replica, or several (``commands``) (routers only)."""
+
+    MANY = "commands"
+
+    def run(self, call: dict[str, Any], timeout: float) -> Awaitable[Result]:
+        return self.service.write(call, timeout)
+
+
+class ShardReadHandler(ShardCallHandler):
+    """``POST /_shard/read``: run a query endpoint on this replica, or several (``requests``) (routers only)."""
+
+    MANY = "requests"
+
+    def run(self, call: dict[str, Any], timeout: float) -> Awaitable[Result]:
+        return self.service.read(call, timeout)
 
 
 class ShardStatusHandler(JSONHandler):
@@ -470,3 +542,8 @@ class NotFoundHandler(JSONHandler):
     def prepare(self) -> None:
         self.check_host()
         raise NotFound(f"no route {self.request.path!r}", path=self.request.path)
+
+
+def _is_timeout(value: Any) -> bool:
+    """Whether ``value`` is a number of seconds a replica may wait for Raft: over 0, at most ``MAX_TIMEOUT``."""
+    return type(value) in (int, float) and 0 < value <= MAX_TIMEOUT

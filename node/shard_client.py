@@ -9,10 +9,18 @@ sends is signed with the cluster's internal key (``node.signing``), so the
 replica accepts it as a cluster member's. With ``[tls]`` it speaks HTTPS and
 verifies each replica's certificate, host name included, against the
 cluster's CA (``node.tls``).
+
+Writes and reads to one replica are coalesced (``node.coalescer``; reads
+per consistency): while one request is in flight, further calls wait and
+then travel together in one request. The replica runs them concurrently, so
+writes are proposed in one loop turn, hence one Raft entry (and linearizable
+reads share one barrier); each caller still gets its own result or error, as
+if it had called alone.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -21,7 +29,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from consensus.state_machine import Result
 from models.errors import DocraftError, ShardUnavailable, error_from_json
+from node.coalescer import MAX_BYTES, Coalescer
 from node.config import ClusterConfig, ReplicaConfig
+from node.limits import INTERNAL_PATHS
 from node.shard_service import ShardService
 from node.signing import internal_key, sign
 
@@ -50,6 +60,9 @@ class ShardClient:
         # With a CA of its own it needs curl handles of its own: curl cannot unset a CA file once set, so
         # sharing them would make other requests (alert webhooks, say) trust the cluster's CA only.
         self.http = AsyncHTTPClient(force_instance=self.ca_certs is not None)
+        # Below the internal body limit replicas hold requests to, with room for the wrapping.
+        self.batch_bytes = min(MAX_BYTES, config.limits.body_limit_of(INTERNAL_PATHS) // 2)
+        self._coalescers: dict[tuple[str, str, str, str], Coalescer[Result]] = {}
 
     def is_local(self, replica: ReplicaConfig) -> bool:
         return self.local is not None and self.local.config.id == replica.id
@@ -58,13 +71,16 @@ class ShardClient:
         """Commit ``command`` on ``replica``; it waits for Raft at most ``timeout`` seconds."""
         if self.local is not None and self.is_local(replica):
             return await self.local.write(command, timeout)
-        return await self._call(replica, "POST", "/_shard/write", command, timeout)
+        coalescer = self._coalescer(replica, "/_shard/write", "commands", "")
+        return await coalescer.call(ujson.dumps(command).encode(), timeout)
 
     async def read(self, replica: ReplicaConfig, request: dict[str, Any], timeout: float) -> Result:
         """Run a read on ``replica``; it waits for Raft at most ``timeout`` seconds."""
         if self.local is not None and self.is_local(replica):
             return await self.local.read(request, timeout)
-        return await self._call(replica, "POST", "/_shard/read", request, timeout)
+        # One lane per consistency, so a read never waits on a slower kind's barrier.
+        coalescer = self._coalescer(replica, "/_shard/read", "requests", str(request.get("consistency")))
+        return await coalescer.call(ujson.dumps(request).encode(), timeout)
 
     async def status(self, replica: ReplicaConfig, timeout: float = 1.0) -> dict[str, Any]:
         if self.local is not None and self.is_local(replica):
@@ -82,13 +98,45 @@ class ShardClient:
             return self.local.integrity()
         return await self._call(replica, "GET", "/_admin/digest", None, timeout)
 
+    def _coalescer(self, replica: ReplicaConfig, path: str, many: str, lane: str) -> Coalescer[Result]:
+        """The coalescer of calls to ``path`` on ``replica`` in ``lane``; a request of several carries them
+        as ``many``."""
+        key = (path, lane, replica.id, replica.http_url)
+        coalescer = self._coalescers.get(key)
+        if coalescer is None:
+            coalescer = self._coalescers[key] = Coalescer(
+                functools.partial(self._send, replica, path, many),
+                functools.partial(_timed_out, replica),
+                max_bytes=self.batch_bytes,
+            )
+        return coalescer
+
+    async def _send(
+        self, replica: ReplicaConfig, path: str, many: str, payloads: list[bytes], timeouts: list[float]
+    ) -> list[Result | DocraftError]:
+        """``Coalescer``'s request: one call as it is, several as ``{many: [...], "timeouts": [...]}``, answered
+        ``{"results": [{"status", "body"}, ...]}`` (``node.handlers.ShardCallHandler``)."""
+        if len(payloads) == 1:
+            return [await self._request(replica, "POST", path, payloads[0], timeouts[0])]
+        waits = ",".join(f"{_raft_wait(t):.3f}" for t in timeouts).encode()
+        body = b'{"%s":[%s],"timeouts":[%s]}' % (many.encode(), b",".join(payloads), waits)
+        results = (await self._request(replica, "POST", path, body, max(timeouts))).get("results")
+        if not isinstance(results, list) or len(results) != len(payloads):
+            raise ShardUnavailable(f"replica {replica.id} answered a coalesced request wrongly", replica=replica.id)
+        return [_outcome(replica, result) for result in results]
+
     async def _call(
         self, replica: ReplicaConfig, method: str, path: str, payload: Any, timeout: float
     ) -> dict[str, Any]:
         body = None if payload is None else ujson.dumps(payload).encode()
+        return await self._request(replica, method, path, body, timeout)
+
+    async def _request(
+        self, replica: ReplicaConfig, method: str, path: str, body: bytes | None, timeout: float
+    ) -> dict[str, Any]:
         headers = {
             **JSON_HEADERS,
-            TIMEOUT_HEADER: f"{max(timeout - 0.05, 0.05):.3f}",
+            TIMEOUT_HEADER: f"{_raft_wait(timeout):.3f}",
             **sign(self.key, method, path, body or b"", time.time()),
         }
         try:
@@ -107,13 +155,39 @@ class ShardClient:
         if response.code == 599 or not response.body:
             raise ShardUnavailable(f"replica {replica.id} unreachable: {response.error}", replica=replica.id)
         try:
-            decoded: dict[str, Any] = ujson.loads(response.body)
+            decoded = ujson.loads(response.body)
         except ValueError:
             raise ShardUnavailable(f"replica {replica.id} sent a body that is not JSON", replica=replica.id) from None
-        if response.code != 200:
-            error: DocraftError = error_from_json(decoded)
-            if type(error) is DocraftError and response.code >= 500:
-                # Not one of docraft's answers (a replica stopping mid-request, a bug): what happened is unknown.
-                raise ShardUnavailable(f"replica {replica.id} failed: {error.message}", replica=replica.id)
-            raise error
-        return decoded
+        return _answer(replica, response.code, decoded)
+
+
+def _answer(replica: ReplicaConfig, status: int, decoded: Any) -> dict[str, Any]:
+    """A replica's answer ``decoded`` with HTTP ``status``: the body if 200, else raises the error it holds."""
+    if not isinstance(decoded, dict):
+        raise ShardUnavailable(f"replica {replica.id} sent a body that is not a JSON object", replica=replica.id)
+    if status != 200:
+        error: DocraftError = error_from_json(decoded)
+        if type(error) is DocraftError and status >= 500:
+            # Not one of docraft's answers (a replica stopping mid-request, a bug): what happened is unknown.
+            raise ShardUnavailable(f"replica {replica.id} failed: {error.message}", replica=replica.id)
+        raise error
+    return decoded
+
+
+def _outcome(replica: ReplicaConfig, result: Any) -> Result | DocraftError:
+    """One call's outcome in a coalesced answer: its result, or the error it alone would have raised."""
+    try:
+        if not isinstance(result, dict) or not isinstance(result.get("status"), int):
+            raise ShardUnavailable(f"replica {replica.id} answered a coalesced call wrongly", replica=replica.id)
+        return _answer(replica, result["status"], result.get("body"))
+    except DocraftError as error:
+        return error
+
+
+def _raft_wait(timeout: float) -> float:
+    """How long a replica may wait for Raft when the router waits ``timeout``: a little less, to answer in time."""
+    return max(timeout - 0.05, 0.05)
+
+
+def _timed_out(replica: ReplicaConfig, timeout: float) -> ShardUnavailable:
+    return ShardUnavailable(f"replica {replica.id} unreachable: no answer within {timeout:.2f}s", replica=replica.id)
