@@ -6,14 +6,20 @@ line number without a round trip), sent in batches to the dispatcher's
 stops the load or hides the good rows around it: neither a row the model
 refuses, nor one with a field over ``CSV_FIELD_LIMIT`` characters, nor one too
 large for the cluster's ``[limits] body_bytes`` (a batch the cluster answers
-413 is sent again in halves, down to single rows).
+413 is sent again in halves, down to single rows). Each batch carries an
+``Idempotency-Key`` of its own and is sent again under it, for up to
+``RETRY_FOR`` seconds, when its outcome is unknown (``504``, a lost
+connection) or the cluster is briefly unable (``503``): the cluster stores it
+once, and every row is counted as what it became.
 """
 
 from __future__ import annotations
 
 import csv
 import http.client
+import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +34,13 @@ from node.tls import client_context
 
 # The longest CSV field a row may have, in characters (Python's csv default); a longer one rejects its row.
 CSV_FIELD_LIMIT = 128 * 1024
+# How long a batch is sent again (same Idempotency-Key) while its outcome is unknown or the cluster unable.
+RETRY_FOR = 60.0
+RETRY_STATUSES = (503, 504)
+
+
+class _Retryable(Exception):
+    """A batch whose outcome is unknown, or that the cluster could not take just now."""
 
 
 @dataclass
@@ -66,10 +79,35 @@ class _Cluster:
 
     def insert(self, model: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One result per document; raises ``OSError`` or ``ValueError`` if the batch failed whole,
-        ``PayloadTooLarge`` if it was too large for the cluster to take."""
-        self.connection.request("POST", f"/_bulk/{model}", ujson.dumps({"docs": docs}), self.headers)
-        response = self.connection.getresponse()
-        body = ujson.loads(response.read())
+        ``PayloadTooLarge`` if it was too large for the cluster to take.
+
+        Sent under a new ``Idempotency-Key``, and again under the same key (pausing 0.1 s, doubling to
+        2 s) while the outcome is unknown or the cluster answers 503, for up to ``RETRY_FOR`` seconds."""
+        key = uuid.uuid4().hex
+        deadline = time.monotonic() + RETRY_FOR
+        pause = 0.1
+        while True:
+            try:
+                return self._send(model, docs, key)
+            except _Retryable as exc:
+                if time.monotonic() + pause > deadline:
+                    raise ValueError(f"{exc} (still so after {RETRY_FOR:.0f}s of retries)") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    def _send(self, model: str, docs: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+        try:
+            self.connection.request(
+                "POST", f"/_bulk/{model}", ujson.dumps({"docs": docs}), {**self.headers, "Idempotency-Key": key}
+            )
+            response = self.connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.connection.close()  # the next request opens a new connection
+            raise _Retryable(f"the connection failed: {exc}") from None
+        body = ujson.loads(data)
+        if response.status in RETRY_STATUSES:
+            raise _Retryable(body.get("error", {}).get("message", f"HTTP {response.status}"))
         if response.status != 200:
             message = body.get("error", {}).get("message", f"HTTP {response.status}")
             raise PayloadTooLarge(message) if response.status == PayloadTooLarge.status else ValueError(message)

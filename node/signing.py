@@ -124,8 +124,10 @@ class Verifier:
         if not hmac.compare_digest(parts.group(2), expected):
             self._refuse("altered", "the request does not match its signature")
         signed_at = float(date)
-        if abs(now - signed_at) > self.window:
-            self._refuse("expired", f"the request is dated {now - signed_at:+.1f}s from now, beyond the window")
+        age = now - signed_at
+        if abs(age) > self.window:
+            when = f"{age:.1f}s ago" if age >= 0 else f"{-age:.1f}s in the future"
+            self._refuse("expired", f"the request was signed {when}, beyond the {self.window:.0f}s window")
         outcome = self.nonces.remember(nonce, signed_at + self.window, now)
         if outcome == "seen":
             self._refuse("replayed", "the request was accepted before")

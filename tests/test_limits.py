@@ -292,6 +292,9 @@ class BulkServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _BulkHandler)
         self.most = most
         self.stored: list[int] = []
+        # Idempotency-Keys the server answers 504 the first time it sees them (after storing the batch).
+        self.unknown_first = False
+        self.keys: list[str] = []
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -310,8 +313,15 @@ class _BulkHandler(BaseHTTPRequestHandler):
         if len(docs) > self.server.most or any(d["city"] == "huge" for d in docs):
             status, answer = 413, {"error": {"code": "payload_too_large", "message": "too large"}}
         else:
-            self.server.stored += [d["id"] for d in docs]
-            status, answer = 200, {"results": [{"ok": d["id"]} for d in docs]}
+            key = self.headers["Idempotency-Key"]
+            first = key not in self.server.keys
+            self.server.keys.append(key)
+            if first:
+                self.server.stored += [d["id"] for d in docs]
+            if first and self.server.unknown_first:
+                status, answer = 504, {"error": {"code": "outcome_unknown", "message": "may have been applied"}}
+            else:
+                status, answer = 200, {"results": [{"ok": d["id"]} for d in docs]}
         data = ujson.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -362,6 +372,18 @@ def test_the_loader_splits_a_batch_the_cluster_finds_too_large_and_rejects_only_
     report = load_csv(write_users(tmp_path / "users.csv", cities), User, server.url, batch_size=7, progress=False)
     assert sorted(server.stored) == [1, 2, 4, 5, 6, 7], "every row but the one too large alone is stored"
     assert report.stored == 6 and report.rejected == [(4, "too large for the cluster: too large")]
+
+
+def test_the_loader_sends_a_batch_of_unknown_outcome_again_under_its_key_and_counts_it_stored(
+    tmp_path: Path, bulk_server: Any
+) -> None:
+    server = bulk_server(most=100)
+    server.unknown_first = True
+    report = load_csv(write_users(tmp_path / "users.csv", ["Paris", "Lyon", "Nice"]), User, server.url, batch_size=2)
+    assert sorted(server.stored) == [1, 2, 3], "each row stored once"
+    assert len(server.keys) == 4 and server.keys[0] == server.keys[1] and server.keys[2] == server.keys[3]
+    assert server.keys[0] != server.keys[2], "each batch has a key of its own"
+    assert report.stored == 3 and report.rejected == []
 
 
 def test_a_csv_cell_beyond_64_bits_is_a_rejected_row() -> None:

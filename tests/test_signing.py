@@ -168,6 +168,13 @@ def test_a_request_dated_beyond_the_window_is_refused_as_expired(skew: float) ->
     assert verifier.refused["expired"] == 1
 
 
+def test_an_expired_refusal_says_how_long_ago_or_ahead_the_request_was_signed() -> None:
+    verifier = Verifier(KEY)
+    for skew, said in ((37.5, "signed 37.5s ago"), (-37.5, "signed 37.5s in the future")):
+        with pytest.raises(Unauthorized, match=said):
+            verifier.verify("POST", "/_shard/write", BODY, signed(now=NOW - skew), NOW)
+
+
 def test_a_replay_after_the_window_is_refused_as_expired() -> None:
     verifier = Verifier(KEY, window=30.0)
     headers = signed()
