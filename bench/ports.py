@@ -39,3 +39,21 @@ def free_block(offsets: Sequence[int], tries: int = 200) -> int:
         if all_free([base + offset for offset in offsets]):
             return base
     raise OSError(f"no block of free ports with offsets {list(offsets)} between {LOW} and {HIGH}")
+
+
+def free_ports(count: int, tries: int = 10_000) -> list[int]:
+    """``count`` distinct ports, each free just now, between ``LOW`` and ``HIGH``: below the kernel's
+    ephemeral range, so no outgoing connection takes one while the process that owns it restarts.
+
+    Raises ``OSError`` when ``tries`` random ports did not give ``count`` free ones.
+    """
+    ports: list[int] = []
+    for _ in range(tries):
+        if len(ports) == count:
+            return ports
+        port = random.randrange(LOW, HIGH)
+        if port not in ports and all_free([port]):
+            ports.append(port)
+    if len(ports) == count:
+        return ports
+    raise OSError(f"fewer than {count} free ports between {LOW} and {HIGH}")

@@ -25,6 +25,9 @@
     [integrity]                     # optional; see IntegrityConfig
     monitor_interval = 1.0
 
+    [rebalance]                     # optional; see RebalanceConfig
+    stall_after = 30.0
+
     [alerts]                        # optional
     webhooks = ["http://ops.example/hook"]
 
@@ -134,6 +137,14 @@ class IntegrityConfig:
 
 
 @dataclass(frozen=True)
+class RebalanceConfig:
+    """Moves between groups: a dispatcher resumes a move none of whose records changed for ``stall_after``
+    seconds (its rebalancer died; ``node.move_janitor``)."""
+
+    stall_after: float = 30.0
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     secret: str
     app: str
@@ -147,6 +158,7 @@ class ClusterConfig:
     limits: Limits = dataclasses.field(default_factory=Limits)
     http: HttpConfig = dataclasses.field(default_factory=HttpConfig)
     tls: TlsConfig | None = None
+    rebalance: RebalanceConfig = dataclasses.field(default_factory=RebalanceConfig)
 
     @property
     def ca(self) -> Path | None:
@@ -265,6 +277,7 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
         raise ConfigError("app must be a module name")
     timings = _settings(data, "raft", RaftTimings)
     integrity = _settings(data, "integrity", IntegrityConfig)
+    rebalance = _settings(data, "rebalance", RebalanceConfig)
     alerts = data.get("alerts", {})
     webhooks = alerts.get("webhooks", []) if isinstance(alerts, dict) else None
     if not isinstance(webhooks, list) or not all(isinstance(u, str) and u.startswith("http") for u in webhooks):
@@ -288,6 +301,7 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
         limits,
         http_config,
         tls=tls,
+        rebalance=rebalance,
     )
 
 

@@ -3,7 +3,8 @@
 Both embed the same ``Router``, so any of them accepts any endpoint request.
 A replica server also serves the internal ``/_shard/*`` routes, its digest
 and repair routes, and drives its own ``Replica``. A dispatcher also runs the
-integrity monitor and serves its alerts. Both stop cleanly on SIGTERM or SIGINT.
+integrity monitor and the stall guard of moves (``node.move_janitor``), and
+serves its alerts. Both stop cleanly on SIGTERM or SIGINT.
 Their routes come from ``node.routes``'s table, each admitted by the process's
 ``Gate`` (``node.auth``), which audits to ``audit.log`` in the replica's data
 directory or, for a dispatcher, next to the cluster file. Each binds its
@@ -33,6 +34,7 @@ from node.handlers import NotFoundHandler, request_settings
 from node.limits import Limits, http_server
 from node.membership import BootstrapRefused, starting_membership
 from node.monitor import IntegrityMonitor
+from node.move_janitor import MoveJanitor
 from node.private_files import private_dir
 from node.router import Router
 from node.routes import dispatcher_routes, rules
@@ -182,14 +184,19 @@ def run_replica(
 
 
 def run_dispatcher(config: ClusterConfig, dispatcher_id: str | None, app: App) -> None:
-    """Run one dispatcher process, with its integrity monitor, until signalled."""
+    """Run one dispatcher process, with its integrity monitor and move janitor, until signalled."""
     me = config.dispatcher(dispatcher_id)
     tls = server_context(config.tls, me.id) if config.tls else None
 
     async def main() -> None:
         parts = dispatcher(config, app, dispatcher_id=dispatcher_id)
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(parts.monitor.run()), loop.create_task(parts.router.view.run())]
+        janitor = MoveJanitor(parts.router, stall_after=config.rebalance.stall_after)
+        tasks = [
+            loop.create_task(parts.monitor.run()),
+            loop.create_task(janitor.run()),
+            loop.create_task(parts.router.view.run()),
+        ]
         try:
             await serve(parts.application, me.http_listen, config.limits, tls)
         finally:

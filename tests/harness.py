@@ -14,7 +14,6 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import Any, Self, TypeVar
 import pytest
 
 from bench.netns import NetworkUnavailable, TestNetwork, why_unavailable
+from bench.ports import free_ports as free_ports  # below the ephemeral range: safe across restarts
 from node.admin import http_json
 from node.cluster_secret import new_secret
 from node.config import ClusterConfig, load_config, render_config
@@ -58,21 +58,6 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: fl
             last_error = exc
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free right now. A process elsewhere could take one before our child binds it;
-    ``Cluster.start`` retries with new ports when a child fails to start."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 # The internal key, and with [tls] the CA, of every cluster this process runs, by member address ("host:port").
