@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.ports import free_block
 from node.admin import http_json
+from node.launcher import stop_processes
 
 ROOT_USER = "root"
 PUTS_PER_TXN = 100  # etcd's --max-txn-ops is 128 by default
@@ -169,14 +170,5 @@ class EtcdCluster:
 
     def close(self, timeout: float = 10.0) -> None:
         """SIGTERM every member, then SIGKILL what still runs after ``timeout``; safe to call twice."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        end = time.monotonic() + timeout
-        for process in self.processes.values():
-            try:
-                process.wait(max(end - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes.values(), timeout)
         self.processes.clear()

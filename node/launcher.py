@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -74,6 +75,21 @@ class Layout:
             shard_list.append((f"s{s}", members))
         dispatchers = [("d0", f"{self.host}:{self.port}")]
         return render_config(new_secret(), app, shard_list, dispatchers, sections)
+
+
+def stop_processes(processes: Iterable[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """SIGTERM each of ``processes`` still running, then SIGKILL what still runs ``timeout`` seconds later."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    end = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(max(end - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class LocalCluster:
@@ -140,16 +156,7 @@ class LocalCluster:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM every process, then SIGKILL what is still running after ``timeout``."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        end = time.monotonic() + timeout
-        for process in self.processes.values():
-            try:
-                process.wait(max(end - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_processes(self.processes.values(), timeout)
 
     def wait_ready(self, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Wait until the dispatcher reports a leader for every shard; return its status.

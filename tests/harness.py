@@ -19,11 +19,13 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import pytest
+import ujson
 
 from bench.netns import NetworkUnavailable, TestNetwork, why_unavailable
 from bench.ports import free_ports as free_ports  # below the ephemeral range: safe across restarts
@@ -58,6 +60,22 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, every: fl
             last_error = exc
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+class JSONReplyHandler(BaseHTTPRequestHandler):
+    """The handler of a stub HTTP server a test runs: ``reply`` answers with a JSON body; it logs nothing."""
+
+    def reply(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        data = ujson.dumps(body).encode()
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json", **(headers or {})}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: tests assert on what the stub received."""
 
 
 # The internal key, and with [tls] the CA, of every cluster this process runs, by member address ("host:port").

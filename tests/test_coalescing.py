@@ -32,7 +32,7 @@ from node.shard_client import ShardClient
 from node.shard_map import ShardMap
 from node.signing import Verifier, internal_key
 from query.app import load_app
-from tests.harness import Cluster, http, wait_for
+from tests.harness import Cluster, http, running, wait_for
 
 SECRET = new_secret()
 LAYOUT = [("s0", [("s0r0", "127.0.0.1:7400", "127.0.0.1:7500", ".")])]
@@ -302,14 +302,8 @@ def test_a_coalescer_refuses_caps_that_would_send_nothing() -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    started = Cluster(tmp_path_factory.mktemp("coalescing"), shards=2, replicas=3)
-    try:
-        yield started.start()
-    except BaseException:
-        print(started.logs())
-        raise
-    finally:
-        started.close()
+    with running(Cluster(tmp_path_factory.mktemp("coalescing"), shards=2, replicas=3)) as started:
+        yield started
 
 
 def user_command(uid: int, request_id: str) -> dict[str, Any]:

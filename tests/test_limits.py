@@ -15,7 +15,7 @@ import tomllib
 import urllib.parse
 from collections.abc import Iterator
 from http.client import HTTPResponse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from query.collection import Collection
 from query.cursors import cursor_key, open_cursor, seal_cursor
 from query.ordering import encode_cursor
 from query.planner import find
-from tests.harness import Cluster, http
+from tests.harness import Cluster, JSONReplyHandler, http
 from tests.test_handlers import FakeShards
 
 PEOPLE = load_app("examples.people")
@@ -305,7 +305,7 @@ class BulkServer(ThreadingHTTPServer):
         self.thread.join(timeout=10)
 
 
-class _BulkHandler(BaseHTTPRequestHandler):
+class _BulkHandler(JSONReplyHandler):
     server: BulkServer
 
     def do_POST(self) -> None:
@@ -322,15 +322,7 @@ class _BulkHandler(BaseHTTPRequestHandler):
                 status, answer = 504, {"error": {"code": "outcome_unknown", "message": "may have been applied"}}
             else:
                 status, answer = 200, {"results": [{"ok": d["id"]} for d in docs]}
-        data = ujson.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent."""
+        self.reply(status, answer)
 
 
 @pytest.fixture

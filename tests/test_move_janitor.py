@@ -7,28 +7,25 @@ import itertools
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from consensus.slots import slot_of
 from node.rebalance import pending_moves
 from tests.harness import Cluster, http, running, wait_for
-from tests.test_rebalance_cluster import PRELOAD_COUNTRY, leader_of, preload, rebalance, scatter_ids, slot_reports
+from tests.test_rebalance_cluster import (
+    PRELOAD_COUNTRY,
+    move_being_copied,
+    preload,
+    rebalance,
+    scatter_ids,
+    slot_reports,
+)
 
 pytestmark = pytest.mark.cluster
 
 USERS = 10_000
 MOVED = (0, 8191)  # all of s0's slots, one move (--max-docs above s0's documents)
-
-
-def copying(cluster: Cluster) -> dict[str, Any] | None:
-    """The move as target s1's leader records it, once s0 froze the range and part of it was copied."""
-    leader = leader_of(cluster, "s1")
-    code, body = http("GET", f"{cluster.replica_url(leader)}/_shard/slots", timeout=2)
-    if code != 200:
-        return None
-    return next((m for m in body["moves"] if m["state"] == "importing" and m["docs_copied"] > 0), None)
 
 
 def test_a_move_whose_rebalancer_died_is_finished_by_the_dispatcher(tmp_path: Path) -> None:
@@ -38,7 +35,7 @@ def test_a_move_whose_rebalancer_died_is_finished_by_the_dispatcher(tmp_path: Pa
         spans = f"{MOVED[0]}-{MOVED[1]}"
         mover = rebalance(cluster, "--move", spans, "--to", "s1", "--max-docs", str(USERS), log=tmp_path / "mover.log")
         try:
-            wait_for(lambda: copying(cluster), 60, "the move copying documents", every=0.01)
+            wait_for(lambda: move_being_copied(cluster, "s1"), 60, "the move copying documents", every=0.01)
             os.kill(mover.pid, signal.SIGKILL)
             mover.wait(10)
         finally:

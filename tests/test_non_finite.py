@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from models.json_values import non_finite_path
 from node.loader import load_csv
 from query import query
 from query.app import load_app
+from tests.harness import JSONReplyHandler
 from tests.machines import insert_batch, owning_all
 from tests.test_handlers import FakeClusterCase
 
@@ -169,7 +170,7 @@ class NonFiniteOverHTTPTest(FakeClusterCase):
 # -- the CSV loader ---------------------------------------------------------------
 
 
-class BulkStub(BaseHTTPRequestHandler):
+class BulkStub(JSONReplyHandler):
     """Answers ``POST /_bulk/{model}`` as a dispatcher would when every document is stored; keeps the bodies."""
 
     bodies: list[bytes]
@@ -177,15 +178,7 @@ class BulkStub(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.bodies.append(body)
-        reply = ujson.dumps({"results": [{"ok": doc["id"]} for doc in ujson.loads(body)["docs"]]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
+        self.reply(200, {"results": [{"ok": doc["id"]} for doc in ujson.loads(body)["docs"]]})
 
 
 @pytest.fixture

@@ -174,9 +174,10 @@ def test_a_new_shard_takes_its_share_while_writers_write(tmp_path: Path) -> None
         assert again.returncode == 0 and "nothing to move" in output, output
 
 
-def active_move(cluster: Cluster) -> dict[str, Any] | None:
-    """A move in progress as the new shard s2 records it (its ``peer`` is the source), if any."""
-    leader = leader_of(cluster, "s2")
+def move_being_copied(cluster: Cluster, target: str) -> dict[str, Any] | None:
+    """A move in progress into ``target`` as its leader records it (its ``peer`` is the source), once the
+    source froze the range and part of it was copied; ``None`` before."""
+    leader = leader_of(cluster, target)
     code, body = http("GET", f"{cluster.replica_url(leader)}/_shard/slots", timeout=2)
     if code != 200:
         return None
@@ -190,13 +191,13 @@ def test_moves_survive_sigkill_of_both_leaders_and_of_the_rebalancer(tmp_path: P
         mover = rebalance(cluster, "--max-docs", "100", log=tmp_path / "rebalance-1.log")
         try:
             for victim in ("source", "target"):
-                move = wait_for(lambda: active_move(cluster), 60, "a move copying documents", every=0.01)
+                move = wait_for(lambda: move_being_copied(cluster, "s2"), 60, "a move copying documents", every=0.01)
                 shard = move["peer"] if victim == "source" else "s2"
                 killed = leader_of(cluster, shard)
                 cluster.kill(killed)
                 leader_of(cluster, shard, other_than=killed)
                 cluster.restart(killed)
-            wait_for(lambda: active_move(cluster), 60, "a move copying documents", every=0.01)
+            wait_for(lambda: move_being_copied(cluster, "s2"), 60, "a move copying documents", every=0.01)
             os.kill(mover.pid, signal.SIGKILL)
             mover.wait(10)
         finally:

@@ -23,7 +23,7 @@ from node.shard_map import ShardMap, slot_of
 from node.shard_service import ShardService
 from query import WriteView, mutation
 from query.app import App, load_app
-from tests.harness import Cluster, http
+from tests.harness import Cluster, http, running
 
 PEOPLE = load_app("examples.people")
 
@@ -227,14 +227,8 @@ def test_commands_for_every_shard_are_proposed_as_sent(command: dict[str, Any]) 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    started = Cluster(tmp_path_factory.mktemp("replica-checks"), shards=2, replicas=1)
-    try:
-        yield started.start()
-    except BaseException:
-        print(started.logs())
-        raise
-    finally:
-        started.close()
+    with running(Cluster(tmp_path_factory.mktemp("replica-checks"), shards=2, replicas=1)) as started:
+        yield started
 
 
 def stored_on(cluster: Cluster, replica_id: str, uid: int) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from node.routes import dispatcher_routes
 from node.servers import dispatcher
 from query.app import App, load_app
 from query.schema import export_text, jsdoc, json_schemas, openapi_document, typescript
+from tests.harness import JSONReplyHandler
 from tests.test_handlers import FakeShards, two_shard_config
 
 PEOPLE = load_app("examples.people")
@@ -556,7 +557,7 @@ class ScriptedServer(ThreadingHTTPServer):
         self._thread.join(timeout=10)
 
 
-class _ScriptedHandler(BaseHTTPRequestHandler):
+class _ScriptedHandler(JSONReplyHandler):
     server: ScriptedServer
 
     def do_GET(self) -> None:
@@ -575,16 +576,7 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
         if isinstance(answer, str):
             self.close_connection = True
             return
-        data = json.dumps(answer.body).encode()
-        self.send_response(answer.status)
-        for name, value in {"Content-Type": "application/json", **answer.headers}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: the test asserts on ``ScriptedServer.received``."""
+        self.reply(answer.status, answer.body, answer.headers)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from node.signing import (
     key_id,
     sign,
 )
-from tests.harness import Cluster, http, member_key
+from tests.harness import Cluster, JSONReplyHandler, http, member_key
 
 SECRET, OTHER_SECRET = new_secret(), new_secret()
 KEY = internal_key(SECRET)
@@ -260,7 +260,7 @@ class VerifyingServer(HTTPServer):
         return f"127.0.0.1:{self.server_address[1]}"
 
 
-class VerifyingHandler(BaseHTTPRequestHandler):
+class VerifyingHandler(JSONReplyHandler):
     server: VerifyingServer
 
     def do_GET(self) -> None:
@@ -277,15 +277,7 @@ class VerifyingHandler(BaseHTTPRequestHandler):
             status, reply = 200, {"ok": "verified"}
         except Unauthorized as exc:
             status, reply = 401, exc.to_json()
-        data = ujson.dumps(reply).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
+        self.reply(status, reply)
 
 
 @pytest.fixture
