@@ -313,6 +313,20 @@ class Cluster:
         _MEMBER_KEYS.update(dict.fromkeys(member_addresses(self.processes.config), internal_key(config.secret)))
         return replica_id
 
+    def docraft(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``docraft ARGS --config FILE`` run to its end as an operator runs it (killed past ``timeout``,
+        which raises): its exit code, output and errors."""
+        return subprocess.run(self._docraft_command(args), capture_output=True, text=True, timeout=timeout)
+
+    def docraft_process(self, *args: str, log: Path) -> subprocess.Popen[str]:
+        """``docraft ARGS --config FILE`` started as its own process, writing to ``log``, for a test to
+        interrupt; the test stops it."""
+        with open(log, "w") as out:
+            return subprocess.Popen(self._docraft_command(args), stdout=out, stderr=subprocess.STDOUT, text=True)
+
+    def _docraft_command(self, args: tuple[str, ...]) -> list[str]:
+        return [sys.executable, "-m", "node.cli", *args, "--config", str(self.processes.config.path)]
+
     def logs(self) -> str:
         parts = []
         for path in sorted((self.root / "logs").glob("*.log")):

@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -104,12 +102,6 @@ def extra_dispatcher(cluster: Cluster, text: str, dispatcher_id: str) -> Iterato
         processes.stop()
 
 
-def docraft(cluster: Cluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``docraft ARGS --config FILE`` run to completion, as an operator runs it."""
-    command = [sys.executable, "-m", "node.cli", *args, "--config", str(cluster.processes.config.path)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-
-
 def committed_epochs(output: str) -> list[int]:
     """The epoch column of each committed move in ``docraft rebalance``'s summary table."""
     return [int(line.split()[-2]) for line in output.splitlines() if line.endswith(" committed")]
@@ -143,7 +135,7 @@ def test_dispatchers_and_replica_routers_follow_a_slot_move_within_a_second(tmp_
         code, body = cluster.post("/insert_user", {"id": uid, "first_name": "M", "last_name": "M", "country": "X"})
         assert code == 200 and served_by(body)["shard"] == "s0", body
 
-        moved = docraft(cluster, "rebalance", "--move", f"{first}-{last}", "--to", "s1")
+        moved = cluster.docraft("rebalance", "--move", f"{first}-{last}", "--to", "s1")
         returned = time.monotonic()
         assert moved.returncode == 0, moved.stdout + moved.stderr
         (epoch,) = committed_epochs(moved.stdout)
@@ -222,7 +214,7 @@ def test_dispatchers_follow_a_new_replica_and_its_leadership_within_a_second(tmp
             wait_for(lambda: shard_entry(cluster_report(reporter, config), "s0")["leader"], 30, "d1 answering")
             new = cluster.add_replica_entry("s0")
             cluster.restart(new)
-            added = docraft(cluster, "replica", "add", "--replica", new, "--timeout", "60", timeout=90)
+            added = cluster.docraft("replica", "add", "--replica", new, "--timeout", "60", timeout=90)
             added_at = time.monotonic()
             assert added.returncode == 0, added.stdout + added.stderr
 
@@ -268,9 +260,9 @@ def test_admin_cluster_shows_a_move_in_motion_with_its_progress(tmp_path: Path) 
         preload(cluster, users)
         moving = sum(1 for uid in range(1, users + 1) if S0_SLOTS[0] <= slot_of(uid) <= S0_SLOTS[1])
         slots = f"{S0_SLOTS[0]}-{S0_SLOTS[1]}"
-        command = [sys.executable, "-m", "node.cli", "rebalance", "--config", str(config.path)]
-        command += ["--move", slots, "--to", "s1", "--max-docs", str(users)]
-        mover = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        mover = cluster.docraft_process(
+            "rebalance", "--move", slots, "--to", "s1", "--max-docs", str(users), log=tmp_path / "mover.log"
+        )
         try:
 
             def copying() -> bool:
@@ -289,12 +281,13 @@ def test_admin_cluster_shows_a_move_in_motion_with_its_progress(tmp_path: Path) 
                 )
                 assert move["docs_total"] == moving and 0 < move["docs_copied"] <= moving, move
             os.kill(mover.pid, signal.SIGCONT)
-            output, _ = mover.communicate(timeout=120)
+            mover.wait(120)
         finally:
             if mover.poll() is None:
                 os.kill(mover.pid, signal.SIGCONT)
                 mover.kill()
                 mover.wait()
+        output = (tmp_path / "mover.log").read_text()
         assert mover.returncode == 0, output
         (epoch,) = committed_epochs(output)
         report = cluster_report(cluster.url, config)

@@ -17,7 +17,6 @@ from tests.test_rebalance_cluster import (
     PRELOAD_COUNTRY,
     move_being_copied,
     preload,
-    rebalance,
     scatter_ids,
     slot_reports,
 )
@@ -33,7 +32,9 @@ def test_a_move_whose_rebalancer_died_is_finished_by_the_dispatcher(tmp_path: Pa
     with running(cluster):
         preload(cluster, USERS)
         spans = f"{MOVED[0]}-{MOVED[1]}"
-        mover = rebalance(cluster, "--move", spans, "--to", "s1", "--max-docs", str(USERS), log=tmp_path / "mover.log")
+        mover = cluster.docraft_process(
+            "rebalance", "--move", spans, "--to", "s1", "--max-docs", str(USERS), log=tmp_path / "mover.log"
+        )
         try:
             wait_for(lambda: move_being_copied(cluster, "s1"), 60, "the move copying documents", every=0.01)
             os.kill(mover.pid, signal.SIGKILL)

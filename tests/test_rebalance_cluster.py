@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -105,15 +103,6 @@ def assert_balanced_and_each_document_once(cluster: Cluster, documents: int) -> 
     assert total == documents
 
 
-def rebalance(cluster: Cluster, *args: str, log: Path | None = None) -> subprocess.Popen[str]:
-    """Start ``docraft rebalance --config FILE ARGS`` as its own process (output to ``log``, or piped)."""
-    command = [sys.executable, "-m", "node.cli", "rebalance", "--config", str(cluster.processes.config.path), *args]
-    if log is None:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with open(log, "w") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, text=True)
-
-
 class ScatterWatch:
     """Scatter queries in a loop while a move runs: each pass must see the preloaded users exactly once, and at
     least every writer's user acknowledged before the pass began. ``problems`` lists the passes that did not."""
@@ -153,8 +142,8 @@ def test_a_new_shard_takes_its_share_while_writers_write(tmp_path: Path) -> None
         with Writers(cluster.url, count=6, retry=True) as writers:
             writers.wait_for_more(30, 30)
             with ScatterWatch(cluster, writers, 3000) as watch:
-                mover = rebalance(cluster)
-                output, _ = mover.communicate(timeout=240)
+                mover = cluster.docraft("rebalance", timeout=240)
+                output = mover.stdout + mover.stderr
                 assert mover.returncode == 0, output
                 wait_for(lambda: watch.passes >= 2, 60, "two scatter passes during and after the move")
             writers.wait_for_more(30, 30)  # the routers follow the new map: writes still land
@@ -169,9 +158,8 @@ def test_a_new_shard_takes_its_share_while_writers_write(tmp_path: Path) -> None
             code, body = cluster.get("/get_user", id=uid)
             assert code == 200 and [item["id"] for item in body["items"]] == [uid], body
         assert_balanced_and_each_document_once(cluster, 3000 + len(written))
-        again = rebalance(cluster)
-        output, _ = again.communicate(timeout=60)
-        assert again.returncode == 0 and "nothing to move" in output, output
+        again = cluster.docraft("rebalance", timeout=60)
+        assert again.returncode == 0 and "nothing to move" in again.stdout, again.stdout + again.stderr
 
 
 def move_being_copied(cluster: Cluster, target: str) -> dict[str, Any] | None:
@@ -188,7 +176,7 @@ def test_moves_survive_sigkill_of_both_leaders_and_of_the_rebalancer(tmp_path: P
     with running(Cluster(tmp_path, shards=2, replicas=3)) as cluster:
         preload(cluster, 4000)
         cluster.add_shard("s2")
-        mover = rebalance(cluster, "--max-docs", "100", log=tmp_path / "rebalance-1.log")
+        mover = cluster.docraft_process("rebalance", "--max-docs", "100", log=tmp_path / "rebalance-1.log")
         try:
             for victim in ("source", "target"):
                 move = wait_for(lambda: move_being_copied(cluster, "s2"), 60, "a move copying documents", every=0.01)
@@ -205,8 +193,8 @@ def test_moves_survive_sigkill_of_both_leaders_and_of_the_rebalancer(tmp_path: P
                 mover.kill()
                 mover.wait()
         interrupted = pending_moves(slot_reports(cluster))
-        again = rebalance(cluster)
-        output, _ = again.communicate(timeout=240)
+        again = cluster.docraft("rebalance", timeout=240)
+        output = again.stdout + again.stderr
         assert again.returncode == 0, output + (tmp_path / "rebalance-1.log").read_text()
         for unfinished in interrupted:
             assert unfinished.id in output, f"{unfinished.describe()} was not resumed:\n{output}"
@@ -216,13 +204,11 @@ def test_moves_survive_sigkill_of_both_leaders_and_of_the_rebalancer(tmp_path: P
 
 def test_dry_runs_plan_without_moving_and_unknown_shards_are_refused(tmp_path: Path) -> None:
     with running(Cluster(tmp_path, shards=2, replicas=3)) as cluster:
-        dry = rebalance(cluster, "--dry-run")
-        output, _ = dry.communicate(timeout=60)
-        assert dry.returncode == 0 and "nothing to move" in output, output
-        command = [sys.executable, "-m", "node.cli", "shard", "drain", "--config", str(cluster.processes.config.path)]
-        drain = subprocess.run([*command, "--shard", "s1", "--dry-run"], capture_output=True, text=True, timeout=60)
+        dry = cluster.docraft("rebalance", "--dry-run", timeout=60)
+        assert dry.returncode == 0 and "nothing to move" in dry.stdout, dry.stdout + dry.stderr
+        drain = cluster.docraft("shard", "drain", "--shard", "s1", "--dry-run", timeout=60)
         assert drain.returncode == 0 and "slots 8192-16383 (8192) s1 -> s0" in drain.stdout, drain
         assert_balanced_and_each_document_once(cluster, 0)  # the dry run moved nothing
-        refused = rebalance(cluster, "--move", "1-10", "--to", "s9")
-        output, _ = refused.communicate(timeout=60)
+        refused = cluster.docraft("rebalance", "--move", "1-10", "--to", "s9", timeout=60)
+        output = refused.stdout + refused.stderr
         assert refused.returncode == 2 and "no shard 's9'" in output, output
