@@ -14,7 +14,11 @@ run with a script from ``bench/wrk/``: writes of new users (docraft
 gateway on one member), reads of sample users by key at each consistency
 level (docraft stale, leader, linearizable; etcd serializable and
 linearizable range), docraft's scatter query (``get_user?country=...&limit=10``),
-and writes and key reads on one connection for latency. Around each phase the
+and writes and key reads on one connection for latency. docraft's key writes
+and leader key reads are also measured as a client that routes by itself
+sends them (``bench.direct``): straight to the leader of the key's group,
+one ``wrk`` per leader, the connections split between them (the dispatcher
+path stays the headline). Around each phase the
 CPU time (user + system, from ``/proc``) of every process of the system under
 test is read, so each phase reports CPU milliseconds per operation and the
 system (kernel) share; the cores each system uses idle, before its first phase,
@@ -28,18 +32,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import itertools
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ujson
 
+from bench import direct
 from bench.etcd_cluster import EtcdCluster
 from bench.proc_cpu import CpuTimes, cpu_times, machine_busy_s, spent
 from bench.up_cluster import APP, UpCluster, stop_clusters_on_sigterm
@@ -48,7 +55,13 @@ from query.app import load_app
 
 SYSTEMS = ("docraft", "etcd")
 IDLE_SECONDS = 2.0
-FIRST_IDS = {"write": 1_000_000_000, "write_1c": 2_000_000_000}  # new ids per write phase, beyond the sample's
+# New ids per write phase, beyond the sample's.
+FIRST_IDS = {
+    "write": 1_000_000_000,
+    "write_1c": 2_000_000_000,
+    "write_direct": 3_000_000_000,
+    "write_1c_direct": 4_000_000_000,
+}
 
 
 @dataclass(frozen=True)
@@ -121,8 +134,23 @@ def rows_for(connections: int) -> list[Row]:
         Row("write p99 ms, 1 connection", "write_1c", "write_1c", "p99_ms"),
         Row("key read p50 ms, 1 conn., leader | serializable", "read_1c", "read_1c", "p50_ms"),
         Row("key read p99 ms, 1 conn., leader | serializable", "read_1c", "read_1c", "p99_ms"),
+        Row(f"writes/s, {n} conn., client routes itself", "write_direct", "write", "ops_per_s"),
+        Row(
+            f"key reads/s, {n} conn., leader, client routes itself | serializable",
+            "read_leader_direct",
+            "read_serializable",
+            "ops_per_s",
+        ),
+        Row("write p50 ms, 1 conn., client routes itself", "write_1c_direct", "write_1c", "p50_ms"),
+        Row(
+            "key read p50 ms, 1 conn., leader, client routes itself | serializable",
+            "read_1c_direct",
+            "read_1c",
+            "p50_ms",
+        ),
         Row(f"CPU ms per write, all processes, {n} conn.", "write", "write", "cpu_ms_per_op"),
         Row("  system-time share of it", "write", "write", "system_share"),
+        Row(f"CPU ms per write, {n} conn., client routes itself", "write_direct", "write", "cpu_ms_per_op"),
         Row(
             f"CPU ms per key read, {n} conn., leader | serializable",
             "read_leader",
@@ -210,23 +238,52 @@ def format_table(lines: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def measure(
-    script: str, url: str, authorization: str, pids: list[int], phase: Phase, args: argparse.Namespace
-) -> Measured:
-    """Run ``phase`` against ``url``, reading the CPU times of ``pids`` (and their children) around it."""
-    connections = 1 if phase.single else args.connections
+def measure(system: str, name: str, pids: list[int], run: Callable[[], LoadResult]) -> Measured:
+    """Run the load ``run`` of ``system``'s phase ``name``, reading the CPU times of ``pids`` (and their
+    children) around it."""
     cpu_before, busy_before = cpu_times(pids), machine_busy_s()
-    load = run_wrk(script, url, connections, args.duration, phase.script_args, authorization)
+    load = run()
     measured = Measured(load, spent(cpu_before, cpu_times(pids)), machine_busy_s() - busy_before)
     facts = measured.as_json()
     print(
-        f"  {script} {phase.name:<18} {facts['ops_per_s']:>9,.0f} ops/s  p50 {load.p50_ms:7.2f} ms  "
+        f"  {system} {name:<18} {facts['ops_per_s']:>9,.0f} ops/s  p50 {load.p50_ms:7.2f} ms  "
         f"p99 {load.p99_ms:7.2f} ms  errors {load.error_count}  CPU {facts['cpu_ms_per_op']} ms/op "
         f"(system {facts['system_share']:.0%}, {facts['cores_used']} cores; "
         f"machine busy {facts['machine_busy_cores']} cores)",
         flush=True,
     )
     return measured
+
+
+def measure_phase(
+    script: str, url: str, authorization: str, pids: list[int], phase: Phase, args: argparse.Namespace
+) -> Measured:
+    """Run ``phase`` against ``url`` with ``script`` (``measure``)."""
+    connections = 1 if phase.single else args.connections
+    run = functools.partial(run_wrk, script, url, connections, args.duration, phase.script_args, authorization)
+    return measure(script, phase.name, pids, run)
+
+
+def direct_loads(
+    routes: list[direct.Route], users: list[dict[str, Any]], keys_dir: Path, args: argparse.Namespace
+) -> dict[str, list[tuple[str, int, tuple[str, ...]]]]:
+    """The phases of a client that routes by itself (``bench.direct``): each a ``(leader url, connections,
+    script args)`` per leader it loads; the one-connection phases load the first group's leader alone."""
+    ids = [user["id"] for user in users]
+    write_ids = int(direct.WRITE_IDS_PER_SECOND * args.duration) + 1_000
+    loads: dict[str, list[tuple[str, int, tuple[str, ...]]]] = {"write_direct": [], "read_leader_direct": []}
+    for route, connections in zip(routes, direct.split(args.connections, len(routes)), strict=True):
+        new = direct.owned(route, itertools.count(FIRST_IDS["write_direct"]), write_ids)
+        writes = direct.write_keys(keys_dir / f"write-{route.shard}.txt", new)
+        reads = direct.write_keys(keys_dir / f"read-{route.shard}.txt", direct.owned(route, ids))
+        loads["write_direct"].append((route.url, connections, direct.insert_args(writes, connections)))
+        loads["read_leader_direct"].append((route.url, connections, direct.get_args("leader", reads)))
+    first = routes[0]
+    new = direct.owned(first, itertools.count(FIRST_IDS["write_1c_direct"]), write_ids)
+    writes = direct.write_keys(keys_dir / "write-1c.txt", new)
+    loads["write_1c_direct"] = [(first.url, 1, direct.insert_args(writes, 1))]
+    loads["read_1c_direct"] = [(first.url, 1, direct.get_args("leader", keys_dir / f"read-{first.shard}.txt"))]
+    return loads
 
 
 def idle_cores(pids: list[int], seconds: float) -> float:
@@ -255,7 +312,15 @@ def run_docraft(root: Path, users: list[dict[str, Any]], args: argparse.Namespac
         print(f"  docraft idle: {idle:.2f} cores", flush=True)
         auth = f"Bearer {cluster.token}"
         phases = docraft_phases(min(ids), max(ids), countries)
-        return {p.name: measure("docraft", cluster.url, auth, cluster.pids, p, args) for p in phases}, idle
+        results = {p.name: measure_phase("docraft", cluster.url, auth, cluster.pids, p, args) for p in phases}
+        routes = direct.routes(cluster.processes.config, cluster.processes.wait_ready())
+        print(f"  client routes itself: {', '.join(f'{r.shard} -> {r.url}' for r in routes)}", flush=True)
+        keys_dir = root / "direct-keys"
+        keys_dir.mkdir(exist_ok=True)
+        for name, loads in direct_loads(routes, users, keys_dir, args).items():
+            run = functools.partial(direct.run_routes, loads, args.duration, auth)
+            results[name] = measure("docraft", name, cluster.pids, run)
+        return results, idle
     finally:
         cluster.close()
 
@@ -276,7 +341,7 @@ def run_etcd(
         print(f"etcd: {cluster.url} ({role} of 3 members), {len(users)} sample users, auth on")
         print(f"  etcd idle: {idle:.2f} cores", flush=True)
         phases = etcd_phases(min(ids), max(ids))
-        return {p.name: measure("etcd", cluster.url, token, cluster.pids, p, args) for p in phases}, idle, leader
+        return {p.name: measure_phase("etcd", cluster.url, token, cluster.pids, p, args) for p in phases}, idle, leader
     finally:
         cluster.close()
 

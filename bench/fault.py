@@ -46,9 +46,10 @@ report) and each healed replica's catch-up time (``bench.timings``), and
 prints them per kind with their targets; those fail the run only with
 ``--targets``.
 
-Writes a JSON report and a PNG timeline (matplotlib), removes its run
-directory (cluster file, data, logs) when everything passed unless
-``--keep`` is given, and exits 1 if any check fails. With a partition
+Writes a JSON report (its seconds rounded to milliseconds) and a PNG
+timeline (matplotlib), removes its run directory (cluster file, data, logs)
+at the end, passed or failed, unless ``--keep`` is given, and exits 1 if
+any check fails. With a partition
 nemesis each replica gets its own network namespace and address and links
 are cut with iptables; that needs root, and without it the partition
 nemeses are skipped with a message saying so.
@@ -65,7 +66,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ import ujson
 from tornado.httpclient import AsyncHTTPClient
 
 from bench.counters import Increment, check_counters, send
-from bench.fault_report import plot, summary
+from bench.fault_report import plot, rounded, summary
 from bench.linearizability import Op, check_history, lost_writes
 from bench.nemesis import (
     NEMESES,
@@ -455,7 +456,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--targets", action="store_true", help="fail the run when a failover or catch-up target is missed"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the run directory (data, logs) even on success")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory (cluster file, data, logs)")
     parser.add_argument("--report", default="fault-report.json", help="JSON report; the PNG goes beside it")
     args = parser.parse_args(argv)
     if args.nemesis is None:
@@ -485,7 +486,25 @@ def main(argv: list[str] | None = None) -> int:
         args.nemesis = [k for k in args.nemesis if k not in PARTITIONS]
         if not args.nemesis:
             return 1
+    with run_directory(args.keep) as root:
+        return run_in(root, args, run)
+
+
+@contextlib.contextmanager
+def run_directory(keep: bool) -> Iterator[Path]:
+    """A new run directory (cluster file, data, logs), removed when the run ends, however it ends, unless ``keep``."""
     root = Path(tempfile.mkdtemp(prefix="docraft-fault-"))
+    try:
+        yield root
+    finally:
+        if keep:
+            print(f"run directory (cluster file, data, logs) kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_in(root: Path, args: argparse.Namespace, run: Run) -> int:
+    """Run the benchmark with its cluster in ``root``; the exit code (0 when every check passed)."""
     try:
         harness = Harness(
             root,
@@ -509,13 +528,10 @@ def main(argv: list[str] | None = None) -> int:
         harness.close()
     report_path = Path(args.report)
     report_path.parent.mkdir(parents=True, exist_ok=True)
+    report = rounded(report)
     report_path.write_text(ujson.dumps(report, indent=2))
     plot(report["throughput_per_second"], faults, report_path.with_suffix(".png"))
     print(summary(report, report_path))
-    if report["passed"] and not args.keep:
-        shutil.rmtree(root, ignore_errors=True)
-    else:
-        print(f"run directory (cluster file, data, logs) kept in {root}")
     return 0 if report["passed"] else 1
 
 

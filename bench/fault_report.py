@@ -189,3 +189,14 @@ def summary(report: dict[str, Any], path: Path) -> str:
         f"{'PASS' if report['passed'] else 'FAIL'}; report {path} and {path.with_suffix('.png')}",
     ]
     return "\n".join(lines)
+
+
+def rounded(value: Any, digits: int = 3) -> Any:
+    """``value`` (a report, or any JSON value) with every float rounded to ``digits`` places (milliseconds)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {key: rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(item, digits) for item in value]
+    return value

@@ -6,6 +6,9 @@ checked at start; see ``check_pysyncobj``):
 
 - **Journal** (``consensus.journal``): atomic compaction, a record of the last
   acknowledged index, fsync on request.
+- **Snapshots** of a custom ``serializer`` (``Replica``'s JSON) are written by a
+  forked child (``consensus.snapshots``): PySyncObj wrote them on its own
+  thread, which then sent and answered no heartbeat until it was done.
 - **Faults.** A member that restarted with a log ending below what it had
   acknowledged (``entries_lost``) neither votes nor stands for election until
   its leader has sent it that far again; one whose snapshot failed to load
@@ -53,6 +56,13 @@ checked at start; see ``check_pysyncobj``):
   now drops a pending connection attempt, and a link to the leader or (on the
   leader) to a follower, that has been silent for ``connection_timeout``; the
   transport reconnects at once.
+- **One append per tick, sent at once.** PySyncObj's unbatched mode sends an
+  append to every follower for each new entry and again after each apply (only
+  to carry the commit index); its batched mode sends only on the heartbeat, so a
+  lone write waited for it (FACTS.md: 77 ms). docraft runs the batched mode,
+  wakes the Raft thread once per proposal and, at the end of the tick that
+  appended entries, sends them in one append per follower; followers learn the
+  commit index from the next append or heartbeat.
 
 Threads: everything here runs on PySyncObj's thread, except ``lease_valid``,
 ``membership_change_pending``, ``progress`` (any thread: they read values the
@@ -75,10 +85,12 @@ from typing import Any
 
 import pysyncobj.syncobj
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
+from pysyncobj.pipe_notifier import PipeNotifier
 from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.version import VERSION as PYSYNCOBJ_VERSION
 
 from consensus.journal import DocraftJournal
+from consensus.snapshots import ForkingSerializer
 
 log = logging.getLogger("docraft.raft")
 
@@ -93,6 +105,8 @@ HOOKS = {
         "_SyncObj__changeCluster",
         "_SyncObj__doChangeCluster",
         "_SyncObj__doApplyCommand",
+        "_SyncObj__sendAppendEntries",
+        "_applyCommand",
     ),
     "SyncObj instance": (
         "_SyncObj__raftLog",
@@ -103,8 +117,10 @@ HOOKS = {
         "_SyncObj__raftElectionDeadline",
         "_SyncObj__raftCurrentTerm",
         "_SyncObj__transport",
+        "_SyncObj__serializer",
+        "_poller",
     ),
-    "pysyncobj.syncobj": ("createJournal",),
+    "pysyncobj.syncobj": ("createJournal", "Serializer"),
     "FileJournal instance": ("_FileJournal__meta", "_FileJournal__metaSaved", "_FileJournal__journalFile"),
     "TCPTransport instance": ("_connections", "send"),
 }
@@ -112,8 +128,8 @@ _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
 _MEMBERSHIP_ENTRY = b"\x02"  # the first byte of a PySyncObj membership entry (_COMMAND_TYPE.MEMBERSHIP)
 # PySyncObj's utility messages that would change the group without docraft's checks.
 _UTILITY_CHANGES = ("add", "remove", "transfer")
-# PySyncObj creates its journal through a module-level name; it is swapped for
-# DocraftJournal while a member is constructed, under this lock.
+# PySyncObj creates its journal and its snapshot serializer through module-level names; they are
+# swapped for DocraftJournal and ForkingSerializer while a member is constructed, under this lock.
 _JOURNAL_FACTORY = threading.Lock()
 # A member that stands out of elections keeps its election deadline this far ahead.
 _NO_ELECTION = 3600.0
@@ -250,11 +266,14 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         self._lease_acks: dict[Any, float] = {}  # follower -> newest acknowledged send time, this term
         self._reset_floor: dict[Any, int] = {}  # follower -> lowest next index a reset asked for since a success
         self._lease_expiry = 0.0
+        self._wake: PipeNotifier | None = None  # wakes the Raft thread for a proposal; made on that thread
+        self._appended: tuple[int, int] = (-1, -1)  # (term, last log index) of the newest appends sent
         conf = SyncObjConf(
             password=password,
             # PySyncObj binds 0.0.0.0 (every interface) when no bindAddress is given.
             bindAddress=bind_address or raft_address,
-            appendEntriesUseBatch=False,
+            # Batched: appends leave once per tick (_send_new_entries), not once per entry and per apply.
+            appendEntriesUseBatch=True,
             raftMinTimeout=timings.election_min,
             raftMaxTimeout=timings.election_max,
             appendEntriesPeriod=timings.heartbeat,
@@ -272,12 +291,14 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             **conf_options,
         )
         with _JOURNAL_FACTORY:
-            create_journal = pysyncobj.syncobj.createJournal
+            create_journal, serializer = pysyncobj.syncobj.createJournal, pysyncobj.syncobj.Serializer
             pysyncobj.syncobj.createJournal = functools.partial(DocraftJournal, fsync=timings.fsync)
+            if conf.serializer is not None:
+                pysyncobj.syncobj.Serializer = functools.partial(ForkingSerializer, on_written=self._note_snapshot)
             try:
                 super().__init__(None if mode == "learner" else raft_address, peers, conf)
             finally:
-                pysyncobj.syncobj.createJournal = create_journal
+                pysyncobj.syncobj.createJournal, pysyncobj.syncobj.Serializer = create_journal, serializer
         self.journal: DocraftJournal = self._SyncObj__raftLog
         self._repair_marker = Path(self.journal.path).parent / REPAIR_MARKER
         transport = self._SyncObj__transport
@@ -292,6 +313,7 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         transport.send = self._send
         for name in _UTILITY_CHANGES:
             transport.setOnUtilityMessageCallback(name, _refuse_utility)
+        self._raft_calls.put(self._subscribe_wake)
         self.addOnTickCallback(self._on_tick)
 
     # -- the lease ------------------------------------------------------------
@@ -380,6 +402,28 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         Subclasses record the new configuration here; this one does nothing.
         """
 
+    # -- snapshots ----------------------------------------------------------------
+
+    def _note_snapshot(self, index: int, seconds: float) -> None:
+        log.info("replica %s: snapshot at index %d written in %.2fs", self.raft_address, index, seconds)
+        self.on_snapshot_written(index, seconds)
+
+    def on_snapshot_written(self, index: int, seconds: float) -> None:
+        """Raft thread: the snapshot file covering log index ``index`` is in place, ``seconds`` after its
+        writer (a forked child: ``consensus.snapshots``) started. Subclasses note it; this one does nothing."""
+
+    def snapshot_writing(self) -> bool:
+        """Whether a forked child is writing a snapshot now. Any thread."""
+        serializer = self._SyncObj__serializer
+        return isinstance(serializer, ForkingSerializer) and serializer.writing
+
+    def _doDestroy(self) -> None:  # noqa: N802 - PySyncObj's name
+        """Raft thread, stopping: no snapshot writer outlives the member (a repair may discard its files next)."""
+        serializer = self._SyncObj__serializer
+        if isinstance(serializer, ForkingSerializer):
+            serializer.abandon()
+        super()._doDestroy()
+
     def _SyncObj__doApplyCommand(self, command: bytes) -> Any:  # noqa: N802
         """Raft thread, applying a committed entry: membership entries took effect when appended.
 
@@ -440,6 +484,28 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         if self.mode == "voter" and not self.removed:
             others.add(self.raft_address)
         return sorted(others)
+
+    # -- proposals and appends ----------------------------------------------------
+
+    def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None:  # noqa: N802, N803
+        """PySyncObj's proposal entry point (any thread): queue the command, then wake the Raft thread so
+        its tick appends it now rather than at the next heartbeat."""
+        SyncObj._applyCommand(self, command, callback, commandType)
+        wake = self._wake
+        if wake is not None:
+            wake.notify()
+
+    def _subscribe_wake(self) -> None:
+        """Raft thread (the poller is not safe to change from another): make the pipe proposals wake it by."""
+        self._wake = PipeNotifier(self._poller)
+
+    def _send_new_entries(self) -> None:
+        """Raft thread, leader, after the tick appended its queued proposals: send what the followers have
+        not been sent, in one append each (PySyncObj's batched mode would wait for the heartbeat)."""
+        appended = (self._SyncObj__raftCurrentTerm, self.journal.last_index)
+        if appended != self._appended:
+            self._appended = appended
+            self._SyncObj__sendAppendEntries()
 
     # -- messages in and out ----------------------------------------------------
 
@@ -593,6 +659,8 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         self.journal.sync()
         while not self._raft_calls.empty():
             self._raft_calls.get()()
+        if self._isLeader():
+            self._send_new_entries()
         if not self._startup_checked:
             self._startup_checked = True
             self._check_acknowledged_entries()

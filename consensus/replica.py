@@ -13,8 +13,8 @@ half-applied command. Nothing here blocks the loop.
 Files in the data directory: ``raft.journal`` (the log, an mmap, see
 ``consensus.journal``), ``raft.journal.meta`` (term and vote),
 ``raft.journal.acked`` (the last index this replica acknowledged),
-``snapshot.json`` (our JSON snapshot, written by PySyncObj's log compaction
-through the ``serializer`` hook) and ``raft.members`` (its mode and the
+``snapshot.json`` (our JSON snapshot, written at PySyncObj's log compaction
+by a forked child through the ``serializer`` hook: ``consensus.snapshots``) and ``raft.members`` (its mode and the
 group's voters as its log last said: ``consensus.members``, rewritten on
 every change, before the member acknowledges it). With ``fsync`` on, each is flushed to disk
 before the replica acknowledges what it holds.
@@ -42,6 +42,7 @@ from pysyncobj.node import TCPNode
 
 from consensus.members import Membership, write_membership
 from consensus.raft_member import RaftMember, RaftTimings, ReplicaFault, truncations
+from consensus.raft_stats import RaftStats
 from consensus.state_machine import Result, StateMachine
 from models.errors import DocraftError, MembershipRefused, NoLeader, NotLeader, OutcomeUnknown, ReplicaFaulted
 
@@ -49,6 +50,7 @@ log = logging.getLogger("docraft.replica")
 
 JOURNAL_FILE = "raft.journal"
 SNAPSHOT_FILE = "snapshot.json"
+_SNAPSHOT_POLL = 0.1  # seconds snapshot_now waits for a snapshot before asking again
 
 
 class Replica(RaftMember):
@@ -83,6 +85,8 @@ class Replica(RaftMember):
         # The log index the newest snapshot.json covers, and a signal when one is written.
         self._snapshot_index = 0
         self._snapshot_written = threading.Event()
+        # Leader changes seen and snapshot durations, for the process's metrics (node.collectors).
+        self.stats = RaftStats()
         # Writes proposed in the same event-loop turn, sent as one Raft entry (group commit).
         self._pending: list[tuple[dict[str, Any], asyncio.Future[Result]]] = []
         # Every future handed out by submit and not settled yet (loop thread only).
@@ -107,6 +111,7 @@ class Replica(RaftMember):
             deserializer=self._read_snapshot,
         )
         self.addOnTickCallback(self._record_membership)
+        self.addOnTickCallback(self._watch_leader)
 
     # -- the one replicated entry point --------------------------------------
 
@@ -223,18 +228,19 @@ class Replica(RaftMember):
         """Write ``snapshot.json`` covering everything applied so far; False if it did not happen in time.
 
         Called before a graceful stop, so a restart loads this state instead of
-        replaying the log, possibly under newer app code. Blocks the caller,
-        never the Raft thread.
+        replaying the log, possibly under newer app code. Waits up to ``timeout``
+        seconds, and past it for as long as a child is still writing a snapshot
+        (its time grows with the state: a large one is not cut off for taking
+        long). Blocks the caller, never the Raft thread.
         """
         target = self.raftLastApplied
         deadline = time.monotonic() + timeout
         while self._snapshot_index < target:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= deadline and not self.snapshot_writing():
                 return False
             self._snapshot_written.clear()
-            self.forceLogCompaction()
-            self._snapshot_written.wait(min(remaining, 0.5))
+            self.forceLogCompaction()  # PySyncObj starts it once the snapshot being written, if any, is done
+            self._snapshot_written.wait(_SNAPSHOT_POLL)
         return True
 
     # -- membership -----------------------------------------------------------
@@ -302,6 +308,11 @@ class Replica(RaftMember):
         self.journal.sync()
         self._record_membership()
 
+    def _watch_leader(self) -> None:
+        """Raft thread, each tick: count a change of the leader this member knows (``stats``)."""
+        leader = self._getLeader()
+        self.stats.saw_leader(None if leader is None else leader.address)
+
     def _record_membership(self) -> None:
         """Raft thread, each tick and on every change: rewrite ``raft.members`` when the mode or the
         voters changed."""
@@ -342,12 +353,16 @@ class Replica(RaftMember):
     # -- snapshots through PySyncObj's serializer hooks -----------------------
 
     def _write_snapshot(self, path: str, raft_data: tuple[Any, Any, Any]) -> None:
-        """Raft thread, during log compaction: the state plus PySyncObj's log anchors."""
+        """Write the state plus PySyncObj's log anchors to ``path``.
+
+        Runs in the child ``consensus.snapshots`` forks at log compaction, alone in
+        its copy of the process: it takes no lock (the one it would take may be held
+        by a thread that does not exist there) and records nothing (the parent does,
+        in ``on_snapshot_written``).
+        """
         last, previous, cluster = raft_data
-        with self._lock:
-            state = self.state_machine.snapshot()
         document = {
-            "state": state,
+            "state": self.state_machine.snapshot(),
             "raft": {
                 "last": _entry_to_json(last),
                 "previous": _entry_to_json(previous),
@@ -359,8 +374,11 @@ class Replica(RaftMember):
             ujson.dump(document, out, escape_forward_slashes=False)
             if self.journal.fsync:
                 out.flush()
-                os.fsync(out.fileno())  # PySyncObj renames it into place; the journal syncs the directory
-        self._snapshot_index = last[1]
+                os.fsync(out.fileno())  # the parent renames it into place; the journal syncs the directory
+
+    def on_snapshot_written(self, index: int, seconds: float) -> None:
+        self._snapshot_index = index
+        self.stats.snapshot_took(seconds)
         self._snapshot_written.set()
 
     def _read_snapshot(self, path: str) -> tuple[Any, Any, Any]:
@@ -372,6 +390,7 @@ class Replica(RaftMember):
         ``DocraftJournal.trim_to_snapshot``). A snapshot that cannot be loaded
         sets the ``snapshot_unloadable`` fault before PySyncObj logs the error.
         """
+        started = time.monotonic()
         try:
             with open(path, encoding="utf-8") as source:
                 document = ujson.load(source)
@@ -391,6 +410,9 @@ class Replica(RaftMember):
             raise
         self.journal.trim_to_snapshot(previous, last)
         self._snapshot_index = last[1]
+        log.info(
+            "replica %s: snapshot at index %d loaded in %.2fs", self.raft_address, last[1], time.monotonic() - started
+        )
         return last, previous, cluster
 
 

@@ -265,6 +265,13 @@ class ShardUnavailable(DocraftError):
     code = "shard_unavailable"
 
 
+class NotReady(DocraftError):
+    """A process is not ready to serve (``GET /readyz``); ``details`` list its checks and which failed."""
+
+    status = 503
+    code = "not_ready"
+
+
 ERROR_CLASSES: dict[str, type[DocraftError]] = {
     cls.code: cls
     for cls in (
@@ -299,6 +306,7 @@ ERROR_CLASSES: dict[str, type[DocraftError]] = {
         MembershipRefused,
         ReplicaFaulted,
         ShardUnavailable,
+        NotReady,
     )
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any
 
 from models.errors import BadRequest, DocraftError, FingerprintRefused, MigrationRefused
@@ -112,16 +113,17 @@ class AdminOps:
     async def cluster_status(self) -> dict[str, Any]:
         """The cluster as ``GET /_admin/cluster`` reports it (see docs; ``docraft status`` prints it).
 
-        ``{"epoch", "shards": [{"id", "epoch", "slots", "slot_count", "documents", "leader", "replicas":
-        [{"id", "raft", "http", "role", "mode", "voter", "applied_index", "commit_index", "lag_entries",
-        "fault", ...status}]}], "moves": [...]}``. A replica that does not answer has role ``unreachable``;
+        ``{"epoch", "pid", "shards": [{"id", "epoch", "slots", "slot_count", "documents", "leader", "replicas":
+        [{"id", "raft", "http", "pid", "role", "mode", "voter", "applied_index", "commit_index", "lag_entries",
+        "fault", ...status}]}], "moves": [...]}``. A ``pid`` is the answering process's (so a launcher tells its
+        own processes from others on their ports). A replica that does not answer has role ``unreachable``;
         a group none of whose replicas answered has ``documents`` and ``epoch`` ``None``.
         """
         view = self.router.view
         with contextlib.suppress(TimeoutError):  # then report the view as it stands
             await asyncio.wait_for(view.refresh(), REFRESH_TIMEOUT)
         shards = await asyncio.gather(*(self._shard_status(shard) for shard in view.shards()))
-        return {"epoch": view.epoch, "shards": list(shards), "moves": moves(view.reports)}
+        return {"epoch": view.epoch, "pid": os.getpid(), "shards": list(shards), "moves": moves(view.reports)}
 
     async def _shard_status(self, shard: ShardConfig) -> dict[str, Any]:
         view, client = self.router.view, self.router.client

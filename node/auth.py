@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import tomllib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,13 +320,15 @@ def _by_hash(users: Iterable[User], roles: Mapping[str, Role]) -> dict[str, Prin
 class Gate:
     """Admits or refuses each request of a server; one per process, used on its event loop.
 
-    Every refusal, and every request to an admin route, goes to ``audit``.
+    Every refusal, and every request to an admin route, goes to ``audit``; refusals are also counted by
+    error code in ``refusals`` (for ``/metrics``).
     """
 
     def __init__(self, authenticator: Authenticator, verifier: Verifier, audit: AuditLog) -> None:
         self.authenticator = authenticator
         self.verifier = verifier
         self.audit = audit
+        self.refusals: Counter[str] = Counter({Unauthorized.code: 0, Forbidden.code: 0})
 
     def admit(
         self, need: Permission | Access, request: HTTPServerRequest, endpoint: str | None, now: float
@@ -346,6 +349,7 @@ class Gate:
             if isinstance(need, Permission) and not principal.may(need, endpoint):
                 raise _refusal(principal, need, endpoint)
         except (Unauthorized, Forbidden) as exc:
+            self.refusals[exc.code] += 1
             who = principal.name if principal is not None else _claimed(request)
             self.audit.record(
                 now, who, _what(request), request.remote_ip or "", exc.status, error=exc.code, reason=exc.message

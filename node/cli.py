@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
-import logging
 import socket
 import sys
 import time
 from pathlib import Path
 
+from models.errors import DocraftError
+from node import logs
 from node.certs import VALID_DAYS, make_certificates
 from node.config import ClusterConfig, ConfigError, load_config
+from node.listen_check import Listener, dispatcher_listeners, problems, replica_listeners
 from node.rebalance_plan import DEFAULT_MAX_DOCS
 from node.signing import internal_key
 from node.tls import TlsUnusable
@@ -30,13 +33,15 @@ def _app(module: str | None, fallback: str = DEFAULT_APP) -> App:
         raise SystemExit(f"docraft: cannot load app module {name!r}: {exc}") from None
 
 
-def _logging(name: str) -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)  # one line per request costs throughput
+def _logging(name: str, log_format: str, shard: str | None = None) -> None:
+    """Log to standard error as process ``name`` (a replica's id is also its ``replica`` field)."""
+    logs.configure(name, log_format, shard=shard, replica=name if shard is not None else None)
+
+
+def _can_listen(process: str, listeners: list[Listener]) -> None:
+    """Exit with one line naming the cluster-file entry whose address this host does not own."""
+    for problem in problems(listeners, only=(errno.EADDRNOTAVAIL,)):
+        raise SystemExit(f"docraft {process}: {problem}")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -44,14 +49,17 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     layout = Layout(shards=args.shards, replicas=args.replicas, port=args.port, raft_port=args.raft_port)
     extra = ("--unsafe-fault-injection",) if args.unsafe_fault_injection else ()
-    return up(Path(args.data_dir), _app(args.app), layout, not args.no_sample, extra, tls=args.tls)
+    app = _app(args.app)
+    return up(Path(args.data_dir), app, layout, not args.no_sample, extra, tls=args.tls, log_format=args.log_format)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
     from node.servers import run_replica
 
     config = load_config(Path(args.config))
-    _logging(args.replica)
+    replica = config.replica(args.replica)
+    _can_listen(f"node {replica.id}", replica_listeners(replica))
+    _logging(replica.id, args.log_format, replica.shard)
     run_replica(
         config,
         args.replica,
@@ -66,7 +74,9 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
     from node.servers import run_dispatcher
 
     config = load_config(Path(args.config))
-    _logging(args.id or "dispatcher")
+    me = config.dispatcher(args.id)
+    _can_listen(f"dispatcher {me.id}", dispatcher_listeners(me))
+    _logging(me.id, args.log_format)
     run_dispatcher(config, args.id, _app(args.app, config.app))
     return 0
 
@@ -76,9 +86,14 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     app = _app(args.app)
     try:
+        model = app.model(args.model)
+    except DocraftError as exc:
+        print(f"docraft load: {exc.message}", file=sys.stderr)
+        return 2
+    try:
         token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else None
         ca = Path(args.ca) if args.ca else None
-        report = load_csv(Path(args.file), app.model(args.model), args.url, args.batch_size, token=token, ca=ca)
+        report = load_csv(Path(args.file), model, args.url, args.batch_size, token=token, ca=ca)
     except OSError as exc:
         print(f"docraft load: {exc}", file=sys.stderr)
         return 2
@@ -142,6 +157,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     from node.admin import status
 
     return status(load_config(Path(args.config)), args.json)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from node.backup import backup
+
+    config = load_config(Path(args.config))
+    return backup(config, _app(args.app, config.app), Path(args.output), args.timeout)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from node.restore import restore
+
+    config = Path(args.config) if args.config else None
+    return restore(Path(args.archive), Path(args.data_dir), config, _app, args.app)
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -232,6 +261,15 @@ def _dispatcher_url(url: str | None, config: ClusterConfig | None) -> str:
     return config.dispatcher(None).http_url if config is not None else DEFAULT_URL
 
 
+def _log_format(command: argparse.ArgumentParser, whose: str = "") -> None:
+    command.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help=f"log lines{whose}: text, or one JSON object per line with request id, shard and replica",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
 
     top = argparse.ArgumentParser(prog="docraft", description="A sharded, Raft-replicated document database.")
@@ -240,18 +278,20 @@ def parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="run a local cluster with sample data until Ctrl-C")
     up.add_argument("--data-dir", default="./docraft-data", help="cluster file and replica data (reused)")
     up.add_argument("--app", help=f"app module (default {DEFAULT_APP})")
-    up.add_argument("--shards", type=int, default=2)
-    up.add_argument("--replicas", type=int, default=3)
+    up.add_argument("--shards", type=int, default=2, help="replica groups of a new cluster (default 2)")
+    up.add_argument("--replicas", type=int, default=3, help="replicas per group of a new cluster (default 3)")
     up.add_argument("--port", type=int, default=8000, help="dispatcher port; replicas use port+100 upward")
     up.add_argument("--raft-port", type=int, default=7100, help="first Raft port")
     up.add_argument("--no-sample", action="store_true", help="do not load the app's sample data")
     up.add_argument("--unsafe-fault-injection", action="store_true", help="replicas accept /_admin/fault/*")
     up.add_argument("--tls", action="store_true", help="serve HTTPS, with a CA and certificates in DATA_DIR/tls")
+    _log_format(up, " (and its processes')")
     up.set_defaults(run=cmd_up)
 
     node = commands.add_parser("node", help="run one replica process from a cluster file")
-    node.add_argument("--config", required=True)
+    node.add_argument("--config", required=True, help="the cluster file")
     node.add_argument("--replica", required=True, help="replica id in the cluster file")
+    _log_format(node)
     node.add_argument("--app", help="app module (default: the cluster file's)")
     node.add_argument(
         "--unsafe-fault-injection", action="store_true", help="accept POST /_admin/fault/corrupt (tests only)"
@@ -267,8 +307,8 @@ def parser() -> argparse.ArgumentParser:
     repair = commands.add_parser(
         "repair", help="take a replica out of its group, discard its state, add it back once it has copied the group's"
     )
-    repair.add_argument("--config", required=True)
-    repair.add_argument("--replica", required=True)
+    repair.add_argument("--config", required=True, help="the cluster file")
+    repair.add_argument("--replica", required=True, help="replica id in the cluster file")
     repair.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until its digest agrees")
     repair.set_defaults(run=cmd_repair)
 
@@ -287,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
     replica.set_defaults(run=cmd_replica)
 
     accept = commands.add_parser("accept-code", help="record the app code of --app as the cluster's (an upgrade)")
-    accept.add_argument("--config", required=True)
+    accept.add_argument("--config", required=True, help="the cluster file")
     accept.add_argument("--app", help="app module (default: the cluster file's)")
     accept.add_argument("--url", help="dispatcher URL (default: the cluster file's first dispatcher)")
     accept.set_defaults(run=cmd_accept_code)
@@ -306,23 +346,57 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print GET /_admin/cluster's JSON instead of tables")
     status.set_defaults(run=cmd_status)
 
+    backup = commands.add_parser(
+        "backup", help="copy every shard of a running cluster, each at one Raft index, into a .tar.gz"
+    )
+    backup.add_argument("--config", required=True, help="the cluster file")
+    backup.add_argument("-o", "--output", required=True, metavar="FILE", help="the archive to write (0600)")
+    backup.add_argument("--app", help="the cluster's app module (default: the cluster file's)")
+    backup.add_argument("--timeout", type=float, default=600.0, help="seconds the whole backup may take")
+    backup.set_defaults(run=cmd_backup)
+
+    restore = commands.add_parser("restore", help="make a new cluster's data directories from a backup")
+    restore.add_argument("archive", help="the archive docraft backup wrote")
+    restore.add_argument(
+        "--data-dir",
+        required=True,
+        help="the new cluster's directory: every replica's data directory must lie in it, empty",
+    )
+    restore.add_argument(
+        "--config",
+        help="the new cluster's file, listing the backup's shards (default: write DATA_DIR/cluster.toml with "
+        "the backup's shards and addresses, and a new secret)",
+    )
+    restore.add_argument(
+        "--app", help="app module (default: the cluster file's); it must be the code the backup was taken with"
+    )
+    restore.set_defaults(run=cmd_restore)
+
     dispatcher = commands.add_parser("dispatcher", help="run one dispatcher process from a cluster file")
-    dispatcher.add_argument("--config", required=True)
+    dispatcher.add_argument("--config", required=True, help="the cluster file")
+    _log_format(dispatcher)
     dispatcher.add_argument("--id", help="dispatcher id in the cluster file (default: the first)")
     dispatcher.add_argument("--app", help="app module (default: the cluster file's)")
     dispatcher.set_defaults(run=cmd_dispatcher)
 
     load = commands.add_parser("load", help="stream a CSV file into a running cluster")
     load.add_argument("file")
-    load.add_argument("--model", required=True)
-    load.add_argument("--url", default=DEFAULT_URL, help="a dispatcher or replica URL")
+    load.add_argument("--model", required=True, help="the app's model the rows are documents of")
+    load.add_argument("--url", default=DEFAULT_URL, help=f"a dispatcher or replica URL (default {DEFAULT_URL})")
     load.add_argument("--app", help=f"app module (default {DEFAULT_APP})")
-    load.add_argument("--batch-size", type=int, default=200)
+    load.add_argument(
+        "--batch-size",
+        type=int,
+        default=1000,
+        help="rows per bulk request (default 1000; at most the cluster's [limits] bulk_documents)",
+    )
     load.add_argument("--token-file", help="send the token in this file (docraft-data/admin.token, say)")
     load.add_argument("--ca", help="with an https URL: the cluster's CA certificate (docraft-data/tls/ca.pem, say)")
     load.set_defaults(run=cmd_load)
 
-    schema = commands.add_parser("schema", help="export the app's types: TypeScript, JSDoc, JSON Schema or OpenAPI")
+    schema = commands.add_parser(
+        "schema", help="export the app's types: TypeScript, JSDoc, JSON Schema, OpenAPI or a Python client"
+    )
     schema.add_argument("--app", help=f"app module (default {DEFAULT_APP})")
     schema.add_argument("--format", required=True, choices=list(FORMATS))
     schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")

@@ -188,6 +188,11 @@ class ClusterConfig:
         raise ConfigError(f"no dispatcher {dispatcher_id!r} in {self.path}")
 
 
+def _addresses(replica: ReplicaConfig) -> tuple[tuple[str, str], ...]:
+    """The addresses others reach ``replica`` at, each with its key in the file."""
+    return (("raft", replica.raft), ("http", replica.http))
+
+
 def _address(value: Any, what: str) -> str:
     if not isinstance(value, str) or value.count(":") != 1:
         raise ConfigError(f"{what} must be a 'host:port' string, got {value!r}")
@@ -257,7 +262,7 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
     if not shards:
         raise ConfigError("the cluster lists no shards")
     _check_cover(shards)
-    addresses = [a for s in shards for r in s.replicas for a in (r.raft, r.http)]
+    addresses = [(a, f"replica {r.id} {kind}") for s in shards for r in s.replicas for kind, a in _addresses(r)]
     dispatchers = tuple(
         _dispatcher(table, f"dispatchers[{i}]", scheme)
         for i, table in enumerate(_tables(data, "dispatchers", "the cluster"))
@@ -266,10 +271,11 @@ def parse_config(data: dict[str, Any], path: Path) -> ClusterConfig:
         if dispatcher.id in seen:
             raise ConfigError(f"id {dispatcher.id!r} is used twice")
         seen.add(dispatcher.id)
-    addresses += [d.http for d in dispatchers]
-    duplicated = sorted({a for a in addresses if addresses.count(a) > 1})
+    addresses += [(d.http, f"dispatcher {d.id} http") for d in dispatchers]
+    duplicated = sorted(a for a, _ in addresses if [b for b, _ in addresses].count(a) > 1)
     if duplicated:
-        raise ConfigError(f"address {duplicated[0]} is used by two processes")
+        first, second = [entry for a, entry in addresses if a == duplicated[0]][:2]
+        raise ConfigError(f"address {duplicated[0]} is used by two entries: {first} and {second}")
     if tls is not None and CA_NAME in seen:
         raise ConfigError(f"with [tls], no process may be called {CA_NAME!r}: its certificate would be the CA's")
     app = data.get("app", "examples.people")

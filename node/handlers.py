@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import ujson
 from tornado.httputil import HTTPServerRequest
+from tornado.log import access_log
 from tornado.web import Application, HTTPError, RequestHandler
 
 from consensus.state_machine import Result
 from models.errors import BadRequest, DocraftError, MethodNotAllowed, NoLeader, NotFound, Unauthorized
 from models.json_values import non_finite_path
-from node import membership
+from node import logs, membership
 from node.admin_ops import AdminOps
 from node.alerts import AlertBook
 from node.auth import Gate, Principal
@@ -41,6 +42,7 @@ from node.shard_service import DEFAULT_TIMEOUT, ShardService
 from query.permissions import Access, Permission
 
 if TYPE_CHECKING:
+    from node.metrics import ProcessMetrics
     from node.routes import Route
 
 log = logging.getLogger("docraft.http")
@@ -52,9 +54,10 @@ _TORNADO_ERRORS: dict[int, type[DocraftError]] = {404: NotFound, 405: MethodNotA
 DEFAULT_LIMITS = Limits()
 
 
-def request_settings(limits: Limits, hosts: HostCheck) -> dict[str, Any]:
-    """The ``Application`` settings every ``JSONHandler`` of a server reads: its limits and the names it answers to."""
-    return {"limits": limits, "host_check": hosts}
+def request_settings(limits: Limits, hosts: HostCheck, metrics: ProcessMetrics | None = None) -> dict[str, Any]:
+    """The ``Application`` settings every ``JSONHandler`` of a server reads: its limits, the names it answers
+    to, and the metrics it records each request in (none: not recorded)."""
+    return {"limits": limits, "host_check": hosts, "metrics": metrics}
 
 
 class JSONHandler(RequestHandler):
@@ -110,8 +113,17 @@ class JSONHandler(RequestHandler):
         """For a route whose permission is the endpoint's: that permission and the endpoint's name."""
         raise NotImplementedError(f"{type(self).__name__} serves no endpoint")
 
+    def metric_endpoint(self) -> str:
+        """How ``/metrics`` names this request's endpoint: its route's path (``unmatched`` without a route)."""
+        return "unmatched" if self.route is None else self.route.path
+
     def on_finish(self) -> None:
-        """Audit every admitted request to an admin route, with the status it was answered with."""
+        """Record the request in the server's metrics; audit every admitted request to an admin route, with
+        the status it was answered with."""
+        metrics: ProcessMetrics | None = self.settings.get("metrics")
+        if metrics is not None:
+            method, seconds = self.request.method or "", self.request.request_time()
+            metrics.record_request(self.metric_endpoint(), method, self.get_status(), seconds)
         if self.principal is None or self.gate is None or self.route is None or self.route.audience != "admin":
             return
         self.gate.record_action(self.principal, self.request, self.get_status(), time.time())
@@ -198,7 +210,8 @@ class JSONHandler(RequestHandler):
         if key is None and mutation:
             key = new_idempotency_key()
         if key is not None:
-            request_id_for(key)  # BadRequest for a malformed key, before it is echoed
+            # BadRequest for a malformed key, before it is echoed; the id it gives marks this request's log lines
+            logs.bind_request(request_id_for(key))
             self._idempotency_key = key
             self.set_header(IDEMPOTENCY_HEADER, key)
         return key
@@ -236,6 +249,12 @@ class EndpointHandler(JSONHandler):
         name = self.path_args[0]
         endpoint = self.router.app.endpoints.get(name)
         return (Permission.READ if endpoint is None else endpoint.permission), name
+
+    def metric_endpoint(self) -> str:
+        """The endpoint's name when the app has one by the name called, else the route's path: a client
+        calling made-up names must not create series at will."""
+        name = self.path_args[0] if self.path_args else ""
+        return name if name in self.router.app.endpoints else super().metric_endpoint()
 
     async def get(self, name: str) -> None:
         await self._call(name)
@@ -461,6 +480,7 @@ class ShardCallHandler(JSONHandler):
             return
         try:
             if body is not None:
+                logs.bind_request(body.get("request_id"))
                 self.check_json_value(body)
             self.write_json(await self.run(body or {}, self.raft_timeout()))
         except DocraftError as exc:
@@ -482,7 +502,14 @@ class ShardCallHandler(JSONHandler):
         return calls, timeouts
 
     async def _answer(self, call: Any, timeout: float) -> dict[str, Any]:
-        """``{"status", "body"}``: what ``call`` alone would have been answered with."""
+        """``{"status", "body"}``: what ``call`` alone would have been answered with; logged as a request
+        of its own (with its request id) when every request is (``node.logs``)."""
+        logs.bind_request(call.get("request_id") if isinstance(call, dict) else None)
+        answer = await self._outcome(call, timeout)
+        access_log.info("%d %s (one call of a coalesced request)", answer["status"], self.request.path)
+        return answer
+
+    async def _outcome(self, call: Any, timeout: float) -> dict[str, Any]:
         try:
             if not isinstance(call, dict):
                 raise BadRequest("the request body must be a JSON object")

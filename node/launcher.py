@@ -34,6 +34,7 @@ from node.admin import http_json
 from node.certs import make_certificates
 from node.cluster_secret import new_secret
 from node.config import ClusterConfig, load_config, render_config
+from node.listen_check import cluster_listeners, problems
 from node.loader import load_csv
 from node.private_files import private_dir, write_secret
 from node.signing import internal_key
@@ -77,7 +78,7 @@ class Layout:
         return render_config(new_secret(), app, shard_list, dispatchers, sections)
 
 
-def stop_processes(processes: Iterable[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+def stop_processes(processes: Iterable[subprocess.Popen[Any]], timeout: float = 10.0) -> None:
     """SIGTERM each of ``processes`` still running, then SIGKILL what still runs ``timeout`` seconds later."""
     processes = list(processes)
     for process in processes:
@@ -102,13 +103,16 @@ class LocalCluster:
         log_dir: Path,
         extra_args: tuple[str, ...] = (),
         prefixes: dict[str, list[str]] | None = None,
+        log_format: str = "text",
     ) -> None:
-        """``prefixes`` maps a process name to a command prefix (``ip netns exec NS``, say)."""
+        """``prefixes`` maps a process name to a command prefix (``ip netns exec NS``, say); every process
+        logs in ``log_format`` (``node.logs``)."""
         self.config = config
         self.app_module = app_module
         self.log_dir = log_dir
         self.extra_args = extra_args
         self.prefixes = prefixes or {}
+        self.log_format = log_format
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def _command(self, *args: str) -> list[str]:
@@ -121,6 +125,8 @@ class LocalCluster:
             str(self.config.path),
             "--app",
             self.app_module,
+            "--log-format",
+            self.log_format,
         ]
 
     def start_replica(self, replica_id: str, bootstrap: bool = False) -> subprocess.Popen[bytes]:
@@ -159,32 +165,74 @@ class LocalCluster:
         stop_processes(self.processes.values(), timeout)
 
     def wait_ready(self, timeout: float = 60.0) -> list[dict[str, Any]]:
-        """Wait until the dispatcher reports a leader for every shard; return its status.
+        """Wait until the first dispatcher reports a leader for every shard, and that it and the replicas
+        are this cluster's own processes; return its shards' status.
 
         Asks as a cluster member (a signed request), whatever ``[auth]`` grants.
-        Raises ``TimeoutError`` naming the shards still without one.
+        A process counts as its own when ``/_admin/cluster`` reports the pid
+        it was started with (another program may answer on its port). Raises
+        ``TimeoutError`` naming the processes that exited, the processes that
+        are not its own, or the shards still without a leader.
         """
         url = f"{self.config.dispatcher(None).http_url}/_admin/cluster"
         key = internal_key(self.config.secret)
         end = time.monotonic() + timeout
         missing: list[str] = ["(dispatcher not answering)"]
         while time.monotonic() < end:
-            exited = [name for name, p in self.processes.items() if p.poll() is not None]
+            exited = self.exited()
             if exited:
                 raise TimeoutError(f"{', '.join(exited)} exited early; see {self.log_dir}")
             try:
                 status, body = http_json("GET", url, timeout=2, key=key, ca=self.config.ca)
             except OSError:
                 status, body = 0, None
-            if status != 200:
+            if status != 200 or not isinstance(body, dict) or "shards" not in body:
                 time.sleep(0.2)
                 continue
             shards: list[dict[str, Any]] = body["shards"]
-            missing = [s["id"] for s in shards if s["leader"] is None]
+            missing = self.strangers(body) or [f"a leader for shard {s['id']}" for s in shards if s["leader"] is None]
             if not missing:
                 return shards
             time.sleep(0.2)
-        raise TimeoutError(f"no leader after {timeout:.0f}s for: {', '.join(missing)}")
+        raise TimeoutError(f"still waiting after {timeout:.0f}s for: {', '.join(missing)} (at {url})")
+
+    def strangers(self, status: dict[str, Any]) -> list[str]:
+        """Processes this cluster started that ``status`` (``GET /_admin/cluster``) does not report
+        with their pids: another program answers in their place, or they do not answer yet."""
+        reported = {r["id"]: r.get("pid") for shard in status["shards"] for r in shard["replicas"]}
+        reported[self.config.dispatcher(None).id] = status.get("pid")
+        return [
+            f"{name} (pid {process.pid}) to answer"
+            if reported[name] is None
+            else f"{name} (pid {process.pid}), but pid {reported[name]} answers in its place"
+            for name, process in self.processes.items()
+            if name in reported and reported[name] != process.pid
+        ]
+
+    def exited(self) -> list[str]:
+        """The names of the processes that have exited."""
+        return [name for name, process in self.processes.items() if process.poll() is not None]
+
+    def log_tail(self, name: str, lines: int = 10) -> str:
+        """The last ``lines`` lines of process ``name``'s log, indented (empty if it has none)."""
+        try:
+            text = (self.log_dir / f"{name}.log").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
+
+    def cannot_serve(self) -> list[str]:
+        """Why the cluster can no longer serve clients: its dispatchers have all exited, or a shard has
+        lost a majority of its replicas; empty while it can."""
+        exited = set(self.exited())
+        reasons = []
+        if all(d.id in exited for d in self.config.dispatchers):
+            reasons.append("no dispatcher runs")
+        for shard in self.config.shards:
+            down = [r.id for r in shard.replicas if r.id in exited]
+            if 2 * len(down) >= len(shard.replicas):
+                reasons.append(f"shard {shard.id} lost a majority ({', '.join(down)} exited)")
+        return reasons
 
 
 def is_empty(data_dir: Path) -> bool:
@@ -221,15 +269,25 @@ def up(
     load_sample: bool = True,
     extra_args: tuple[str, ...] = (),
     tls: bool = False,
+    log_format: str = "text",
 ) -> int:
     """Run a local cluster in the foreground until SIGINT/SIGTERM; returns an exit code.
 
-    ``tls``: serve HTTPS with certificates of its own (see ``prepare``).
+    ``tls``: serve HTTPS with certificates of its own (see ``prepare``);
+    ``log_format``: its processes' (``node.logs``). Returns 1 without
+    starting anything when one of the cluster file's addresses cannot be
+    listened on (naming each), and 1 when its processes exit before the
+    cluster is up or leave it unable to serve (printing each one's last log
+    lines). The sample is marked loaded only when every row was stored.
     """
     data_dir = data_dir.resolve()
     config = prepare(data_dir, app.module, layout, tls)
+    unusable = problems(cluster_listeners(config))
+    if unusable:
+        print("docraft up: " + "\n  ".join(["nothing started:", *unusable]), file=sys.stderr)
+        return 1
     token_path = data_dir / ADMIN_TOKEN_NAME
-    cluster = LocalCluster(config, app.module, data_dir / "logs", extra_args)
+    cluster = LocalCluster(config, app.module, data_dir / "logs", extra_args, log_format=log_format)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -243,13 +301,10 @@ def up(
         dispatcher_url = config.dispatcher(None).http_url
         marker = data_dir / SAMPLE_MARKER
         if load_sample and app.sample_data and not marker.exists():
-            token = token_path.read_text(encoding="utf-8").strip() if token_path.exists() else None
-            for model_name, csv_path in app.sample_data.items():
-                model = app.model(model_name)
-                progress = sys.stderr.isatty()
-                report = load_csv(csv_path, model, dispatcher_url, progress=progress, token=token, ca=config.ca)
-                print(f"sample {model_name}: {report.summary()}", flush=True)
-            marker.write_text("sample data loaded\n", encoding="utf-8")
+            if load_samples(app, dispatcher_url, token_path, config.ca):
+                marker.write_text("sample data loaded\n", encoding="utf-8")
+            else:
+                print("the sample is not marked loaded: the next docraft up loads it again", file=sys.stderr)
         print(f"docraft is up: dispatcher {dispatcher_url}  (data in {data_dir}, app {app.module})")
         for shard in shards:
             for replica in shard["replicas"]:
@@ -261,17 +316,50 @@ def up(
         print(f"try: {curl} '{dispatcher_url}/get_user?country=United%20States&limit=3'")
         print(f'admin and bulk calls take the token: {curl} -H "Authorization: Bearer $(cat {token_path})" ...')
         sys.stdout.flush()
-        while not stopping.wait(0.5):
-            for name, process in cluster.processes.items():
-                if process.returncode is None and process.poll() is not None:
-                    print(
-                        f"process {name} exited with {process.returncode}; see {cluster.log_dir / name}.log",
-                        flush=True,
-                    )
-        return 0
+        return watch(cluster, stopping)
     except TimeoutError as exc:
         print(f"docraft up failed: {exc}; logs in {cluster.log_dir}", file=sys.stderr)
+        report_exits(cluster, cluster.exited())
         return 1
     finally:
         cluster.stop()
         print("docraft stopped", flush=True)
+
+
+def load_samples(app: App, url: str, token_path: Path, ca: Path | None) -> bool:
+    """Load each of ``app``'s sample files through ``url``; whether every row of every file was stored."""
+    token = token_path.read_text(encoding="utf-8").strip() if token_path.exists() else None
+    stored_all = True
+    for model_name, csv_path in app.sample_data.items():
+        try:
+            report = load_csv(csv_path, app.model(model_name), url, progress=sys.stderr.isatty(), token=token, ca=ca)
+        except OSError as exc:
+            print(f"sample {model_name}: not loaded: {exc}", file=sys.stderr, flush=True)
+            return False
+        print(f"sample {model_name}: {report.summary()}", flush=True)
+        stored_all = stored_all and not report.rejected
+    return stored_all
+
+
+def watch(cluster: LocalCluster, stopping: threading.Event) -> int:
+    """Report each process of ``cluster`` that exits, with its last log lines, until ``stopping`` is set
+    (then 0) or the cluster cannot serve any more (then 1)."""
+    reported: set[str] = set()
+    while not stopping.wait(0.5):
+        exited = [name for name in cluster.exited() if name not in reported]
+        report_exits(cluster, exited)
+        reported.update(exited)
+        reasons = cluster.cannot_serve()
+        if reasons:
+            print(f"docraft up: the cluster cannot serve: {'; '.join(reasons)}", file=sys.stderr, flush=True)
+            return 1
+    return 0
+
+
+def report_exits(cluster: LocalCluster, names: list[str]) -> None:
+    """Print each named process's exit code and last log lines to standard error."""
+    for name in names:
+        code = cluster.processes[name].returncode
+        tail = cluster.log_tail(name)
+        print(f"process {name} exited with {code}; the end of {cluster.log_dir / name}.log:", file=sys.stderr)
+        print(tail or "    (empty)", file=sys.stderr, flush=True)

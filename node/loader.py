@@ -64,6 +64,7 @@ class _Cluster:
     """
 
     def __init__(self, url: str, timeout: float, token: str | None, ca: Path | None) -> None:
+        self.url = url
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--url must look like http(s)://host:port, got {url!r}")
@@ -76,6 +77,14 @@ class _Cluster:
         self.headers = {"Content-Type": "application/json"}
         if token is not None:
             self.headers["Authorization"] = f"Bearer {token}"
+
+    def connect(self) -> None:
+        """Open the connection now; raises ``OSError`` naming the URL when nothing answers there."""
+        try:
+            self.connection.connect()
+        except OSError as exc:
+            self.connection.close()
+            raise OSError(f"cannot reach the cluster at {self.url}: {exc.strerror or exc}") from None
 
     def insert(self, model: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One result per document; raises ``OSError`` or ``ValueError`` if the batch failed whole,
@@ -119,7 +128,7 @@ def load_csv(
     path: Path,
     model: type[Model],
     url: str,
-    batch_size: int = 200,
+    batch_size: int = 1000,
     progress: bool = True,
     timeout: float = 30.0,
     token: str | None = None,
@@ -130,12 +139,15 @@ def load_csv(
     ``token`` is sent as ``Authorization: Bearer``: its user needs the ``bulk``
     permission, unless the cluster grants it to anonymous clients. An ``https``
     ``url`` is trusted if ``ca`` (a CA file) certified it. Raises ``OSError``
-    when the file cannot be read or the cluster is unreachable, ``TlsUnusable`` when ``ca`` is no CA file.
+    when the file cannot be read or nothing answers at ``url`` when the load
+    begins (a connection lost later is retried, and then its batch's rows
+    rejected), ``TlsUnusable`` when ``ca`` is no CA file.
     """
     report = LoadReport()
     cluster = _Cluster(url, timeout, token, ca)
     with open(path, encoding="utf-8") as counting:
         total = max(sum(1 for _ in counting) - 1, 0)
+    cluster.connect()
     bar = tqdm(total=total, unit="row", disable=not progress, desc=f"loading {model.name}")
     batch: list[tuple[int, dict[str, Any]]] = []
 

@@ -159,14 +159,14 @@ class Router:
     async def insert_batch(self, model_name: str, docs: list[Any], idempotency_key: str | None = None) -> list[Result]:
         """Validate and store many documents; one result per document, in order.
 
-        Documents are grouped by slot, each slot's documents are one
-        ``insert_batch`` command with the request id ``<request id of the
-        key>:slot:<slot>``, and each group gets its slots' commands in one
-        routed ``batch``, so a batch costs one Raft round per group. Sent again
-        with the same ``idempotency_key``, each slot's command is applied at
-        most once; and a slot moved in between is retried at its new owner
-        under the same id, which names the same documents however the slots
-        are grouped then.
+        Documents are grouped by slot, each slot's documents are one part
+        with the request id ``<request id of the key>:slot:<slot>``, and each
+        group gets its slots' parts in one ``insert_parts`` command, so a batch
+        costs one Raft entry per group, applied in one pass. Sent again with
+        the same ``idempotency_key``, each part is applied at most once; and a
+        part whose slot moved in between is retried at its new owner under the
+        same id (remembered ids move with their slots), which names the same
+        documents however the slots are grouped then.
         """
         base = request_id_for(idempotency_key or new_idempotency_key())
         deadline = time.monotonic() + self.deadline
@@ -184,15 +184,8 @@ class Router:
             clean.append(valid)
             by_slot.setdefault(slot_of(valid[model.partition_key]), []).append(i)
 
-        def command(slot: int) -> dict[str, Any]:
-            docs_of_slot = [clean[i] for i in by_slot[slot]]
-            return {
-                "type": "insert_batch",
-                "model": model_name,
-                "docs": docs_of_slot,
-                "slot": slot,
-                "request_id": f"{base}:slot:{slot}",
-            }
+        def part(slot: int) -> dict[str, Any]:
+            return {"slot": slot, "request_id": f"{base}:slot:{slot}", "docs": [clean[i] for i in by_slot[slot]]}
 
         tried = Attempts()
         pending = sorted(by_slot)
@@ -204,7 +197,12 @@ class Router:
                 *(
                     self._group_write(
                         shard_id,
-                        {"type": "batch", "commands": [command(s) for s in slots], "request_id": f"{base}:batch"},
+                        {
+                            "type": "insert_parts",
+                            "model": model_name,
+                            "parts": [part(s) for s in slots],
+                            "request_id": f"{base}:batch",
+                        },
                         deadline,
                         tried,
                     )
@@ -230,7 +228,8 @@ class Router:
     async def _group_write(
         self, shard_id: str, command: dict[str, Any], deadline: float, tried: Attempts
     ) -> list[Result] | DocraftError:
-        """``command`` (a routed batch) on group ``shard_id``: its results, or the refusal that sent nothing."""
+        """``command`` (an ``insert_parts``) on group ``shard_id``: one result per part, or the refusal that
+        sent nothing."""
         try:
             return list(unwrap(await self.groups.write_with(self.view.shard(shard_id), command, deadline, tried)))
         except RELOCATIONS as exc:

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from node.admin_page import AdminPageHandler, AdminScriptHandler, AdminStyleHandler
 from node.auth import Gate
 from node.handlers import (
     AlertsHandler,
@@ -45,6 +46,9 @@ from node.handlers import (
     ShardWriteHandler,
     TransferHandler,
 )
+from node.health import LivezHandler, ReadyzHandler
+from node.metrics import MetricsHandler
+from node.shard_backup import ShardBackupHandler
 from query.permissions import Access, Permission
 
 Audience = Literal["client", "admin", "internal"]
@@ -61,7 +65,9 @@ class Route:
     """One route. ``path`` is as documented (``/_bulk/{Model}``); a ``{name}`` part matches one identifier.
 
     ``unsafe`` routes are served only by replicas started with
-    ``--unsafe-fault-injection``. Raises ``ValueError`` when the audience and
+    ``--unsafe-fault-injection``. ``page`` routes serve the admin page's files
+    (``node.admin_page``) to browsers, not JSON: the OpenAPI document leaves
+    them out. Raises ``ValueError`` when the audience and
     the permission disagree: internal routes need ``Access.MEMBERS``, admin
     routes ``Permission.ADMIN``, and client routes anything else.
     """
@@ -74,6 +80,7 @@ class Route:
     servers: tuple[Server, ...]
     summary: str
     unsafe: bool = False
+    page: bool = False
 
     def __post_init__(self) -> None:
         expected = {"internal": Access.MEMBERS, "admin": Permission.ADMIN}.get(self.audience)
@@ -115,6 +122,34 @@ ROUTES: tuple[Route, ...] = (
         "active and recent integrity alerts",
     ),
     Route(
+        "/metrics",
+        MetricsHandler,
+        "client",
+        Permission.STATUS,
+        ("GET",),
+        BOTH,
+        "this process's Prometheus metrics, text format (README: Metrics)",
+    ),
+    Route(
+        "/livez",
+        LivezHandler,
+        "client",
+        Access.PUBLIC,
+        ("GET",),
+        BOTH,
+        "200 while the process serves (README: Health checks); it holds no data",
+    ),
+    Route(
+        "/readyz",
+        ReadyzHandler,
+        "client",
+        Access.PUBLIC,
+        ("GET",),
+        BOTH,
+        "200 when the process is ready, else 503 `not_ready`, with its checks and which failed "
+        "(README: Health checks); it holds no data",
+    ),
+    Route(
         "/_schema/openapi.json",
         OpenAPIHandler,
         "client",
@@ -122,6 +157,37 @@ ROUTES: tuple[Route, ...] = (
         ("GET",),
         ("dispatcher",),
         "the OpenAPI 3.1 document of this API (what `docraft schema --format openapi` prints); it holds no data",
+    ),
+    Route(
+        "/_admin/",
+        AdminPageHandler,
+        "client",
+        Access.PUBLIC,
+        ("GET",),
+        ("dispatcher",),
+        "the admin page (HTML): shards, replicas, alerts and throughput from `/_admin/cluster` and `/_admin/alerts`, "
+        "read with the token it asks for; it holds no data",
+        page=True,
+    ),
+    Route(
+        "/_admin/page.js",
+        AdminScriptHandler,
+        "client",
+        Access.PUBLIC,
+        ("GET",),
+        ("dispatcher",),
+        "the admin page's script",
+        page=True,
+    ),
+    Route(
+        "/_admin/page.css",
+        AdminStyleHandler,
+        "client",
+        Access.PUBLIC,
+        ("GET",),
+        ("dispatcher",),
+        "the admin page's style sheet",
+        page=True,
     ),
     Route(
         "/_admin/fingerprint",
@@ -246,6 +312,16 @@ ROUTES: tuple[Route, ...] = (
         "(routers, `docraft status`, `docraft rebalance`)",
     ),
     Route(
+        "/_shard/backup",
+        ShardBackupHandler,
+        "internal",
+        Access.MEMBERS,
+        ("GET",),
+        ("replica",),
+        "the leader's state of its group at one Raft index, after a linearizable barrier: a header line, then "
+        "the snapshot, streamed (`docraft backup`)",
+    ),
+    Route(
         "/_bulk/{Model}",
         BulkInsertHandler,
         "client",
@@ -286,8 +362,8 @@ def _dependencies(handler: type[JSONHandler], deps: Mapping[str, Any]) -> dict[s
 
 
 def dispatcher_routes() -> list[Route]:
-    """The routes a dispatcher serves, as the OpenAPI document describes them."""
-    return [r for r in ROUTES if "dispatcher" in r.servers]
+    """The routes a dispatcher serves, as the OpenAPI document describes them (the admin page's are not API)."""
+    return [r for r in ROUTES if "dispatcher" in r.servers and not r.page]
 
 
 _SERVERS = {("dispatcher",): "dispatcher", ("replica",): "replicas", BOTH: "dispatcher, replicas"}

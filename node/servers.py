@@ -18,7 +18,9 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from tornado.web import Application
 
@@ -29,10 +31,13 @@ from node.alerts import AlertBook
 from node.audit import AUDIT_NAME, AuditLog
 from node.auth import Authenticator, Gate
 from node.browsers import HostCheck
+from node.collectors import watch_dispatcher, watch_replica
 from node.config import ClusterConfig, ReplicaConfig
 from node.handlers import NotFoundHandler, request_settings
+from node.health import DispatcherReadiness, ReplicaReadiness
 from node.limits import Limits, http_server
 from node.membership import BootstrapRefused, starting_membership
+from node.metrics import ProcessMetrics
 from node.monitor import IntegrityMonitor
 from node.move_janitor import MoveJanitor
 from node.private_files import private_dir
@@ -57,6 +62,7 @@ class Dispatcher:
     monitor: IntegrityMonitor
     alerts: AlertBook
     gate: Gate
+    metrics: ProcessMetrics
 
 
 def gate(config: ClusterConfig, audit: AuditLog) -> Gate:
@@ -67,32 +73,42 @@ def gate(config: ClusterConfig, audit: AuditLog) -> Gate:
 def dispatcher(
     config: ClusterConfig, app: App, client: ShardClient | None = None, dispatcher_id: str | None = None
 ) -> Dispatcher:
-    """The dispatcher's application, router, alert book, gate and (not yet started) monitor.
+    """The dispatcher's application, router, alert book, gate, metrics and (not yet started) monitor.
 
     The app's OpenAPI document is built here, once, and served at ``/_schema/openapi.json``.
     """
-    client = client or ShardClient(config)
+    me = config.dispatcher(dispatcher_id)
+    metrics = ProcessMetrics({"dispatcher": me.id})
+    client = client or ShardClient(config, observe=metrics.record_call)
     router = Router(config, app, client)
     alerts = AlertBook(config.webhooks)
     monitor = IntegrityMonitor(config, client, alerts, router.groups.flagged)
-    me = config.dispatcher(dispatcher_id)
     guard = gate(config, AuditLog(config.path.parent / AUDIT_NAME, me.id))
+    watch_dispatcher(metrics, alerts, router.view, guard)
     document = openapi_document(app, dispatcher_routes(), mutations_by_get=config.http.mutations_by_get)
-    deps = {"router": router, "alerts": alerts, "document": document}
-    settings = request_settings(config.limits, HostCheck((me.http, me.http_listen), config.http.hosts))
+    deps = {
+        "router": router,
+        "alerts": alerts,
+        "document": document,
+        "metrics": metrics,
+        "readiness": DispatcherReadiness(router),
+    }
+    settings = request_settings(config.limits, HostCheck((me.http, me.http_listen), config.http.hosts), metrics)
     application = Application(rules("dispatcher", deps, guard), default_handler_class=NotFoundHandler, **settings)
-    return Dispatcher(application, router, monitor, alerts, guard)
+    return Dispatcher(application, router, monitor, alerts, guard, metrics)
 
 
 def replica_application(
-    config: ClusterConfig, service: ShardService, router: Router, fault_injection: bool
+    config: ClusterConfig, service: ShardService, router: Router, metrics: ProcessMetrics, fault_injection: bool
 ) -> Application:
     """A replica's Tornado application: shard and admin routes plus the embedded ``router`` (whose client
-    calls ``service`` in process)."""
+    calls ``service`` in process); ``metrics`` get its requests and its collectors."""
     replica = service.config
     guard = gate(config, AuditLog(replica.data_dir / AUDIT_NAME, replica.id))
-    deps = {"service": service, "router": router}
-    settings = request_settings(config.limits, HostCheck((replica.http, replica.http_listen), config.http.hosts))
+    watch_replica(metrics, service, config, router.view, guard)
+    deps = {"service": service, "router": router, "metrics": metrics, "readiness": ReplicaReadiness(service)}
+    hosts = HostCheck((replica.http, replica.http_listen), config.http.hosts)
+    settings = request_settings(config.limits, hosts, metrics)
     return Application(
         rules("replica", deps, guard, fault_injection), default_handler_class=NotFoundHandler, **settings
     )
@@ -141,6 +157,17 @@ async def serve(
     server.stop()
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` to its end on uvloop when it is installed (Tornado runs on any asyncio loop; uvloop's
+    costs less per turn), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def run_replica(
     config: ClusterConfig, replica_id: str, app: App, fault_injection: bool = False, bootstrap: bool = False
 ) -> None:
@@ -167,10 +194,11 @@ def run_replica(
         service = start_replica(config, replica, app, membership)
         if fault_injection:
             log.warning("UNSAFE: fault injection routes are enabled on this replica")
-        router = Router(config, app, ShardClient(config, local=service))
+        metrics = ProcessMetrics({"shard": replica.shard, "replica": replica.id})
+        router = Router(config, app, ShardClient(config, local=service, observe=metrics.record_call))
         watching = asyncio.get_running_loop().create_task(router.view.run())
         try:
-            application = replica_application(config, service, router, fault_injection)
+            application = replica_application(config, service, router, metrics, fault_injection)
             await serve(application, replica.http_listen, config.limits, tls)
             await service.replica.drain(grace=1.0)
             await asyncio.sleep(0.05)  # one more turn of the loop for handlers to send those answers
@@ -180,7 +208,7 @@ def run_replica(
                 log.warning("no snapshot before stopping: the restart will replay the log")
             service.replica.destroy()
 
-    asyncio.run(main())
+    run_loop(main())
 
 
 def run_dispatcher(config: ClusterConfig, dispatcher_id: str | None, app: App) -> None:
@@ -203,4 +231,4 @@ def run_dispatcher(config: ClusterConfig, dispatcher_id: str | None, app: App) -
             for task in tasks:
                 task.cancel()
 
-    asyncio.run(main())
+    run_loop(main())

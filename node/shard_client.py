@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ujson
@@ -40,6 +41,8 @@ AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_cli
 JSON_HEADERS = {"Content-Type": "application/json"}
 # How long the replica may wait for Raft (seconds): a little less than the router waits for its answer.
 TIMEOUT_HEADER = "X-Docraft-Timeout"
+# Told of every HTTP call to a replica: route called, replica, HTTP status (599: no answer), seconds taken.
+CallObserver = Callable[[str, ReplicaConfig, int, float], None]
 
 
 class ShardClient:
@@ -51,10 +54,21 @@ class ShardClient:
     ``query.collection``), so a router may embed related documents into it.
     """
 
-    def __init__(self, config: ClusterConfig, local: ShardService | None = None, timeout: float = 5.0) -> None:
-        """A client of ``config``'s replicas, signing with its secret; ``local`` is this process's own replica."""
+    def __init__(
+        self,
+        config: ClusterConfig,
+        local: ShardService | None = None,
+        timeout: float = 5.0,
+        observe: CallObserver | None = None,
+    ) -> None:
+        """A client of ``config``'s replicas, signing with its secret; ``local`` is this process's own replica.
+
+        ``observe`` is told of every HTTP call it makes (not of calls to ``local``, made in process, nor of
+        calls abandoned before an answer), for ``/metrics``.
+        """
         self.key = internal_key(config.secret)
         self.local = local
+        self.observe = observe
         self.timeout = timeout
         self.ca_certs = str(config.ca) if config.ca is not None else None
         # With a CA of its own it needs curl handles of its own: curl cannot unset a CA file once set, so
@@ -139,6 +153,7 @@ class ShardClient:
             TIMEOUT_HEADER: f"{_raft_wait(timeout):.3f}",
             **sign(self.key, method, path, body or b"", time.time()),
         }
+        started = time.perf_counter()
         try:
             response = await self.http.fetch(
                 replica.http_url + path,
@@ -151,7 +166,9 @@ class ShardClient:
                 raise_error=False,
             )
         except (OSError, HTTPClientError) as exc:
+            self._observed(path, replica, 599, started)
             raise ShardUnavailable(f"replica {replica.id} unreachable: {exc}", replica=replica.id) from None
+        self._observed(path, replica, response.code, started)
         if response.code == 599 or not response.body:
             raise ShardUnavailable(f"replica {replica.id} unreachable: {response.error}", replica=replica.id)
         try:
@@ -159,6 +176,11 @@ class ShardClient:
         except ValueError:
             raise ShardUnavailable(f"replica {replica.id} sent a body that is not JSON", replica=replica.id) from None
         return _answer(replica, response.code, decoded)
+
+    def _observed(self, path: str, replica: ReplicaConfig, status: int, started: float) -> None:
+        """Tell ``observe`` of a call to ``path`` (its route: the query string left out) begun at ``started``."""
+        if self.observe is not None:
+            self.observe(path.partition("?")[0], replica, status, time.perf_counter() - started)
 
 
 def _answer(replica: ReplicaConfig, status: int, decoded: Any) -> dict[str, Any]:

@@ -12,13 +12,14 @@ fails is refused before it reaches the log, so nothing is stored.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from consensus.moves import replicas
 from consensus.replica import Replica
-from consensus.state_machine import Result, StateMachine
+from consensus.state_machine import Result, StateMachine, is_insert_part
 from models.errors import BadRequest, CodeMismatch, DocraftError, ReplicaFaulted, WrongShard
 from node.config import ReplicaConfig
 from node.consistency import Consistency
@@ -120,6 +121,17 @@ class ShardService:
             raise BadRequest("a routed batch holds insert_batch commands, each with a slot and a request_id")
         return {**command, "commands": [self._checked_batch(c) for c in commands]}
 
+    def _checked_parts(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A router's bulk insert for this group in one command (``Router.insert_batch``), as sent, if the
+        model exists and every part's slot is held here. Its documents are checked at apply, where one of
+        another slot than its part's is refused alone (``wrong_shard``) and stored nowhere."""
+        self.replica.state_machine.app.model(str(command.get("model")))
+        parts = command.get("parts")
+        if not isinstance(parts, list) or not parts or not all(map(is_insert_part, parts)):
+            raise BadRequest("insert_parts holds parts, each with a slot, a request_id and docs", param="parts")
+        self._check_slots({part["slot"]: f"slot {part['slot']} of {part['request_id']}" for part in parts})
+        return command
+
     def _as_sent(self, command: dict[str, Any]) -> dict[str, Any]:
         """Commands for every shard (``set_fingerprint``, ``migrate``) write no key; the state machine checks them."""
         return command
@@ -133,17 +145,21 @@ class ShardService:
         Refusing before the table is committed is what keeps every new write fenced: until ``init_slots``
         is applied the state machine fences nothing (it replays entries logged before slots existed), and
         a write proposed after this check passed lands after ``init_slots`` in the log."""
-        slot = slot_of(key)
+        self._check_slots({slot_of(key): f"{what} {key!r}"})
+
+    def _check_slots(self, slots: dict[int, str]) -> None:
+        """``_check_ours`` for each slot, named in an error by what ``slots`` maps it to, in one read."""
 
         def check(state: StateMachine) -> Result:
-            try:
-                state.check_route(slot)
-            except WrongShard as refusal:
-                details = dict(refusal.details)
-                first_owner = self.shard_map.shard_for_slot(slot).id
-                if details.get("owner") is None and first_owner != self.config.shard:
-                    details.update(owner=first_owner, shard=first_owner, epoch=0)
-                raise WrongShard(f"{what} {key!r}: {refusal.message}", **details) from None
+            for slot, what in slots.items():
+                try:
+                    state.check_route(slot)
+                except WrongShard as refusal:
+                    details = dict(refusal.details)
+                    first_owner = self.shard_map.shard_for_slot(slot).id
+                    if details.get("owner") is None and first_owner != self.config.shard:
+                        details.update(owner=first_owner, shard=first_owner, epoch=0)
+                    raise WrongShard(f"{what}: {refusal.message}", **details) from None
             return {}
 
         self.replica.read_locally(check)
@@ -160,7 +176,8 @@ class ShardService:
         "insert_batch": _checked_batch,
         "set_fingerprint": _as_sent,
         "migrate": _as_sent,
-        "batch": _checked_routed_batch,  # a bulk insert's per-slot commands (Router.insert_batch)
+        "batch": _checked_routed_batch,  # a bulk insert's per-slot commands, as routers before insert_parts send
+        "insert_parts": _checked_parts,  # a bulk insert's slots in one command (Router.insert_batch)
         **dict.fromkeys(SHAPES, checked_move),  # slot moves (node.rebalance): shapes here, states at apply
         "set_members": _checked_members,  # after a membership change (node.membership)
     }
@@ -275,8 +292,8 @@ class ShardService:
         return {**self._served_by(None), **report}
 
     def status(self) -> dict[str, Any]:
-        """This replica's id, shard and Raft status."""
-        return {"id": self.config.id, "shard": self.config.shard, **self.replica.status()}
+        """This replica's id, shard, process id (``pid``) and Raft status."""
+        return {"id": self.config.id, "shard": self.config.shard, "pid": os.getpid(), **self.replica.status()}
 
 
 def _query(state: StateMachine, name: str, args: Any, explain: bool) -> Result:

@@ -103,16 +103,24 @@ class WriteView(ReadView):
         """Validate and store a new document and return a copy; raises ``DuplicateKey`` if its key is taken
         (stored, or arriving with a slot move)."""
         clean = model.validate(doc)
+        self.insert_validated(model, clean)
+        return copy_document(clean)
+
+    def insert_validated(self, model: type[Model], clean: dict[str, Any]) -> Any:
+        """Store ``clean``, a new document ``model.validate`` returned, and return its primary key; raises
+        as ``insert``. The collection owns ``clean`` from now on: the caller must not keep or change it
+        (what a bulk insert saves is the copy ``insert`` makes, and validating twice)."""
         collection = self._collection_of(model)
         key = clean[model.primary_key]
         if key in collection:
             raise _taken(model, key, "already exists")
-        return self._store(collection, clean)
+        self._store(collection, clean)
+        return key
 
     def put(self, model: type[Model], doc: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and store a document, replacing any with the same key; return a copy. Raises
         ``DuplicateKey`` for a key arriving with a slot move."""
-        return self._store(self._collection_of(model), model.validate(doc))
+        return copy_document(self._store(self._collection_of(model), model.validate(doc)))
 
     def update(self, model: type[Model], key: Any, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``changes`` to an existing document and return a copy; raises ``DocumentNotFound``."""
@@ -121,7 +129,7 @@ class WriteView(ReadView):
         current = collection.stored(key)  # lent: read only, validate() builds the new document
         if current is None:
             raise DocumentNotFound(f"no {model.name} with {model.primary_key}={key!r}", model=model.name, key=key)
-        return self._store(collection, model.validate({**current, **changes, model.primary_key: key}))
+        return copy_document(self._store(collection, model.validate({**current, **changes, model.primary_key: key})))
 
     def delete(self, model: type[Model], key: Any) -> dict[str, Any]:
         """Remove a document and return a copy of it; raises ``DocumentNotFound``."""
@@ -155,7 +163,7 @@ class WriteView(ReadView):
         raise refusal
 
     def _store(self, collection: Collection, doc: dict[str, Any]) -> dict[str, Any]:
-        """Store ``doc`` (the collection owns it from now on) and return a copy for the endpoint."""
+        """Store ``doc`` and return it, lent: the collection owns it from now on."""
         key = doc[collection.model.primary_key]
         replaced = collection.stored(key)  # lent: read only
         # A changed partition key moves the document between slots: both must be writable here.
@@ -166,7 +174,7 @@ class WriteView(ReadView):
             raise _taken(collection.model, key, "is arriving here with a slot move")
         self._check_references(collection.model, doc)
         self.undo.append((collection, key, collection.put(doc)))
-        return copy_document(doc)
+        return doc
 
     def _check_references(self, model: type[Model], doc: dict[str, Any]) -> None:
         """A co-located child must reference a parent that exists (it is on this shard).

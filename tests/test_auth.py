@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
@@ -27,7 +28,7 @@ from tornado.testing import AsyncHTTPTestCase
 from tornado.web import Application
 
 from consensus.members import Membership
-from models.errors import Unauthorized
+from models.errors import NotLeader, Unauthorized
 from node.admin import http_json
 from node.audit import AUDIT_NAME, AuditLog
 from node.auth import Authenticator, Grant, hash_token
@@ -35,7 +36,9 @@ from node.cli import main
 from node.cluster_secret import new_secret
 from node.config import ClusterConfig, ConfigError, load_config, parse_config, render_config
 from node.handlers import NotFoundHandler
+from node.health import Check
 from node.launcher import ADMIN_TOKEN_NAME, DEMO_AUTH
+from node.metrics import ProcessMetrics
 from node.router import Router
 from node.routes import ROUTES, rules
 from node.servers import dispatcher, gate
@@ -299,6 +302,12 @@ SAMPLES: dict[str, list[tuple[str, str, Any, dict[str, Any]]]] = {
     "/_admin/cluster": [("GET", "/_admin/cluster", None, STATUS)],
     "/_admin/alerts": [("GET", "/_admin/alerts", None, STATUS)],
     "/_schema/openapi.json": [("GET", "/_schema/openapi.json", None, PUBLIC)],
+    "/_admin/": [("GET", "/_admin/", None, PUBLIC)],
+    "/_admin/page.js": [("GET", "/_admin/page.js", None, PUBLIC)],
+    "/_admin/page.css": [("GET", "/_admin/page.css", None, PUBLIC)],
+    "/metrics": [("GET", "/metrics", None, STATUS)],
+    "/livez": [("GET", "/livez", None, PUBLIC)],
+    "/readyz": [("GET", "/readyz", None, PUBLIC)],
     "/_admin/fingerprint": [("POST", "/_admin/fingerprint", {"fingerprint": "f" * 64}, ADMIN_ONLY)],
     "/_admin/migrate": [("POST", "/_admin/migrate", {"model": "User", "to": 1, "dry_run": True}, ADMIN_ONLY)],
     "/_admin/repair": [("POST", "/_admin/repair", None, ADMIN_ONLY)],
@@ -308,6 +317,7 @@ SAMPLES: dict[str, list[tuple[str, str, Any, dict[str, Any]]]] = {
     "/_shard/read": [("POST", "/_shard/read", {"endpoint": "get_user"}, MEMBERS_ONLY)],
     "/_shard/status": [("GET", "/_shard/status", None, MEMBERS_ONLY)],
     "/_shard/slots": [("GET", "/_shard/slots", None, MEMBERS_ONLY)],
+    "/_shard/backup": [("GET", "/_shard/backup", None, MEMBERS_ONLY)],
     "/_admin/membership": [("POST", "/_admin/membership", {"op": "x"}, MEMBERS_ONLY)],
     "/_admin/transfer": [("POST", "/_admin/transfer", {"to": 1}, MEMBERS_ONLY)],
     "/_admin/promote": [("POST", "/_admin/promote", None, MEMBERS_ONLY)],
@@ -327,7 +337,13 @@ def test_the_matrix_covers_every_route_of_the_table() -> None:
 
 
 class FakeService:
-    """A replica's shard service that answers every internal call at once."""
+    """A replica's shard service that answers every internal call at once (a backup: not the leader)."""
+
+    fault = None
+    state_machine = SimpleNamespace(code_ok=True)
+
+    async def submit(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        raise NotLeader("a fake follower")
 
     async def write(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
         return {"ok": None}
@@ -353,6 +369,13 @@ class FakeService:
 
     def membership(self) -> Membership:
         return Membership("joining", ())
+
+
+class Ready:
+    """A replica's readiness that always passes."""
+
+    async def checks(self) -> list[Check]:
+        return [Check("fake", True)]
 
 
 class ServerCase(AsyncHTTPTestCase):
@@ -381,7 +404,8 @@ class ServerCase(AsyncHTTPTestCase):
             return None
 
         router = Router(self.config, self.app, shards)  # type: ignore[arg-type]
-        deps = {"service": FakeService(), "repair": repair, "router": router}
+        deps = {"service": FakeService(), "repair": repair, "router": router, "readiness": Ready()}
+        deps["metrics"] = ProcessMetrics({"shard": "s0", "replica": "s0r0"})
         guard = gate(self.config, AuditLog(self.root / "replica-audit.log", "s0r0"))
         return Application(rules("replica", deps, guard, unsafe=True), default_handler_class=NotFoundHandler)
 
@@ -396,7 +420,8 @@ class ServerCase(AsyncHTTPTestCase):
         elif who == "member":
             headers.update(sign(internal_key(self.config.secret), method, target, data, time.time()))
         response = self.fetch(target, method=method, body=data if method == "POST" else None, headers=headers)
-        return response.code, ujson.loads(response.body), response.headers
+        as_json = response.headers.get("Content-Type", "").startswith("application/json")  # not /metrics, /_admin/
+        return response.code, ujson.loads(response.body) if as_json else response.body, response.headers
 
     def check_matrix(self, demo: bool) -> None:
         wrong = []

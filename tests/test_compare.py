@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import socket
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from bench import direct
 from bench.compare import Measured, format_table, format_value, ratio, table
 from bench.ports import all_free, free_block
 from bench.proc_cpu import TICKS_PER_SECOND, CpuTimes, cpu_times, machine_busy_s, parse_stat, spent
 from bench.wrk_load import LoadResult, WrkFailed, parse_report
+from consensus.slots import slot_of
+from node.cluster_secret import new_secret
+from node.config import parse_config, render_config
+
+# Two groups of three replicas: replica n of shard s has Raft on 7800 + 10 * s + n and HTTP on 7900 + 10 * s + n.
+LAYOUT = [
+    (
+        f"s{s}",
+        [(f"s{s}r{n}", f"127.0.0.1:{7800 + 10 * s + n}", f"127.0.0.1:{7900 + 10 * s + n}", ".") for n in range(3)],
+    )
+    for s in range(2)
+]
 
 
 def stat_line(pid: int, name: str, ppid: int, utime: int, stime: int) -> str:
@@ -117,3 +131,46 @@ def test_free_block_gives_ports_that_can_be_bound_and_all_free_sees_a_taken_one(
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         assert not all_free([taken.getsockname()[1]])
+
+
+# -- a client that routes by itself (bench.direct) ----------------------------------------------------------
+
+
+def test_direct_routes_send_each_key_to_the_leader_of_the_group_owning_its_slot() -> None:
+    config = parse_config(
+        tomllib.loads(render_config(new_secret(), "examples.people", LAYOUT, [("d0", "127.0.0.1:7899")])),
+        Path("/tmp/cluster.toml"),
+    )
+    shards = [
+        {"id": "s0", "leader": "s0r1", "slots": [[0, 8191]]},
+        {"id": "s1", "leader": "s1r0", "slots": [[8192, 16383]]},
+    ]
+    found = direct.routes(config, shards)
+    assert [(r.shard, r.url) for r in found] == [("s0", "http://127.0.0.1:7901"), ("s1", "http://127.0.0.1:7910")]
+    keys = range(1, 200)
+    first, second = direct.owned(found[0], keys), direct.owned(found[1], keys)
+    assert sorted(first + second) == list(keys)
+    assert all(slot_of(key) <= 8191 for key in first) and all(slot_of(key) > 8191 for key in second)
+    assert direct.owned(found[0], keys, limit=3) == first[:3]
+    with pytest.raises(RuntimeError):
+        direct.routes(config, [{"id": "s0", "leader": None, "slots": [[0, 8191]]}])
+
+
+def test_direct_runs_share_the_connections_and_combine_into_one_load() -> None:
+    assert direct.split(32, 2) == [16, 16]
+    assert direct.split(5, 2) == [3, 2]
+    assert direct.split(1, 2) == [1, 1]
+    a = LoadResult(16, 1000, 2.0, {"status_errors": 10, "timeouts": 1}, 3.0, 9.0, 4.0)
+    b = LoadResult(16, 3000, 1.9, {"status_errors": 0, "timeouts": 2}, 2.0, 12.0, 2.0)
+    both = direct.combine([a, b])
+    assert (both.connections, both.requests, both.seconds) == (32, 4000, 2.0)
+    assert both.errors == {"status_errors": 10, "timeouts": 3}
+    assert (both.p50_ms, both.p99_ms, both.mean_ms) == (3.0, 12.0, 2.5)
+    assert both.ops_per_s == 1995.0
+
+
+def test_direct_key_files_refuse_to_be_empty(tmp_path: Path) -> None:
+    written = direct.write_keys(tmp_path / "keys.txt", [5, 7])
+    assert written.read_text(encoding="ascii") == "5\n7\n"
+    with pytest.raises(ValueError):
+        direct.write_keys(tmp_path / "none.txt", [])

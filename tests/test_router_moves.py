@@ -87,8 +87,8 @@ class MovingGroups:
         pending = self.failures.get(replica.shard)
         if pending:
             raise pending.pop(0)
-        if command["type"] == "batch":
-            return {"ok": [self._one(replica.shard, c) for c in command["commands"]]}
+        if command["type"] == "insert_parts":  # each part is refused or applied alone, as its insert_batch is
+            return {"ok": [self._one(replica.shard, {"type": "insert_batch", **part}) for part in command["parts"]]}
         return self._one(replica.shard, command)
 
     def owned(self, shard: str) -> list[list[int]]:
@@ -194,13 +194,13 @@ def test_a_scatter_that_never_covers_every_slot_answers_slots_unknown() -> None:
         asyncio.run(routing.call("get_user", "GET", {"country": ["FR"]}, None))
 
 
-def test_a_bulk_insert_is_one_batch_per_group_of_per_slot_commands() -> None:
+def test_a_bulk_insert_is_one_command_per_group_of_per_slot_parts() -> None:
     routing, groups = router()
     uids = [key_in(0, 8191), key_in(0, 8191, 1000), key_in(8192, SLOT_COUNT - 1)]
     docs = [{"id": u, "first_name": "A", "last_name": "B", "country": "FR"} for u in uids]
     results = asyncio.run(routing.insert_batch("User", docs, "bulk1"))
     assert results == [{"ok": u} for u in uids]
-    batches = {shard: [c["request_id"] for c in command["commands"]] for shard, command in groups.calls}
+    batches = {shard: [part["request_id"] for part in command["parts"]] for shard, command in groups.calls}
     assert batches == {
         "s0": sorted((f"key:bulk1:slot:{slot_of(u)}" for u in uids[:2]), key=lambda i: int(i.rsplit(":", 1)[1])),
         "s1": [f"key:bulk1:slot:{slot_of(uids[2])}"],
@@ -214,7 +214,7 @@ def test_a_bulk_retry_after_a_move_keeps_each_slots_id_and_documents() -> None:
     moved = slot_of(uids[0])
     groups.truth.claim(moved, moved, "s1", 1)
     assert asyncio.run(routing.insert_batch("User", docs, "bulk2")) == [{"ok": u} for u in uids]
-    sent = [(shard, c["request_id"], [d["id"] for d in c["docs"]]) for shard, b in groups.calls for c in b["commands"]]
+    sent = [(shard, p["request_id"], [d["id"] for d in p["docs"]]) for shard, b in groups.calls for p in b["parts"]]
     first_try = [("s0", f"key:bulk2:slot:{moved}", [uids[0]]), ("s1", f"key:bulk2:slot:{slot_of(uids[1])}", [uids[1]])]
     assert sent == [*first_try, ("s1", f"key:bulk2:slot:{moved}", [uids[0]])]
 

@@ -28,7 +28,9 @@ def test_every_route_needs_a_permission_or_is_explicitly_public() -> None:
     for route in ROUTES:
         assert isinstance(route.permission, Permission | Access), f"{route.path} has no permission"
     public = [route.path for route in ROUTES if route.permission is Access.PUBLIC]
-    assert public == ["/_schema/openapi.json"], "a new public route must be a deliberate choice"
+    deliberate = ["/_schema/openapi.json", "/livez", "/readyz"]  # no data; health probes carry no token
+    deliberate += ["/_admin/", "/_admin/page.js", "/_admin/page.css"]  # the admin page's files hold no data
+    assert sorted(public) == sorted(deliberate), "a new public route must be a deliberate choice"
 
 
 def test_each_route_appears_once() -> None:
@@ -77,7 +79,10 @@ def test_each_route_is_matched_by_its_own_rule_first() -> None:
 
 
 def test_servers_get_their_routes_and_the_fault_hook_only_when_unsafe() -> None:
-    deps: dict[str, Any] = {"router": None, "alerts": None, "document": {}, "service": None, "repair": None}
+    deps: dict[str, Any] = {
+        **dict.fromkeys(("router", "alerts", "service", "repair", "metrics", "readiness")),
+        "document": {},
+    }
     dispatcher = [handler for _, handler, _ in rules("dispatcher", deps, gate=None)]  # type: ignore[arg-type]
     replica = [handler for _, handler, _ in rules("replica", deps, gate=None)]  # type: ignore[arg-type]
     unsafe = [handler for _, handler, _ in rules("replica", deps, gate=None, unsafe=True)]  # type: ignore[arg-type]
@@ -90,6 +95,7 @@ def test_servers_get_their_routes_and_the_fault_hook_only_when_unsafe() -> None:
 
 def test_rules_give_each_handler_its_route_gate_and_dependencies() -> None:
     deps = {"router": "R", "alerts": "A", "document": "D", "service": "S", "repair": "P"}
+    deps.update(metrics="M", readiness="H")
     for pattern, handler, kwargs in rules("replica", deps, gate="G", unsafe=True):  # type: ignore[arg-type]
         route = kwargs.pop("route")
         assert route.pattern == pattern and route.handler is handler
@@ -97,7 +103,7 @@ def test_rules_give_each_handler_its_route_gate_and_dependencies() -> None:
         wanted = [name for name in inspect.signature(handler.initialize).parameters if name != "self"]
         assert kwargs == {name: deps[name] for name in wanted}
     with pytest.raises(KeyError, match="needs alerts"):
-        rules("dispatcher", {"router": "R", "document": "D"}, gate="G")  # type: ignore[arg-type]
+        rules("dispatcher", {"router": "R", "document": "D", "metrics": "M", "readiness": "H"}, gate="G")  # type: ignore[arg-type]
 
 
 def test_the_openapi_document_describes_exactly_the_dispatchers_routes_and_their_permissions() -> None:

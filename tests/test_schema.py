@@ -296,7 +296,7 @@ def test_typescript_client_compiles_and_rejects_wrong_calls(tsc: Path, tmp_path:
     assert "bad.ts(7," in output and "Property 'amount' is missing" in output, output
     assert "bad.ts(8," in output and "'timeout' does not exist in type 'DocraftClientOptions" in output, output
     assert "bad.ts(9," in output and "Type 'number' is not assignable to type 'string'" in output, output
-    assert "bad.ts(10," in output and "'idempotencyKey' does not exist in type 'ReadOptions'" in output, output
+    assert "bad.ts(10," in output and "'idempotencyKey' does not exist in type 'ReadOptions" in output, output
     assert "docraft.ts(" not in output, "the generated module itself must stay clean"
 
 

@@ -672,7 +672,8 @@ def test_error_results_are_the_same_in_every_process() -> None:
 
 def test_every_command_type_has_one_handler_and_is_documented() -> None:
     assert set(StateMachine.COMMANDS) == {
-        *("mutation", "insert_batch", "migrate", "set_fingerprint", "init_slots", "set_members", "noop", "batch"),
+        *("mutation", "insert_batch", "insert_parts", "migrate", "set_fingerprint", "init_slots", "set_members"),
+        *("noop", "batch"),
         *("import_begin", "move_begin", "import_docs", "move_commit", "import_commit", "move_abort", "import_abort"),
     }
     doc = state_machine_module.__doc__ or ""

@@ -1,4 +1,4 @@
-"""Typed schema export of an app: JSON Schema, OpenAPI 3.1, TypeScript and JSDoc.
+"""Typed schema export of an app: JSON Schema, OpenAPI 3.1, TypeScript, JSDoc and a Python client.
 
 ``docraft schema --format F`` prints ``export_text(app, F, routes)``; a
 dispatcher serves ``openapi_document(app, routes)`` at ``GET /_schema/openapi.json``.
@@ -16,6 +16,7 @@ from query.app import App
 from query.schema.jsdoc import jsdoc
 from query.schema.jsonschema import json_schemas
 from query.schema.openapi import openapi_document
+from query.schema.python import python_client
 from query.schema.routes import SCHEMA_ROUTE, RouteDoc
 from query.schema.typescript import typescript
 
@@ -35,6 +36,7 @@ FORMATS: dict[str, Render] = {
     "jsdoc": _of_app(jsdoc),
     "jsonschema": _json(lambda app, routes: json_schemas(app)),
     "openapi": _json(openapi_document),
+    "python": _of_app(python_client),
 }
 
 
@@ -42,8 +44,8 @@ def export_text(app: App, format_name: str, routes: Sequence[RouteDoc]) -> str:
     """``app``'s schema in ``format_name`` (a key of ``FORMATS``) as the text of one file.
 
     ``routes`` are the dispatcher's (see ``openapi_document``). Raises
-    ``ValueError`` for an unknown format, or when the TypeScript or JSDoc
-    export would declare two types of one name (a model called ``Page``).
+    ``ValueError`` for an unknown format, or when the TypeScript, JSDoc or
+    Python export would declare two types of one name (a model called ``Page``).
     """
     render = FORMATS.get(format_name)
     if render is None:
@@ -59,5 +61,6 @@ __all__ = [
     "jsdoc",
     "json_schemas",
     "openapi_document",
+    "python_client",
     "typescript",
 ]

@@ -8,14 +8,19 @@ both formats; they differ only in how a declaration is written, which is all
 Documents read back always carry every field (defaults are filled in on
 write), so a model's type has no optional property; endpoint parameters with a
 default are optional.
+
+The Python export (``query.schema.python``) shares what is not TypeScript:
+the docs (``model_doc``, ``field_doc``, ``param_doc``) and each endpoint's
+``client_method`` (its name, doc, HTTP method and type names).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from models.errors import ERROR_CLASSES
 from models.model import FieldSpec, Model
@@ -129,11 +134,11 @@ def type_exports(app: App) -> TypeExports:
         declarations.append(_model(model))
         if model.relations:
             declarations.append(_relations(model))
-    methods = [_method(endpoint) for endpoint in app.endpoints.values()]
+    methods = [client_method(endpoint) for endpoint in app.endpoints.values()]
     for endpoint, method in zip(app.endpoints.values(), methods, strict=True):
         stem = pascal_case(endpoint.name)
         properties = tuple(
-            Property(p.name, type_expression(shape_of_type(p.type)), not p.required, _param_doc(endpoint, p.name))
+            Property(p.name, type_expression(shape_of_type(p.type)), not p.required, param_doc(endpoint, p.name))
             for p in endpoint.params.values()
         )
         alias = None if properties else "Record<string, never>"
@@ -157,19 +162,25 @@ def doc_lines(text: str) -> list[str]:
 
 
 def _model(model: type[Model]) -> Declaration:
+    properties = tuple(
+        Property(spec.name, type_expression(shape_of_type(spec.type)), doc=field_doc(model, spec))
+        for spec in model.fields.values()
+    )
+    return Declaration(model.name, model_doc(model), properties)
+
+
+def model_doc(model: type[Model]) -> str:
+    """The doc of a model's type: its own docstring, then its version and keys (Markdown, any export)."""
     facts = f"One `{model.name}` document (model version {model.version}; primary key `{model.primary_key}`"
     if model.partition_key != model.primary_key:
         facts += f", partition key `{model.partition_key}`"
     own = model.__dict__.get("__doc__")
-    doc = f"{inspect.cleandoc(own)}\n\n{facts})." if own else f"{facts})."
-    properties = tuple(
-        Property(spec.name, type_expression(shape_of_type(spec.type)), doc=_field_doc(model, spec))
-        for spec in model.fields.values()
-    )
-    return Declaration(model.name, doc, properties)
+    return f"{inspect.cleandoc(own)}\n\n{facts})." if own else f"{facts})."
 
 
-def _field_doc(model: type[Model], spec: FieldSpec) -> str:
+def field_doc(model: type[Model], spec: FieldSpec, literal: Callable[[Any], str] = json.dumps) -> str:
+    """The doc of one field of a model's type: key roles, the model it references, its default (as ``literal``
+    writes a value: JSON unless told)."""
     notes = []
     if spec.primary_key:
         notes.append("Primary key.")
@@ -179,7 +190,7 @@ def _field_doc(model: type[Model], spec: FieldSpec) -> str:
     if target is not None:
         notes.append(f"References `{target.name}` (by `{target.primary_key}`).")
     if not spec.required:
-        notes.append(f"Default on insert: `{json.dumps(spec.default)}`.")
+        notes.append(f"Default on insert: `{literal(spec.default)}`.")
     return " ".join(notes)
 
 
@@ -197,11 +208,13 @@ def _relations(model: type[Model]) -> Declaration:
     return Declaration(f"{model.name}Relations", f"What `include` may embed in a `{model.name}`.", properties)
 
 
-def _param_doc(endpoint: Endpoint, name: str) -> str:
+def param_doc(endpoint: Endpoint, name: str, literal: Callable[[Any], str] = json.dumps) -> str:
+    """The doc of one parameter of an endpoint: whether it is the shard key, its default (as ``literal``
+    writes a value: JSON unless told)."""
     param = endpoint.params[name]
     notes = ["Shard key: picks the shard."] if name == endpoint.shard_key else []
     if not param.required:
-        notes.append(f"Default: `{json.dumps(param.default)}`.")
+        notes.append(f"Default: `{literal(param.default)}`.")
     return " ".join(notes)
 
 
@@ -211,7 +224,8 @@ def _result_expression(endpoint: Endpoint) -> str:
     return expression if isinstance(shape, PageOf) else f"ValueResult<{expression}>"
 
 
-def _method(endpoint: Endpoint) -> Method:
+def client_method(endpoint: Endpoint) -> Method:
+    """The typed client's method that calls ``endpoint`` (its type names are those of the TypeScript export)."""
     kind = "Query" if endpoint.kind == "query" else "Mutation"
     http_method: Literal["GET", "POST"] = "POST" if "POST" in endpoint.methods else "GET"
     doc = "\n\n".join(filter(None, [inspect.getdoc(endpoint.func), f"{kind}: `{http_method} /{endpoint.name}`."]))

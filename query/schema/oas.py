@@ -28,6 +28,7 @@ ERRORS: dict[str, tuple[str, ...]] = {
     "fingerprint": ("bad_request", "fingerprint_refused", "no_leader", "replica_flagged", "outcome_unknown"),
     "migrate": ("bad_request", "not_found", "migration_refused", "no_leader", "replica_flagged", "outcome_unknown"),
     "auth": ("unauthorized", "forbidden"),  # every route that needs a permission
+    "health": ("not_ready",),  # GET /readyz
     "request": ("host_not_allowed",),  # every operation (node.browsers)
     "body": ("payload_too_large", "unsupported_media_type"),  # every operation with a body (node.limits)
 }

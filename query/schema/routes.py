@@ -1,4 +1,5 @@
-"""OpenAPI paths of the routes that are not app endpoints (bulk insert, admin, this document), and security.
+"""OpenAPI paths of the routes that are not app endpoints (bulk insert, admin, metrics, health checks, this
+document), and security.
 
 Which routes there are, and the permission each needs, is the node's route
 table (``node.routes``): the caller passes its routes in as ``RouteDoc``s.
@@ -20,6 +21,8 @@ SCHEMA_ROUTE = "/_schema/openapi.json"
 ENDPOINT_ROUTE = "/{endpoint}"
 BULK_ROUTE = "/_bulk/{Model}"
 BEARER = "bearer"
+# Answers that are not JSON, by path.
+_MEDIA_TYPES = {"/metrics": "text/plain"}
 
 
 class RouteDoc(Protocol):
@@ -93,8 +96,9 @@ def fixed_paths(app: App, routes: list[RouteDoc]) -> dict[str, Any]:
             operation: dict[str, Any] = {"operationId": operation_id, "tags": ["admin"], "summary": summary}
             if body is not None:
                 operation["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+            media_type = _MEDIA_TYPES.get(route.path, JSON)
             operation["responses"] = {
-                "200": json_response(summary, answer),
+                "200": {"description": summary, "content": {media_type: {"schema": answer}}},
                 **(error_responses(errors) if errors else {}),
             }
             paths.setdefault(route.path, {})[method.lower()] = secure(operation, route.permission)
@@ -137,10 +141,11 @@ def _operations(app: App) -> dict[str, tuple[str, Schema, Schema | None, str]]:
             object_schema(
                 {
                     "epoch": {"type": "integer", "description": "the slot map's epoch"},
+                    "pid": {"type": "integer", "description": "the answering process's id"},
                     "shards": {"type": "array", "items": shard},
                     "moves": {"type": "array", "items": {"type": "object"}, "description": "slot moves and progress"},
                 },
-                required=("epoch", "shards", "moves"),
+                required=("epoch", "pid", "shards", "moves"),
             ),
             None,
             "",
@@ -164,4 +169,20 @@ def _operations(app: App) -> dict[str, tuple[str, Schema, Schema | None, str]]:
             "migrate",
         ),
         SCHEMA_ROUTE: ("openapi", {"type": "object"}, None, ""),
+        "/metrics": ("metrics", {"type": "string", "description": "Prometheus text format"}, None, ""),
+        "/livez": ("livez", _health("live"), None, ""),
+        "/readyz": ("readyz", _health("ready"), None, "health"),
     }
+
+
+def _health(verdict: str) -> Schema:
+    """A health route's answer when it passes: ``{verdict: true, "checks": [...], "failed": []}``."""
+    check = object_schema(
+        {"name": {"type": "string"}, "ok": {"type": "boolean"}, "reason": {"type": "string"}},
+        required=("name", "ok"),
+    )
+    checks = {"type": "array", "items": check}
+    failed = {"type": "array", "items": {"type": "string"}}
+    return object_schema(
+        {verdict: {"type": "boolean"}, "checks": checks, "failed": failed}, required=(verdict, "checks", "failed")
+    )

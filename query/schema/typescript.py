@@ -13,7 +13,8 @@ random one) on each of its attempts, so the server applies it at most once.
 With the ``token`` option every request carries ``Authorization: Bearer``
 (a ``RangeError`` for a token that is empty or holds spaces); without it the
 client is anonymous.
-An attempt is aborted after ``timeoutMs``; a call is retried, up to
+An attempt is aborted after ``timeoutMs`` (the client's, or the call's
+own: every method takes ``CallOptions`` beside its options); a call is retried, up to
 ``retries`` times and with the same key, after 408, 429, 503 or 504 or when
 no answer came, waiting ``retryDelayMs`` doubled per retry or the answer's
 ``Retry-After``, never longer than ``maxRetryDelayMs``. A call so lasts at
@@ -96,11 +97,12 @@ def _client(app: App, methods: tuple[Method, ...]) -> str:
             arguments.append("params" if post else "undefined")
         if not method.read:  # one key per call, the same on each of its attempts
             arguments.append("options?.idempotencyKey ?? newIdempotencyKey()")
+        options = f"options?: {method.options_type} & CallOptions"
         lines += [
             "",
             *comment(method.doc, "  "),
-            f"  async {method.name}({params}, options?: {method.options_type}): Promise<{method.result_type}> {{",
-            f"    return send<{method.result_type}>(this.#settings, {', '.join(arguments)});",
+            f"  async {method.name}({params}, {options}): Promise<{method.result_type}> {{",
+            f"    return send<{method.result_type}>(callSettings(this.#settings, options), {', '.join(arguments)});",
             "  }",
         ]
     lines.append("}")
@@ -122,6 +124,12 @@ export interface DocraftClientOptions {
   fetch?: typeof fetch;
   /** A token of `docraft user add`, sent as `Authorization: Bearer <token>` (default: none, anonymous). */
   token?: string | null;
+}
+
+/** Per-call settings, taken by every method beside its own options. */
+export interface CallOptions {
+  /** This call's attempts are each aborted after this many milliseconds (default: the client's `timeoutMs`). */
+  timeoutMs?: number;
 }
 
 /**
@@ -174,6 +182,14 @@ function setting(name: string, value: number | undefined, fallback: number, inte
     throw new RangeError(`DocraftClient: ${name} must be a non-negative ${kind}, not ${value}`);
   }
   return value;
+}
+
+/** The client's `settings`, with what a call's `options` override; a `RangeError` for a bad timeout. */
+function callSettings(settings: Required<DocraftClientOptions>, options?: CallOptions): Required<DocraftClientOptions> {
+  if (options?.timeoutMs === undefined) {
+    return settings;
+  }
+  return { ...settings, timeoutMs: setting("timeoutMs", options.timeoutMs, settings.timeoutMs) };
 }
 
 function bearerToken(token: string | null): string | null {
