@@ -129,7 +129,9 @@ def test_a_writer_dies_with_the_thread_that_forked_it(tmp_path: Path, gate: Gate
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
-def test_a_writer_that_cannot_start_is_reported_failed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writer_that_cannot_start_is_reported_failed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def no_fork() -> int:
         raise OSError(12, "Cannot allocate memory")
 
@@ -138,3 +140,4 @@ def test_a_writer_that_cannot_start_is_reported_failed_once(tmp_path: Path, monk
     forking.serialize((None, LAST, PREVIOUS, set()), PREVIOUS[1])
     assert forking.checkSerializing() == (SERIALIZER_STATE.FAILED, PREVIOUS[1])
     assert forking.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
+    assert "its writer could not start" in caplog.text
