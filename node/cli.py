@@ -82,7 +82,7 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from node.loader import load_csv
+    from node.loader import LoadStopped, load_csv
 
     app = _app(args.app)
     try:
@@ -94,7 +94,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         token = Path(args.token_file).read_text(encoding="utf-8").strip() if args.token_file else None
         ca = Path(args.ca) if args.ca else None
         report = load_csv(Path(args.file), model, args.url, args.batch_size, token=token, ca=ca)
-    except OSError as exc:
+    except (OSError, LoadStopped) as exc:
         print(f"docraft load: {exc}", file=sys.stderr)
         return 2
     print(report.summary())

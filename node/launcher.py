@@ -17,6 +17,7 @@ file, the token and the keys 0600.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from node.certs import make_certificates
 from node.cluster_secret import new_secret
 from node.config import ClusterConfig, load_config, render_config
 from node.listen_check import cluster_listeners, problems
-from node.loader import load_csv
+from node.loader import LoadStopped, load_csv
 from node.private_files import private_dir, write_secret
 from node.signing import internal_key
 from node.users import add_user
@@ -262,6 +263,18 @@ def prepare(data_dir: Path, app_module: str, layout: Layout, tls: bool = False) 
     return load_config(config_path)
 
 
+def undo_prepare(data_dir: Path, before: set[Path] | None) -> None:
+    """Remove what ``prepare`` wrote for a new cluster that never started: every entry of ``data_dir``
+    not in ``before`` (its entries until then), and ``data_dir`` itself if it did not exist (``None``)."""
+    for entry in set(data_dir.iterdir()) - (before or set()):
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    if before is None:
+        data_dir.rmdir()
+
+
 def up(
     data_dir: Path,
     app: App,
@@ -278,13 +291,26 @@ def up(
     starting anything when one of the cluster file's addresses cannot be
     listened on (naming each), and 1 when its processes exit before the
     cluster is up or leave it unable to serve (printing each one's last log
-    lines). The sample is marked loaded only when every row was stored.
+    lines). The sample is loaded into a new cluster, or one holding no
+    documents, and marked loaded only when every row was stored. A new
+    cluster that cannot listen leaves nothing in ``data_dir``, so the next run
+    takes the ports it is given; an existing one keeps its file's.
     """
     data_dir = data_dir.resolve()
+    before = set(data_dir.iterdir()) if data_dir.is_dir() else None
+    new = not (data_dir / CONFIG_NAME).exists()
     config = prepare(data_dir, app.module, layout, tls)
     unusable = problems(cluster_listeners(config))
     if unusable:
-        print("docraft up: " + "\n  ".join(["nothing started:", *unusable]), file=sys.stderr)
+        if new:
+            undo_prepare(data_dir, before)
+            advice = "free them, or choose others with --port and --raft-port"
+        else:
+            advice = (
+                f"{config.path} sets these ports (--port and --raft-port only shape a new cluster): free them, "
+                "or start a new cluster in another --data-dir"
+            )
+        print("docraft up: " + "\n  ".join(["nothing started:", *unusable, advice]), file=sys.stderr)
         return 1
     token_path = data_dir / ADMIN_TOKEN_NAME
     cluster = LocalCluster(config, app.module, data_dir / "logs", extra_args, log_format=log_format)
@@ -300,18 +326,26 @@ def up(
         shards = cluster.wait_ready()
         dispatcher_url = config.dispatcher(None).http_url
         marker = data_dir / SAMPLE_MARKER
-        if load_sample and app.sample_data and not marker.exists():
+        stored = sum(shard.get("documents") or 0 for shard in shards)
+        if load_sample and app.sample_data and not marker.exists() and stored and not new:
+            print(f"the cluster holds {stored} documents already (restored?): the sample is not loaded", flush=True)
+        elif load_sample and app.sample_data and not marker.exists():
             if load_samples(app, dispatcher_url, token_path, config.ca):
                 marker.write_text("sample data loaded\n", encoding="utf-8")
             else:
-                print("the sample is not marked loaded: the next docraft up loads it again", file=sys.stderr)
+                print("the sample is not marked loaded: some rows were not stored", file=sys.stderr)
         print(f"docraft is up: dispatcher {dispatcher_url}  (data in {data_dir}, app {app.module})")
         for shard in shards:
             for replica in shard["replicas"]:
                 where = f"{config.replica(replica['id']).http_url}  raft {replica['raft']}"
                 print(f"  shard {shard['id']}  {replica['id']}  {where}  {replica['role']}")
         anonymous = ", ".join(sorted(str(g) for g in config.auth.anonymous)) or "nothing"
-        print(f"anonymous clients may: {anonymous}; the admin token is in {token_path}")
+        token_note = (
+            f"the admin token is in {token_path}"
+            if token_path.exists()
+            else f"no admin token file (docraft token rotate --config {config.path} --user {ADMIN_USER} makes one)"
+        )
+        print(f"anonymous clients may: {anonymous}; {token_note}")
         curl = f"curl --cacert {config.ca}" if config.ca is not None else "curl"
         print(f"try: {curl} '{dispatcher_url}/get_user?country=United%20States&limit=3'")
         print(f'admin and bulk calls take the token: {curl} -H "Authorization: Bearer $(cat {token_path})" ...')
@@ -333,7 +367,7 @@ def load_samples(app: App, url: str, token_path: Path, ca: Path | None) -> bool:
     for model_name, csv_path in app.sample_data.items():
         try:
             report = load_csv(csv_path, app.model(model_name), url, progress=sys.stderr.isatty(), token=token, ca=ca)
-        except OSError as exc:
+        except (OSError, LoadStopped) as exc:
             print(f"sample {model_name}: not loaded: {exc}", file=sys.stderr, flush=True)
             return False
         print(f"sample {model_name}: {report.summary()}", flush=True)

@@ -43,6 +43,11 @@ class _Retryable(Exception):
     """A batch whose outcome is unknown, or that the cluster could not take just now."""
 
 
+class LoadStopped(Exception):
+    """The load cannot start or go on: every batch would fail alike (a URL that is no http(s) URL, a file
+    that is not UTF-8, a refused token, an answer that is not docraft's). The message names the culprit."""
+
+
 @dataclass
 class LoadReport:
     stored: int = 0
@@ -67,7 +72,7 @@ class _Cluster:
         self.url = url
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"--url must look like http(s)://host:port, got {url!r}")
+            raise LoadStopped(f"--url must look like http(s)://host:port, got {url!r}")
         self.connection: http.client.HTTPConnection
         if parts.scheme == "https":
             context = client_context(ca) if ca is not None else None  # None: the system's CAs
@@ -113,8 +118,16 @@ class _Cluster:
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
             self.connection.close()  # the next request opens a new connection
-            raise _Retryable(f"the connection failed: {exc}") from None
-        body = ujson.loads(data)
+            raise _Retryable(f"the connection to {self.url} failed: {exc}") from None
+        try:
+            body = ujson.loads(data)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise LoadStopped(f"{self.url} answered HTTP {response.status} without docraft's JSON: is it a dispatcher?")
+        if response.status in (401, 403):
+            message = body.get("error", {}).get("message", f"HTTP {response.status}")
+            raise LoadStopped(f"{self.url} refused the load: {message} (--token-file FILE sends one)")
         if response.status in RETRY_STATUSES:
             raise _Retryable(body.get("error", {}).get("message", f"HTTP {response.status}"))
         if response.status != 200:
@@ -141,12 +154,16 @@ def load_csv(
     ``url`` is trusted if ``ca`` (a CA file) certified it. Raises ``OSError``
     when the file cannot be read or nothing answers at ``url`` when the load
     begins (a connection lost later is retried, and then its batch's rows
-    rejected), ``TlsUnusable`` when ``ca`` is no CA file.
+    rejected), ``LoadStopped`` when no row could be stored (see there),
+    ``TlsUnusable`` when ``ca`` is no CA file.
     """
     report = LoadReport()
     cluster = _Cluster(url, timeout, token, ca)
-    with open(path, encoding="utf-8") as counting:
-        total = max(sum(1 for _ in counting) - 1, 0)
+    try:
+        with open(path, encoding="utf-8") as counting:
+            total = max(sum(1 for _ in counting) - 1, 0)
+    except UnicodeDecodeError as exc:
+        raise LoadStopped(f"{path} is not UTF-8 text ({exc.reason} on line {_undecodable_line(path)})") from None
     cluster.connect()
     bar = tqdm(total=total, unit="row", disable=not progress, desc=f"loading {model.name}")
     batch: list[tuple[int, dict[str, Any]]] = []
@@ -169,7 +186,7 @@ def load_csv(
                 else:
                     report.stored += 1
 
-    with open(path, newline="", encoding="utf-8") as source:
+    with bar, open(path, newline="", encoding="utf-8") as source:  # the bar ends its line even on LoadStopped
         for line, row in _rows(csv.DictReader(source), bar):
             if isinstance(row, str):
                 report.rejected.append((line, row))
@@ -181,11 +198,21 @@ def load_csv(
             if len(batch) >= batch_size:
                 flush(batch)
                 batch.clear()
-    if batch:
-        flush(batch)
-    bar.close()
+        if batch:
+            flush(batch)
     report.rejected.sort()
     return report
+
+
+def _undecodable_line(path: Path) -> int:
+    """The number of the first line of ``path`` that is not UTF-8 (0 when every line is)."""
+    with open(path, "rb") as raw:
+        for number, line in enumerate(raw, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 0
 
 
 def _rows(reader: csv.DictReader[str], bar: tqdm[Any]) -> Iterator[tuple[int, dict[str, str] | str]]:

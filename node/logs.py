@@ -10,7 +10,9 @@ the leader's (whose handler sets it from the routed command) carry the same
 id. A replica's lines carry its shard and replica id; a dispatcher's, none.
 
 With JSON lines every request is logged (``tornado.access`` at INFO, one line
-each, which costs some throughput); text logs keep only failed requests.
+each, which costs some throughput), except answered polls (``POLLS``: status,
+slot map, digests, metrics and health, asked several times a second by every
+router and monitor); text logs keep only failed requests.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import ujson
 
 FORMATS = ("text", "json")
 ACCESS_LOGGER = "tornado.access"
+
+# Routes polled by routers, the integrity monitor, scrapers and probes: logged only when they fail.
+POLLS = ("/_shard/status", "/_shard/slots", "/_admin/digest", "/metrics", "/livez", "/readyz")
 
 _request_id: ContextVar[str | None] = ContextVar("docraft_request_id", default=None)
 
@@ -63,6 +68,18 @@ class JsonFormatter(logging.Formatter):
         return ujson.dumps(line, ensure_ascii=False, escape_forward_slashes=False)
 
 
+def quiet_polls(record: logging.LogRecord) -> bool:
+    """A ``tornado.access`` filter: drop the line of a poll (``POLLS``) answered below 400.
+
+    Tornado logs ``"%d %s %.2fms"`` with the status and ``"METHOD URI (REMOTE)"``.
+    """
+    args = record.args
+    if not isinstance(args, tuple) or len(args) < 2 or not isinstance(args[0], int) or args[0] >= 400:
+        return True
+    uri = str(args[1]).split(" ")[1] if " " in str(args[1]) else ""
+    return uri.split("?")[0] not in POLLS
+
+
 def configure(process: str, log_format: str = "text", shard: str | None = None, replica: str | None = None) -> None:
     """Send this process's INFO and above to standard error in ``log_format`` (one of ``FORMATS``).
 
@@ -78,4 +95,7 @@ def configure(process: str, log_format: str = "text", shard: str | None = None, 
         handler.setFormatter(logging.Formatter(f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     # Text logs skip the line per request (it costs throughput); searchable logs are there to follow requests.
-    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if log_format == "json" else logging.WARNING)
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.setLevel(logging.INFO if log_format == "json" else logging.WARNING)
+    if quiet_polls not in access.filters:
+        access.addFilter(quiet_polls)

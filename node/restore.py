@@ -113,8 +113,26 @@ def restore(
     except (OSError, tarfile.TarError, EOFError) as exc:
         say(f"docraft restore: {archive_path}: {exc}")
         return 1
-    say(f"restored {len(config.shards)} shards into {data_dir}; start the cluster of {config.path}")
+    say(f"restored {len(config.shards)} shards into {data_dir}")
+    say(next_steps(config, data_dir))
     return 0
+
+
+def next_steps(config: ClusterConfig, data_dir: Path) -> str:
+    """How to start the restored cluster of ``config`` (restored into ``data_dir``), and how to let someone
+    in when its file lets no one in."""
+    steps = [
+        f"start it: on each host, `docraft node --config {config.path} --replica ID` for each replica and "
+        f"`docraft dispatcher --config {config.path}`"
+    ]
+    if config.path.resolve() == (data_dir / CONFIG_NAME).resolve():
+        steps.append(f"or all on this machine: `docraft up --data-dir {data_dir} --no-sample`")
+    if not config.auth.users and not config.auth.anonymous:
+        steps.append(
+            f"no user may call it yet: `docraft user add --config {config.path} --user NAME --role admin` "
+            "prints a token"
+        )
+    return "\n".join(steps)
 
 
 def _manifest(archive: tarfile.TarFile) -> dict[str, Any]:

@@ -321,6 +321,19 @@ def test_restore_without_a_config_writes_the_backups_cluster_file(taken: Backup,
         assert (replica.data_dir / "snapshot.json").exists() and (replica.data_dir / "raft.members").exists()
 
 
+def test_restore_says_how_to_start_the_new_cluster_and_let_a_user_in(taken: Backup, tmp_path: Path) -> None:
+    done = restore(taken.archive, tmp_path, None)
+    assert done.returncode == 0, done.stdout + done.stderr
+    config = tmp_path / "cluster.toml"
+    assert done.stdout.splitlines() == [
+        f"restored 2 shards into {tmp_path}",
+        f"start it: on each host, `docraft node --config {config} --replica ID` for each replica and "
+        f"`docraft dispatcher --config {config}`",
+        f"or all on this machine: `docraft up --data-dir {tmp_path} --no-sample`",
+        f"no user may call it yet: `docraft user add --config {config} --user NAME --role admin` prints a token",
+    ]
+
+
 def test_restoring_with_other_app_code_is_refused_naming_both(taken: Backup, tmp_path: Path) -> None:
     config_path = new_cluster_file(tmp_path, ["s0", "s1"], replicas=1)
     done = restore(taken.archive, tmp_path, config_path, "--app", "tests.apps.family_app")

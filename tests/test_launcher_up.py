@@ -5,6 +5,7 @@ dispatcher to its leader. Real processes on loopback: ``docraft up`` runs as a s
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import ujson
 from bench.ports import free_block
 from node.admin import http_json
 from node.config import load_config
-from node.launcher import SAMPLE_MARKER, LocalCluster, stop_processes
+from node.launcher import SAMPLE_MARKER, Layout, LocalCluster, prepare, stop_processes
 from node.signing import internal_key
 from tests.harness import wait_for
 
@@ -120,6 +121,41 @@ def test_a_port_held_by_another_program_is_named_and_nothing_starts(tmp_path: Pa
     assert not (tmp_path / "logs").exists(), "no process was started"
 
 
+def test_a_new_cluster_that_cannot_listen_leaves_nothing_so_the_next_run_takes_its_ports(tmp_path: Path) -> None:
+    data_dir = tmp_path / "docraft-data"
+    (first, raft_port), (second, _) = ports(), ports()
+    with socket.socket() as held_first, socket.socket() as held_second:
+        for held, port in ((held_first, first), (held_second, second)):
+            held.bind(("127.0.0.1", port))
+            held.listen()
+        for port in (first, second):
+            done = subprocess.run(
+                up_command(data_dir, port, raft_port), cwd=ROOT, capture_output=True, text=True, timeout=120
+            )
+            assert done.returncode == 1
+            assert f"cannot listen on 127.0.0.1:{port}, the dispatcher d0 http address" in done.stderr
+            assert done.stderr.splitlines()[-1] == "  free them, or choose others with --port and --raft-port"
+            assert not data_dir.exists(), "a cluster that never started leaves no cluster file behind"
+
+
+def test_an_existing_cluster_that_cannot_listen_names_the_file_that_sets_its_ports(tmp_path: Path) -> None:
+    (port, raft_port), (other_port, _) = ports(), ports()
+    config = prepare(tmp_path, APP, Layout(shards=1, replicas=3, port=port, raft_port=raft_port))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        done = subprocess.run(
+            up_command(tmp_path, other_port, raft_port), cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}, the dispatcher d0 http address" in done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"  {config.path} sets these ports (--port and --raft-port only shape a new cluster): free them, "
+        "or start a new cluster in another --data-dir"
+    )
+    assert config.path.exists()
+
+
 def test_a_sample_with_a_refused_row_is_not_marked_loaded(up: Up) -> None:
     assert any("3 rows stored, 1 rows rejected" in line for line in up.stdout), up.stdout
     assert not (up.data_dir / SAMPLE_MARKER).exists()
@@ -188,3 +224,25 @@ def test_up_exits_non_zero_with_the_last_log_lines_when_its_dispatcher_dies(up: 
     assert "process d0 exited with -9; the end of" in errors
     assert '"process":"d0"' in errors, "d0's last log lines are shown"
     assert "the cluster cannot serve: no dispatcher runs" in errors
+
+
+def test_a_cluster_that_holds_documents_is_not_given_the_sample_again(up: Up) -> None:
+    """Runs last: the module's cluster (some sample rows stored, no marker, like a restored cluster) is
+    stopped and started again; the sample is not loaded into a cluster that holds documents."""
+    stop_processes([up.process], timeout=30)
+    port, raft_port = ports()  # ignored: the cluster file sets the ports
+    process = subprocess.Popen(
+        up_command(up.data_dir, port, raft_port), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    again = Up(process, up.data_dir)
+    try:
+        wait_for(
+            lambda: any("docraft is up" in line for line in again.stdout) or process.poll() is not None,
+            90,
+            "docraft up to say it is up again",
+        )
+        assert process.poll() is None, "".join(again.stdout + again.stderr)
+        assert any(re.match(r"the cluster holds \d+ documents already", line) for line in again.stdout), again.stdout
+        assert not any("rows stored" in line for line in again.stdout), "no sample row was sent again"
+    finally:
+        stop_processes([process], timeout=30)

@@ -22,7 +22,9 @@ def json_lines(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFix
     yield capsys
     root.handlers[:] = handlers
     root.setLevel(level)
-    logging.getLogger(logs.ACCESS_LOGGER).setLevel(logging.NOTSET)
+    access = logging.getLogger(logs.ACCESS_LOGGER)
+    access.setLevel(logging.NOTSET)
+    access.removeFilter(logs.quiet_polls)
 
 
 def as_replica() -> None:
@@ -81,6 +83,19 @@ def test_json_logs_every_request_and_text_logs_only_failed_ones(json_lines: pyte
     assert not logging.getLogger(logs.ACCESS_LOGGER).isEnabledFor(logging.INFO)
     logging.getLogger("docraft.test").warning("plain")
     assert " d0 WARNING docraft.test: plain" in json_lines.readouterr().err
+
+
+def test_answered_polls_are_not_logged_but_failed_polls_and_other_requests_are(
+    json_lines: pytest.CaptureFixture[str],
+) -> None:
+    as_replica()
+    access = logging.getLogger(logs.ACCESS_LOGGER)
+    access.info("%d %s %.2fms", 200, "GET /_shard/slots?counts=0 (127.0.0.1)", 0.4)
+    access.info("%d %s %.2fms", 200, "GET /_shard/status (127.0.0.1)", 0.3)
+    access.info("%d %s %.2fms", 503, "GET /readyz (127.0.0.1)", 0.2)
+    access.info("%d %s %.2fms", 200, "POST /insert_user (127.0.0.1)", 2.5)
+    messages = [str(line["message"]) for line in records(json_lines)]
+    assert messages == ["503 GET /readyz (127.0.0.1) 0.20ms", "200 POST /insert_user (127.0.0.1) 2.50ms"]
 
 
 def test_an_unknown_format_is_refused() -> None:

@@ -7,6 +7,8 @@ after writes and their numbers checked against the status routes.
 
 from __future__ import annotations
 
+import re
+import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from tornado.testing import AsyncHTTPTestCase
 from consensus.raft_stats import RaftStats
 from node.alerts import KINDS, Alert, AlertBook
 from node.collectors import AlertsCollector, MovesCollector, RaftCollector
+from node.launcher import Layout
 from node.metrics import ProcessMetrics, histogram
 from node.servers import dispatcher
 from tests.harness import Cluster, http, running, wait_for
@@ -50,6 +53,14 @@ def scrape(collector: Any) -> tuple[dict[str, Metric], Samples]:
 
 
 # -- units ------------------------------------------------------------------------------------
+
+
+def test_the_readmes_scrape_config_targets_every_process_of_docraft_up_at_its_http_address() -> None:
+    section = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8").split("## Metrics")[1]
+    targets = re.findall(r'"(127\.0\.0\.1:\d+)"', section.split("```yaml")[1].split("```")[0])
+    cluster = tomllib.loads(Layout().render("examples.people"))  # docraft up's defaults
+    replicas = [replica for shard in cluster["shards"] for replica in shard["replicas"]]
+    assert sorted(targets) == sorted([d["http"] for d in cluster["dispatchers"]] + [r["http"] for r in replicas])
 
 
 def test_a_leader_change_is_counted_once_per_new_leader() -> None:

@@ -33,7 +33,7 @@ from node.routes import dispatcher_routes
 from query import WriteView, mutation
 from query.app import App, load_app
 from query.schema import export_text, python_client
-from tests.harness import Cluster, running
+from tests.harness import Cluster, http, running
 
 PEOPLE = load_app("examples.people")
 SCHEMA_APP = load_app("tests.apps.schema_app")
@@ -342,14 +342,19 @@ def test_wrong_calls_fail_mypy_with_the_expected_errors(people_client: Path) -> 
     assert flagged == set(BAD_CALLS), output
 
 
-def test_the_readme_example_passes_mypy_strict(people_client: Path) -> None:
+def readme_example() -> str:
+    """The README's Python client example, as written (it talks to ``http://127.0.0.1:8000``)."""
     readme = (PROJECT / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index("### Python client") :]
-    example = section[section.index("```python\n") + len("```python\n") : section.index("```\n\n")]
+    return section[section.index("```python\n") + len("```python\n") : section.index("```\n\n")]
+
+
+def test_the_readme_example_passes_mypy_strict(people_client: Path) -> None:
+    example = readme_example()
     (people_client / "readme_example.py").write_text(example, encoding="utf-8")
     code, output = mypy(people_client, "readme_example.py")
     assert code == 0, output
-    wrong = example.replace("db.insert_user(id=321,", 'db.insert_user(id="321",')
+    wrong = re.sub(r"db\.insert_user\(id=(\d+),", r'db.insert_user(id="\1",', example)
     (people_client / "readme_example.py").write_text(wrong, encoding="utf-8")
     code, output = mypy(people_client, "readme_example.py")
     assert code == 1 and 'Argument "id" to "insert_user"' in output, output
@@ -569,6 +574,23 @@ def test_bad_settings_are_refused(client_module: ModuleType, settings: dict[str,
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running(Cluster(tmp_path_factory.mktemp("python-client-cluster"), shards=2, replicas=3)) as started:
         yield started
+
+
+@pytest.mark.cluster
+def test_the_readme_example_runs_on_a_cluster_where_the_quick_start_was_tried(
+    cluster: Cluster, people_client: Path
+) -> None:
+    readme = (PROJECT / "README.md").read_text(encoding="utf-8")
+    quick_start = readme[readme.index("## Quick start") : readme.index("## Defining models")]
+    for url in re.findall(r"curl '(http://127\.0\.0\.1:8000/[a-z_]+\?[^']*)'", quick_start):
+        status, body = http("GET", url.replace("http://127.0.0.1:8000", cluster.url))
+        assert status == 200, (url, body)
+    example = readme_example().replace("http://127.0.0.1:8000", cluster.url)
+    (people_client / "readme_run.py").write_text(example, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "readme_run.py"], cwd=people_client, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.cluster
