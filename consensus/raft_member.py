@@ -73,6 +73,7 @@ value whole).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import queue
@@ -294,7 +295,9 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             create_journal, serializer = pysyncobj.syncobj.createJournal, pysyncobj.syncobj.Serializer
             pysyncobj.syncobj.createJournal = functools.partial(DocraftJournal, fsync=timings.fsync)
             if conf.serializer is not None:
-                pysyncobj.syncobj.Serializer = functools.partial(ForkingSerializer, on_written=self._note_snapshot)
+                pysyncobj.syncobj.Serializer = functools.partial(
+                    ForkingSerializer, on_written=self._note_snapshot, fsync=timings.fsync
+                )
             try:
                 super().__init__(None if mode == "learner" else raft_address, peers, conf)
             finally:
@@ -489,11 +492,13 @@ class RaftMember(SyncObj):  # type: ignore[misc]
 
     def _applyCommand(self, command: bytes, callback: Any, commandType: int | None = None) -> None:  # noqa: N802, N803
         """PySyncObj's proposal entry point (any thread): queue the command, then wake the Raft thread so
-        its tick appends it now rather than at the next heartbeat."""
+        its tick appends it now rather than at the next heartbeat. A full pipe (a Raft thread busy for long:
+        a slow disk) already wakes it: the proposal is queued, and the caller must not hear otherwise."""
         SyncObj._applyCommand(self, command, callback, commandType)
         wake = self._wake
         if wake is not None:
-            wake.notify()
+            with contextlib.suppress(BlockingIOError):
+                wake.notify()
 
     def _subscribe_wake(self) -> None:
         """Raft thread (the poller is not safe to change from another): make the pipe proposals wake it by."""

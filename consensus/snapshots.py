@@ -19,6 +19,11 @@ PySyncObj's ``Serializer`` with forking for a custom format:
   installed in place) first ``abandon``s a running child, so an older snapshot
   never replaces one installed meanwhile: the rename and the install both
   happen on the Raft thread.
+- ``setTransmissionData`` (Raft thread, follower) stores the leader's snapshot
+  as it arrives and renames it into place. PySyncObj's did not flush it: with
+  ``fsync`` it is now on disk, file and rename, before PySyncObj clears the
+  journal to its anchors (a power loss would otherwise leave the old snapshot,
+  or a torn new one, beside a journal that starts past it).
 
 The fork happens on the Raft thread between applies, so the child's copy is the
 state as of the entry the snapshot names. Other threads only read that state
@@ -37,10 +42,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.serializer import Serializer
+
+from consensus.journal import _sync_directory as sync_directory  # the package's one directory flush
 
 log = logging.getLogger("docraft.snapshots")
 
@@ -67,7 +74,8 @@ class ForkingSerializer(Serializer):  # type: ignore[misc]
     """PySyncObj's ``Serializer`` for a custom ``serializer``, which it runs in a forked child.
 
     Built by ``SyncObj`` with its usual arguments (``RaftMember`` swaps it in); ``on_written`` runs on the
-    Raft thread after each snapshot is renamed into place. Every method runs on the Raft thread.
+    Raft thread after each snapshot is renamed into place; ``fsync`` flushes a snapshot installed from the
+    leader to disk before it is used (the journal's setting). Every method runs on the Raft thread.
     """
 
     def __init__(
@@ -79,14 +87,18 @@ class ForkingSerializer(Serializer):  # type: ignore[misc]
         deserializer: Callable[[str], tuple[Any, Any, Any]] | None,
         serializeChecker: Callable[[], int] | None,  # noqa: N803
         on_written: WrittenCallback,
+        fsync: bool,
     ) -> None:
         if fileName is None or serializer is None or deserializer is None or serializeChecker is not None:
             raise ValueError("a ForkingSerializer needs fullDumpFile, serializer and deserializer, and no checker")
         super().__init__(fileName, transmissionBatchSize, tryUseFork, serializer, deserializer, None)
         self.path = fileName
         self.temporary = fileName + ".tmp"
+        self.incoming = fileName + ".1.tmp"  # the leader's snapshot as it arrives (PySyncObj's name for it)
         self._write = serializer
         self._on_written = on_written
+        self._fsync = fsync
+        self._receiving: BinaryIO | None = None
         self._writer: _Writer | None = None
         self._fork_failed: int | None = None  # the serialize id of a snapshot whose writer could not start
 
@@ -142,6 +154,43 @@ class ForkingSerializer(Serializer):  # type: ignore[misc]
         """Load the snapshot in place, after abandoning a snapshot being written (see the module docstring)."""
         self.abandon()
         return super().deserialize()
+
+    def setTransmissionData(self, data: tuple[bytes, bool, bool] | None) -> bool:  # noqa: N802 - PySyncObj's
+        """Follower: store one chunk ``(bytes, first, last)`` of the leader's snapshot; True once the whole
+        snapshot is in place (renamed over ours; with ``fsync``, file and rename on disk). PySyncObj then
+        loads it and clears its journal. A chunk that cannot be stored drops the transfer (False): the
+        leader sends the snapshot again."""
+        if data is None:
+            return False
+        chunk, first, last = data
+        try:
+            if first:
+                self._stop_receiving()
+                self._receiving = open(self.incoming, "wb")  # noqa: SIM115 - open across calls, one per chunk
+            receiving = self._receiving
+            if receiving is None:
+                return False  # a chunk of a transfer whose start was missed or dropped
+            receiving.write(chunk)
+            if not last:
+                return False
+            self._receiving = None
+            with receiving:
+                if self._fsync:
+                    receiving.flush()
+                    os.fsync(receiving.fileno())
+            os.replace(self.incoming, self.path)
+            if self._fsync:
+                sync_directory(self.path)
+        except OSError as exc:
+            log.warning("the leader's snapshot could not be stored: %s", exc)
+            self._stop_receiving()
+            return False
+        return True
+
+    def _stop_receiving(self) -> None:
+        receiving, self._receiving = self._receiving, None
+        if receiving is not None:
+            receiving.close()
 
     def abandon(self) -> None:
         """Kill the child writing a snapshot, if any, and remove its file. PySyncObj may start another."""

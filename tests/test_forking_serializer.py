@@ -42,11 +42,13 @@ def gate() -> Iterator[Gate]:
     opened.close()
 
 
-def serializer(path: Path, write: Any, written: list[tuple[int, float]]) -> ForkingSerializer:
+def serializer(path: Path, write: Any, written: list[tuple[int, float]], fsync: bool = False) -> ForkingSerializer:
     def load(name: str) -> tuple[Any, Any, Any]:
         return LAST, PREVIOUS, set()
 
-    return ForkingSerializer(str(path), 2**16, True, write, load, None, on_written=lambda *a: written.append(a))
+    return ForkingSerializer(
+        str(path), 2**16, True, write, load, None, on_written=lambda *a: written.append(a), fsync=fsync
+    )
 
 
 def finished(forking: ForkingSerializer) -> tuple[int, int | None]:
@@ -141,3 +143,40 @@ def test_a_writer_that_cannot_start_is_reported_failed_once(
     assert forking.checkSerializing() == (SERIALIZER_STATE.FAILED, PREVIOUS[1])
     assert forking.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
     assert "its writer could not start" in caplog.text
+
+
+def test_a_snapshot_installed_from_the_leader_is_on_disk_before_it_replaces_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PySyncObj then clears the journal to the new snapshot's anchors (and the member acknowledges them):
+    # with fsync, a power loss must find the new snapshot whole and in place, not the old one or a torn
+    # new one beside that journal. PySyncObj's own install (until this fix) flushed neither.
+    path = tmp_path / "snapshot.json"
+    path.write_text("ours")
+    forking = serializer(path, lambda name, raft: None, [], fsync=True)
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recording_replace(source: str, target: str) -> None:
+        events.append(("rename", str(target)))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    chunks = [(b"the leader", True, False), (b"'s snapshot", False, False), (b"", False, True)]
+    assert [forking.setTransmissionData(chunk) for chunk in chunks] == [False, False, True]
+    assert path.read_text() == "the leader's snapshot"
+    assert events == [("fsync", f"{path}.1.tmp"), ("rename", str(path)), ("fsync", str(tmp_path))], events
+
+
+def test_a_chunk_without_the_start_of_its_snapshot_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_text("ours")
+    forking = serializer(path, lambda name, raft: None, [])
+    assert not forking.setTransmissionData((b"the middle", False, False))
+    assert not forking.setTransmissionData((b"", False, True))
+    assert path.read_text() == "ours"

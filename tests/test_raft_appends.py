@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import queue
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -10,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pysyncobj import FAIL_REASON
+from pysyncobj.pipe_notifier import PipeNotifier
 
 from consensus.raft_member import RaftTimings
 from consensus.replica import Replica
@@ -81,3 +86,32 @@ def test_a_lone_write_commits_in_one_append_per_follower_without_waiting_for_a_h
     followers = {m.raft_address for m in group if m is not leader}
     one_each = [counts for _, counts in measured if counts == Counter(dict.fromkeys(followers, 1))]
     assert len(one_each) > WRITES // 2, measured
+
+
+class Unpolled:
+    """A poller nobody polls: the wake-up pipe of a Raft thread too busy to read it (a slow disk)."""
+
+    def subscribe(self, descriptor: int, callback: Any, events: int) -> None:
+        pass
+
+
+def test_a_proposal_is_queued_when_the_raft_threads_wake_up_pipe_is_full(tmp_path: Path) -> None:
+    # Each proposal writes a byte to the pipe that wakes the Raft thread. Once 64 KiB of them wait unread,
+    # PySyncObj's PipeNotifier raises BlockingIOError: the proposer (the event loop, or a membership
+    # change) heard an error for a command that was queued and then committed.
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    member = Replica(address, [], StateMachine(load_app(people.__name__)), tmp_path, "x" * 32, TIMINGS)
+    full = PipeNotifier(Unpolled())
+    try:
+        leader_of([member])
+        member._wake = full
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                full.notify()
+        outcome: queue.SimpleQueue[int] = queue.SimpleQueue()
+        member.apply_command(b'{"type": "noop"}', callback=lambda result, error: outcome.put(error))
+        assert outcome.get(timeout=10) == FAIL_REASON.SUCCESS
+    finally:
+        member.destroy_synchronous()
+        os.close(full._PipeNotifier__pipeR)
+        os.close(full._PipeNotifier__pipeW)
