@@ -65,7 +65,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar, TypeGuard
@@ -99,7 +99,7 @@ from models.errors import (
 )
 from models.model import Model
 from query.app import App
-from query.collection import HASH_MODULUS, Collection
+from query.collection import HASH_MODULUS, Collection, canonical_json
 from query.ordering import value_key
 from query.planner import Page
 from query.views import ReadView, WriteView
@@ -129,6 +129,10 @@ class Command:
     # The hash slot a routed write was sent for (None: the handler refuses the command); the command
     # runs only if the slot is owned here. Commands without one are group-wide.
     routed_slot: SlotFinder | None = None
+    # Its handler builds its result of new JSON values (dict, list, str, int, float, bool, None), or of
+    # results no one changes: encoded as it is. Any other result is encoded and decoded back, a copy
+    # of JSON types only that shares nothing with the state.
+    fresh_result: bool = False
 
 
 class NotJSON(ValueError):
@@ -254,7 +258,7 @@ class StateMachine:
             return _encoded(refusal.to_json())
         # Taken before the handler runs (app code may change its arguments), and only for what is kept.
         digest = request_digest(command) if request_id is not None and spec.remembered else None
-        result, encoded = self._transaction(spec.handler, command, slot)
+        result, encoded = self._transaction(spec, command, slot)
         if request_id is not None and spec.remembered and _error_code(result) not in REFUSAL_CODES:
             self.remember(request_id, digest, result, slot)
         return result, encoded
@@ -280,8 +284,8 @@ class StateMachine:
         """Whether a document of ``model_name`` with primary key ``key`` waits in ``incoming`` (see ``WriteView``)."""
         return bool(self.incoming) and any(incoming.holds(model_name, key) for incoming in self.incoming.values())
 
-    def _transaction(self, handler: Handler, command: dict[str, Any], routed: int | None) -> tuple[Result, bytes]:
-        """Run ``handler`` for a command routed by slot ``routed`` (``None``: by none).
+    def _transaction(self, spec: Command, command: dict[str, Any], routed: int | None) -> tuple[Result, bytes]:
+        """Run ``spec``'s handler for a command routed by slot ``routed`` (``None``: by none).
 
         Its writes are undone on any exception, or a result that is not JSON;
         and when its ``WriteView`` raised a slot refusal, the command answers
@@ -292,7 +296,8 @@ class StateMachine:
             self.collection, stamp, request_id, partial(self.slots.touch_refusal, routed=routed), self._awaiting_import
         )
         try:
-            outcome = _json_result(handler(self, command, view))
+            result = spec.handler(self, command, view)
+            outcome = (result, _encode(result)) if spec.fresh_result else _json_result(result)
         except DocraftError as exc:
             view.rollback()
             outcome = _error_result(exc)
@@ -396,30 +401,41 @@ class StateMachine:
         results: list[Result] = []
         for part in parts:
             request_id, slot, docs = part["request_id"], part["slot"], part["docs"]
-            digest = _digest({"type": "insert_batch", "model": model_name, "docs": docs, "slot": slot})
+            texts = [canonical_json(doc) for doc in docs]
+            digest = _insert_batch_digest(model_name, slot, texts)
             known = applied.get(request_id) or self.recent.get(request_id)
             if known is not None:
                 results.append(_replayed(request_id, digest, known))
             elif (refusal := self._write_refusal(slot)) is not None:
                 results.append(refusal.to_json())
             else:
-                applied[request_id] = (digest, {"ok": self._insert_docs(model, docs, slot, view)}, slot)
+                applied[request_id] = (digest, {"ok": self._insert_docs(model, docs, slot, view, texts)}, slot)
                 results.append(applied[request_id][1])
         for request_id, (digest, result, slot) in applied.items():
             self.remember(request_id, digest, result, slot)
         return {"ok": results}
 
-    def _insert_docs(self, model: type[Model], docs: list[Any], routed: int | None, view: WriteView) -> list[Result]:
+    def _insert_docs(
+        self,
+        model: type[Model],
+        docs: list[Any],
+        routed: int | None,
+        view: WriteView,
+        texts: Sequence[str | None] | None = None,
+    ) -> list[Result]:
         """Validate and store each of ``docs`` for an insert routed by slot ``routed`` (``None``: by none);
-        one result per document, ``{"ok": primary key}`` or the error that kept it out."""
+        one result per document, ``{"ok": primary key}`` or the error that kept it out. ``texts`` are
+        the documents' ``canonical_json``, when the caller has them."""
         collection = self.collections[model.name]
         results: list[Result] = []
-        for doc in docs:
+        for doc, text in zip(docs, texts or [None] * len(docs), strict=True):
             try:
                 valid = model.validate(doc)
-                if (refusal := self._batch_refusal(collection.slot_of(valid), routed)) is not None:
+                slot = collection.slot_of(valid)
+                if (refusal := self._batch_refusal(slot, routed)) is not None:
                     raise refusal
-                results.append({"ok": view.insert_validated(model, valid)})
+                kept = text if text is not None and _kept_as_is(valid, doc) else None
+                results.append({"ok": view.insert_validated(model, valid, slot, kept)})
             except DocraftError as exc:  # raised before the document is stored
                 results.append(exc.to_json())
         return results
@@ -502,7 +518,12 @@ class StateMachine:
 
     COMMANDS: ClassVar[dict[str, Command]] = {
         "mutation": Command(
-            _mutation, needs_cluster_code=True, needs_migrated_data=True, remembered=True, routed_slot=_mutation_slot
+            _mutation,
+            needs_cluster_code=True,
+            needs_migrated_data=True,
+            remembered=True,
+            routed_slot=_mutation_slot,
+            fresh_result=True,
         ),
         "insert_batch": Command(
             _insert_batch,
@@ -510,9 +531,12 @@ class StateMachine:
             needs_migrated_data=True,
             remembered=True,
             routed_slot=_insert_batch_slot,
+            fresh_result=True,
         ),
         # Fenced and remembered part by part, by the handler.
-        "insert_parts": Command(_insert_parts, needs_cluster_code=True, needs_migrated_data=True, remembered=False),
+        "insert_parts": Command(
+            _insert_parts, needs_cluster_code=True, needs_migrated_data=True, remembered=False, fresh_result=True
+        ),
         "migrate": Command(_migrate, needs_cluster_code=True, needs_migrated_data=False, remembered=False),
         "set_fingerprint": Command(
             _set_fingerprint, needs_cluster_code=False, needs_migrated_data=False, remembered=False
@@ -520,7 +544,9 @@ class StateMachine:
         "init_slots": Command(_init_slots, needs_cluster_code=False, needs_migrated_data=False, remembered=False),
         "set_members": Command(_set_members, needs_cluster_code=False, needs_migrated_data=False, remembered=False),
         "noop": Command(_noop, needs_cluster_code=False, needs_migrated_data=False, remembered=True),
-        "batch": Command(_batch, needs_cluster_code=False, needs_migrated_data=False, remembered=False),
+        "batch": Command(
+            _batch, needs_cluster_code=False, needs_migrated_data=False, remembered=False, fresh_result=True
+        ),
         # Moves: a move starts only with both groups' documents at the code's versions (and no
         # migration runs during one), so both sides hold documents of the same versions.
         "import_begin": Command(
@@ -748,8 +774,29 @@ def request_digest(command: dict[str, Any]) -> str:
 
 
 def _digest(asked: dict[str, Any]) -> str:
-    text = ujson.dumps(asked, sort_keys=True, escape_forward_slashes=False)
+    return _text_digest(canonical_json(asked))
+
+
+def _insert_batch_digest(model_name: Any, slot: int, texts: list[str]) -> str:
+    """``_digest`` of ``{"type": "insert_batch", "model", "docs", "slot"}`` whose documents' ``canonical_json``
+    are ``texts``: the same text, built around them in ``canonical_json``'s sorted key order."""
+    envelope = f'],"model":{canonical_json(model_name)},"slot":{slot},"type":"insert_batch"}}'
+    return _text_digest('{"docs":[' + ",".join(texts) + envelope)
+
+
+def _text_digest(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _kept_as_is(valid: dict[str, Any], doc: dict[str, Any]) -> bool:
+    """Whether ``valid``, what validating ``doc`` gave, holds the very values of ``doc`` and no other
+    field: their ``canonical_json`` is then the same text."""
+    if len(valid) != len(doc):
+        return False
+    for name, value in doc.items():  # noqa: SIM110 -- all() over a generator costs twice this, per document
+        if valid[name] is not value:
+            return False
+    return True
 
 
 def _replayed(request_id: str, digest: str, remembered: tuple[str | None, Result, int | None]) -> Result:

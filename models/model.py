@@ -81,17 +81,20 @@ class Model:
     with it: a child lives on its parent's shard, so one mutation can write
     both atomically and the reference can be checked there. Scalar ``Ref``
     fields are indexed automatically. ``relations`` lists the reverse
-    relations other models declared with ``related_name``.
+    relations other models declared with ``related_name``. ``co_located_parent``
+    is the model a co-located one lives with (``None`` for others).
     """
 
     name: ClassVar[str]
     fields: ClassVar[dict[str, FieldSpec]]
+    field_names: ClassVar[frozenset[str]]
     primary_key: ClassVar[str]
     partition_key: ClassVar[str]
     indexes: ClassVar[tuple[str, ...]]
     version: ClassVar[int]
     migrations: ClassVar[dict[int, list[Step]]]
     relations: ClassVar[dict[str, Relation]]
+    co_located_parent: ClassVar[type[Model] | None]
 
     def __init_subclass__(
         cls,
@@ -129,6 +132,7 @@ class Model:
         if len(keys) != 1:
             raise TypeError(f"model {cls.name} must declare exactly one primary key, found {keys}")
         cls.fields = specs
+        cls.field_names = frozenset(specs)
         cls.primary_key = keys[0]
         cls.partition_key = partition_key or (parent.partition_key if parent else keys[0])
         indexes = indexes or (parent.indexes if parent else ())
@@ -145,6 +149,8 @@ class Model:
         if strays:
             raise TypeError(f"model {cls.name}: migrations lead to versions 2..{cls.version}, not {strays}")
 
+        parent_model = specs[cls.partition_key].references
+        cls.co_located_parent = parent_model if parent_model is not None and cls.co_located_with(parent_model) else None
         cls.relations = {}
         for spec in specs.values():
             target = spec.references
@@ -171,8 +177,8 @@ class Model:
         """
         if not isinstance(doc, dict):
             raise ValidationError(f"a {cls.name} must be a JSON object", model=cls.name)
-        unknown = sorted(set(doc) - set(cls.fields))
-        if unknown:
+        if not cls.field_names.issuperset(doc):
+            unknown = sorted(set(doc) - cls.field_names)
             raise ValidationError(f"{cls.name} has no field {unknown[0]!r}", model=cls.name, field=unknown[0])
         out: dict[str, Any] = {}
         for name, spec in cls.fields.items():

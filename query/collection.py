@@ -1,11 +1,12 @@
 """One model's documents on one replica, with their sorted indexes.
 
 Documents are kept by primary key in a ``SortedDict``; every declared index
-is a ``SortedList`` of ``(value key, primary key)``, and ``slot_index`` one of
-``(hash slot of the partition key, primary key)``, so a slot range's documents
-can be paged when it moves. Mutating methods keep them all in step; nothing
-here does I/O. Callers must pass documents already
-validated by the model.
+is a ``SortedList`` of index entries, ordered as ``(value key, primary key)``
+pairs would be (``_index_entry``: flat tuples, which compare faster), and
+``slot_keys`` holds each hash slot's primary keys in a ``SortedList``, so a
+slot range's documents can be paged in ``(slot, primary key)`` order when it
+moves. Mutating methods keep them all in step; nothing here does I/O. Callers
+must pass documents already validated by the model.
 
 Reads are read-only: ``get``, ``all`` and ``scan_index`` return copies the
 caller owns, so no reader (app query code, a mutation, a lookup for
@@ -32,10 +33,18 @@ from query.ordering import KEY_MAX, SortKey, value_key
 HASH_MODULUS = 2**128
 
 
-def document_hash(collection: str, doc: dict[str, Any]) -> int:
-    """A 128-bit hash of one document's canonical JSON, tagged with its collection."""
-    text = collection + "\0" + ujson.dumps(doc, sort_keys=True, escape_forward_slashes=False)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=16).digest(), "big")
+def canonical_json(value: Any) -> str:
+    """``value`` as canonical JSON text (keys sorted): what document hashes and request digests hash."""
+    return ujson.dumps(value, sort_keys=True, escape_forward_slashes=False)
+
+
+def document_hash(collection: str, doc: dict[str, Any], text: str | None = None) -> int:
+    """A 128-bit hash of one document's canonical JSON, tagged with its collection.
+
+    ``text`` is ``canonical_json(doc)`` when the caller has it already, else ``None``.
+    """
+    tagged = collection + "\0" + (canonical_json(doc) if text is None else text)
+    return int.from_bytes(hashlib.blake2b(tagged.encode(), digest_size=16).digest(), "big")
 
 
 class Collection:
@@ -54,7 +63,7 @@ class Collection:
         self._slot_of = slot_of
         self.docs: SortedDict = SortedDict()
         self.indexes: dict[str, SortedList] = {name: SortedList() for name in model.indexes}
-        self.slot_index: SortedList = SortedList()
+        self.slot_keys: dict[int, SortedList] = {}  # slot -> its documents' primary keys; no empty slot
         self.slot_counts: dict[int, int] = {}
         self.slot_hashes: dict[int, int] = {}
         self.content_hash = 0
@@ -98,10 +107,10 @@ class Collection:
     ) -> Iterator[dict[str, Any]]:
         """Stored documents, lent, whose ``field`` key lies in [low, high], in (field, primary key) order."""
         index = self.indexes[field]
-        minimum = None if low is None else (low,)
-        maximum = None if high is None else (high, KEY_MAX)
-        for _, pk in index.irange(minimum, maximum, reverse=reverse):
-            yield self.docs[pk]
+        # A value key is a prefix of its entries (sorting before them); KEY_MAX after it sorts after them.
+        maximum = None if high is None else (*high, KEY_MAX)
+        for entry in index.irange(low, maximum, reverse=reverse):
+            yield self.docs[entry[-1]]
 
     def slot_of(self, doc: dict[str, Any]) -> int:
         """The hash slot of ``doc``'s partition key (a co-located child's is its parent's)."""
@@ -114,24 +123,35 @@ class Collection:
     def stored_in_slots(self, first: int, last: int, after: SortKey | None = None) -> Iterator[dict[str, Any]]:
         """Stored documents, lent, whose slot is in ``first..last``, in (slot, primary key) order,
         starting after the position ``after`` = ``(slot, primary key)`` when given."""
-        if after is None or after < (first,):
-            low, inclusive = (first,), True
-        else:
-            low, inclusive = after, False
-        for _, pk in self.slot_index.irange(low, (last, KEY_MAX), inclusive=(inclusive, True)):
-            yield self.docs[pk]
+        start = first if after is None else max(first, after[0])
+        for slot in range(start, last + 1):
+            keys = self.slot_keys.get(slot)
+            if keys is None:
+                continue
+            pks = keys.irange(after[1], inclusive=(False, True)) if after is not None and slot == after[0] else keys
+            for pk in pks:
+                yield self.docs[pk]
 
-    def put(self, doc: dict[str, Any]) -> dict[str, Any] | None:
-        """Store ``doc`` (insert or replace), which the collection now owns; return the document it replaced."""
+    def put(self, doc: dict[str, Any], slot: int | None = None, text: str | None = None) -> dict[str, Any] | None:
+        """Store ``doc`` (insert or replace), which the collection now owns; return the document it replaced.
+
+        ``slot`` (``slot_of(doc)``) and ``text`` (``canonical_json(doc)``) are given when the caller
+        has them already, else ``None``.
+        """
         pk = value_key(doc[self.model.primary_key])
         old: dict[str, Any] | None = self.docs.get(pk)
         if old is not None:
             self._unindex(old, pk)
         self.docs[pk] = doc
         for name, index in self.indexes.items():
-            index.add((value_key(doc.get(name)), pk))
-        slot, digest = self.slot_of(doc), document_hash(self.model.name, doc)
-        self.slot_index.add((slot, pk))
+            index.add(_index_entry(doc.get(name), pk))
+        if slot is None:
+            slot = self.slot_of(doc)
+        digest = document_hash(self.model.name, doc, text)
+        keys = self.slot_keys.get(slot)
+        if keys is None:
+            keys = self.slot_keys[slot] = SortedList()
+        keys.add(pk)
         self.slot_counts[slot] = self.slot_counts.get(slot, 0) + 1
         self.slot_hashes[slot] = (self.slot_hashes.get(slot, 0) + digest) % HASH_MODULUS
         self.content_hash = (self.content_hash + digest) % HASH_MODULUS
@@ -147,12 +167,20 @@ class Collection:
 
     def _unindex(self, doc: dict[str, Any], pk: SortKey) -> None:
         for name, index in self.indexes.items():
-            index.remove((value_key(doc.get(name)), pk))
+            index.remove(_index_entry(doc.get(name), pk))
         slot, digest = self.slot_of(doc), document_hash(self.model.name, doc)
-        self.slot_index.remove((slot, pk))
+        self.slot_keys[slot].remove(pk)
         if self.slot_counts[slot] == 1:
-            del self.slot_counts[slot], self.slot_hashes[slot]
+            del self.slot_counts[slot], self.slot_hashes[slot], self.slot_keys[slot]
         else:
             self.slot_counts[slot] -= 1
             self.slot_hashes[slot] = (self.slot_hashes[slot] - digest) % HASH_MODULUS
         self.content_hash = (self.content_hash - digest) % HASH_MODULUS
+
+
+def _index_entry(value: Any, pk: SortKey) -> SortKey:
+    """An index's entry for a document with ``value`` and primary key ``pk``: ``(*value_key(value), pk)``.
+
+    Entries compare as ``(value_key(value), pk)`` pairs do, as a value key is ``(0,)`` or ``(1, value)``.
+    """
+    return (0, pk) if value is None else (1, value, pk)

@@ -103,24 +103,26 @@ class WriteView(ReadView):
         """Validate and store a new document and return a copy; raises ``DuplicateKey`` if its key is taken
         (stored, or arriving with a slot move)."""
         clean = model.validate(doc)
-        self.insert_validated(model, clean)
+        self.insert_validated(model, clean, self._collection_of(model).slot_of(clean))
         return copy_document(clean)
 
-    def insert_validated(self, model: type[Model], clean: dict[str, Any]) -> Any:
-        """Store ``clean``, a new document ``model.validate`` returned, and return its primary key; raises
-        as ``insert``. The collection owns ``clean`` from now on: the caller must not keep or change it
-        (what a bulk insert saves is the copy ``insert`` makes, and validating twice)."""
+    def insert_validated(self, model: type[Model], clean: dict[str, Any], slot: int, text: str | None = None) -> Any:
+        """Store ``clean``, a new document ``model.validate`` returned, whose hash slot is ``slot``, and return
+        its primary key; raises as ``insert``. ``text`` is ``canonical_json(clean)`` if the caller has it.
+        The collection owns ``clean`` from now on: the caller must not keep or change it (what a bulk
+        insert saves is the copy ``insert`` makes, validating twice, finding the slot and the text again)."""
         collection = self._collection_of(model)
         key = clean[model.primary_key]
         if key in collection:
             raise _taken(model, key, "already exists")
-        self._store(collection, clean)
+        self._store(collection, clean, slot, text)
         return key
 
     def put(self, model: type[Model], doc: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and store a document, replacing any with the same key; return a copy. Raises
         ``DuplicateKey`` for a key arriving with a slot move."""
-        return copy_document(self._store(self._collection_of(model), model.validate(doc)))
+        collection, clean = self._collection_of(model), model.validate(doc)
+        return copy_document(self._store(collection, clean, collection.slot_of(clean)))
 
     def update(self, model: type[Model], key: Any, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Apply ``changes`` to an existing document and return a copy; raises ``DocumentNotFound``."""
@@ -129,7 +131,8 @@ class WriteView(ReadView):
         current = collection.stored(key)  # lent: read only, validate() builds the new document
         if current is None:
             raise DocumentNotFound(f"no {model.name} with {model.primary_key}={key!r}", model=model.name, key=key)
-        return copy_document(self._store(collection, model.validate({**current, **changes, model.primary_key: key})))
+        clean = model.validate({**current, **changes, model.primary_key: key})
+        return copy_document(self._store(collection, clean, collection.slot_of(clean)))
 
     def delete(self, model: type[Model], key: Any) -> dict[str, Any]:
         """Remove a document and return a copy of it; raises ``DocumentNotFound``."""
@@ -162,18 +165,19 @@ class WriteView(ReadView):
             self.refusal = refusal
         raise refusal
 
-    def _store(self, collection: Collection, doc: dict[str, Any]) -> dict[str, Any]:
-        """Store ``doc`` and return it, lent: the collection owns it from now on."""
+    def _store(self, collection: Collection, doc: dict[str, Any], slot: int, text: str | None = None) -> dict[str, Any]:
+        """Store ``doc``, of hash slot ``slot`` (and canonical JSON ``text`` if known), and return it, lent:
+        the collection owns it from now on."""
         key = doc[collection.model.primary_key]
         replaced = collection.stored(key)  # lent: read only
         # A changed partition key moves the document between slots: both must be writable here.
-        self._fence_slot(collection.slot_of(doc))
+        self._fence_slot(slot)
         if replaced is not None:
             self._fence_slot(collection.slot_of(replaced))
         if self.awaiting(collection.model.name, key):
             raise _taken(collection.model, key, "is arriving here with a slot move")
         self._check_references(collection.model, doc)
-        self.undo.append((collection, key, collection.put(doc)))
+        self.undo.append((collection, key, collection.put(doc, slot, text)))
         return doc
 
     def _check_references(self, model: type[Model], doc: dict[str, Any]) -> None:
@@ -181,10 +185,10 @@ class WriteView(ReadView):
 
         References to documents that may live on other shards are not checked here.
         """
-        key_field = model.fields[model.partition_key]
-        parent = key_field.references
-        if parent is None or not model.co_located_with(parent):
+        parent = model.co_located_parent
+        if parent is None:
             return
+        key_field = model.fields[model.partition_key]
         value = doc[key_field.name]
         if value not in self._collection_of(parent):
             raise ValidationError(
