@@ -727,8 +727,7 @@ class StateMachine:
             collection = self.collections.get(name)
             if collection is None:
                 raise ValueError(f"snapshot holds collection {name!r} the app does not define")
-            for doc in docs:
-                collection.put(doc)
+            collection.load(docs)
         for remembered in snapshot["recent_requests"]:
             if len(remembered) == 2:  # format 2 kept no request digests
                 (rid, result), digest, slot = remembered, None, None

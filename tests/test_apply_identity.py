@@ -206,6 +206,32 @@ def test_a_slot_page_is_the_brute_force_sort_by_slot_then_primary_key(
     assert paged == wanted
 
 
+@PROPERTY
+@given(items=ITEMS)
+def test_loading_a_collection_at_once_stores_what_putting_each_document_does(items: dict[int, int | None]) -> None:
+    def eight_slots(key: Any) -> int:
+        return slot_of(key) % 8
+
+    put_one_by_one = stored(items, eight_slots)
+    loaded = Collection(Ranked, eight_slots)
+    loaded.load(Ranked.validate({"id": key, "rank": rank}) for key, rank in items.items())
+    assert list(loaded.docs.items()) == list(put_one_by_one.docs.items())
+    assert list(loaded.indexes["rank"]) == list(put_one_by_one.indexes["rank"])
+    assert {s: list(k) for s, k in loaded.slot_keys.items()} == {
+        s: list(k) for s, k in put_one_by_one.slot_keys.items()
+    }
+    assert loaded.slot_counts == put_one_by_one.slot_counts
+    assert loaded.slot_hashes == put_one_by_one.slot_hashes
+    assert loaded.content_hash == put_one_by_one.content_hash
+
+
+def test_loading_refuses_a_primary_key_twice_and_a_collection_that_is_not_empty() -> None:
+    with pytest.raises(ValueError, match="primary key 1 is stored twice"):
+        Collection(Ranked, slot_of).load([{"id": 1, "rank": None}, {"id": 1, "rank": 2}])
+    with pytest.raises(ValueError, match="fills an empty collection only"):
+        stored({1: None}).load([{"id": 2, "rank": None}])
+
+
 def test_a_bulk_insert_finds_each_documents_slot_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Any] = []
 
