@@ -290,7 +290,7 @@ def import_commit(machine: StateMachine, command: dict[str, Any], view: WriteVie
             machine.collections[name].put(doc)
     for rid, request_digest, result, slot in incoming.requests:
         if rid not in machine.recent:
-            machine.remember(rid, request_digest, result, slot)
+            machine.remember_result(rid, request_digest, result, slot)
     for first, last in move.slots:
         machine.slots.assign(first, last, SlotRange(first, last, OWNED, move.epoch))
     del machine.incoming[move.id]
@@ -366,12 +366,12 @@ def export_page(machine: StateMachine, move_id: str, after: str | None, limit: i
             docs.setdefault(name, []).append(copy_document(doc))
             taken, last = taken + 1, position
     after_rid = cursor[1] if cursor is not None and cursor[0] == "req" else None
-    for rid, (digest, result, slot) in sorted(machine.recent.items()):
+    for rid, (digest, encoded, slot) in sorted(machine.recent.items()):
         if slot is None or not in_ranges(move.slots, slot) or (after_rid is not None and rid <= after_rid):
             continue
         if taken == limit:
             return _page(machine, move, docs, requests, last)
-        requests.append([rid, digest, result, slot])
+        requests.append([rid, digest, ujson.loads(encoded), slot])
         taken, last = taken + 1, ["req", rid]
     return _page(machine, move, docs, requests, None)
 

@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import queue
 import threading
@@ -134,6 +135,9 @@ _UTILITY_CHANGES = ("add", "remove", "transfer")
 _JOURNAL_FACTORY = threading.Lock()
 # A member that stands out of elections keeps its election deadline this far ahead.
 _NO_ELECTION = 3600.0
+# Seconds between moves of what survived the young collections into the collector's permanent generation
+# (``_freeze_survivors``).
+GC_FREEZE_INTERVAL = 1.0
 # Written by node.repair before a replica discards its log on purpose; removed once it has caught up.
 REPAIR_MARKER = "repairing"
 # PySyncObj's own read timeout for a link (see RaftMember.__init__); TCP keepalive still applies.
@@ -267,6 +271,7 @@ class RaftMember(SyncObj):  # type: ignore[misc]
         self._lease_acks: dict[Any, float] = {}  # follower -> newest acknowledged send time, this term
         self._reset_floor: dict[Any, int] = {}  # follower -> lowest next index a reset asked for since a success
         self._lease_expiry = 0.0
+        self._next_freeze = 0.0  # monotonic time of the next _freeze_survivors
         self._wake: PipeNotifier | None = None  # wakes the Raft thread for a proposal; made on that thread
         self._appended: tuple[int, int] = (-1, -1)  # (term, last log index) of the newest appends sent
         conf = SyncObjConf(
@@ -404,6 +409,25 @@ class RaftMember(SyncObj):  # type: ignore[misc]
 
         Subclasses record the new configuration here; this one does nothing.
         """
+
+    # -- the garbage collector ----------------------------------------------------
+
+    def _freeze_survivors(self) -> None:
+        """Raft thread, every ``GC_FREEZE_INTERVAL``: collect the young generations, then freeze what survived.
+
+        A full collection walks every reference of every tracked container: with 500,000 stored documents
+        each one held the GIL for ~0.2 s (measured), and while a load grows the heap Python runs one per
+        25% of growth, each long enough under load for followers to call an election. Frozen objects are
+        never walked again. What this costs: cyclic garbage that reached the old generation before a freeze
+        is never freed. The stored state holds no reference cycles (JSON values, sorted lists of keys), so
+        what is frozen is live or freed by reference counting as usual.
+        """
+        now = time.monotonic()
+        if now < self._next_freeze:
+            return
+        self._next_freeze = now + GC_FREEZE_INTERVAL
+        gc.collect(1)
+        gc.freeze()
 
     # -- snapshots ----------------------------------------------------------------
 
@@ -670,6 +694,7 @@ class RaftMember(SyncObj):  # type: ignore[misc]
             self._startup_checked = True
             self._check_acknowledged_entries()
         self._drop_dead_links()
+        self._freeze_survivors()
         if self._isLeader():
             self._change_pending = self._scan_pending_change()
         if (self.mode == "joining" and not self._lower_term_leader) or self._standing_down():

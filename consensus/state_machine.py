@@ -65,7 +65,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar, TypeGuard
@@ -105,6 +105,9 @@ from query.planner import Page
 from query.views import ReadView, WriteView
 
 Result = dict[str, Any]
+# A remembered request: the digest of what it asked (None before digests were kept), its result's JSON,
+# the slot it was routed by (None before slots).
+Remembered = tuple[str | None, bytes, int | None]
 Handler = Callable[["StateMachine", dict[str, Any], WriteView], Result]
 SlotFinder = Callable[["StateMachine", dict[str, Any]], int | None]
 
@@ -163,8 +166,11 @@ class StateMachine:
 
     def _reset(self) -> None:
         self.collections = {name: Collection(model, slot_of) for name, model in sorted(self.app.models.items())}
-        # request id -> (digest of the request it named, its result, the slot it was routed by or None)
-        self.recent: OrderedDict[str, tuple[str | None, Result, int | None]] = OrderedDict()
+        # request id -> (digest of the request it named, its result's JSON bytes, the slot it was routed by
+        # or None). Encoded, so a remembered request is one tuple of atomic values, which the garbage
+        # collector stops tracking: 100,000 of them as dicts and lists made each full collection take
+        # ~0.2 s on the Raft thread, long enough under load for followers to call an election.
+        self.recent: OrderedDict[str, Remembered] = OrderedDict()
         self.slots = SlotTable()
         self.moves: dict[str, moves.Move] = {}  # this group's moves, active ones and the last finished
         self.incoming: dict[str, moves.Incoming] = {}  # documents a target received, by move id
@@ -260,7 +266,7 @@ class StateMachine:
         digest = request_digest(command) if request_id is not None and spec.remembered else None
         result, encoded = self._transaction(spec, command, slot)
         if request_id is not None and spec.remembered and _error_code(result) not in REFUSAL_CODES:
-            self.remember(request_id, digest, result, slot)
+            self.remember(request_id, (digest, encoded, slot))
         return result, encoded
 
     def _fence(self, spec: Command, command: dict[str, Any]) -> tuple[int | None, DocraftError | None]:
@@ -297,7 +303,7 @@ class StateMachine:
         )
         try:
             result = spec.handler(self, command, view)
-            outcome = (result, _encode(result)) if spec.fresh_result else _json_result(result)
+            outcome = (result, encode_json(result)) if spec.fresh_result else _json_result(result)
         except DocraftError as exc:
             view.rollback()
             outcome = _error_result(exc)
@@ -316,11 +322,16 @@ class StateMachine:
             local=self.local_fingerprint,
         )
 
-    def remember(self, request_id: str, digest: str | None, result: Result, slot: int | None) -> None:
-        """Keep ``result`` under ``request_id`` (the oldest is forgotten past ``remembered_requests``)."""
-        self.recent[request_id] = (digest, result, slot)
+    def remember(self, request_id: str, remembered: Remembered) -> None:
+        """Keep ``remembered`` (digest, result as ``encode_json`` gives it, slot) under ``request_id``; the
+        oldest is forgotten past ``remembered_requests``."""
+        self.recent[request_id] = remembered
         while len(self.recent) > self.remembered_requests:
             self.recent.popitem(last=False)
+
+    def remember_result(self, request_id: str, digest: str | None, result: Result, slot: int | None) -> None:
+        """``remember`` a decoded ``result`` (one a snapshot or a slot move carried)."""
+        self.remember(request_id, (digest, encode_json(result), slot))
 
     # -- command handlers (see ``Command``) ----------------------------------------
 
@@ -397,7 +408,7 @@ class StateMachine:
         parts = command.get("parts")
         if not isinstance(parts, list) or not all(map(is_insert_part, parts)):
             raise BadRequest("insert_parts needs a list of parts, each {slot, request_id, docs: [...]}", param="parts")
-        applied: dict[str, tuple[str, Result, int]] = {}
+        applied: dict[str, Remembered] = {}
         results: list[Result] = []
         for part in parts:
             request_id, slot, docs = part["request_id"], part["slot"], part["docs"]
@@ -409,10 +420,11 @@ class StateMachine:
             elif (refusal := self._write_refusal(slot)) is not None:
                 results.append(refusal.to_json())
             else:
-                applied[request_id] = (digest, {"ok": self._insert_docs(model, docs, slot, view, texts)}, slot)
-                results.append(applied[request_id][1])
-        for request_id, (digest, result, slot) in applied.items():
-            self.remember(request_id, digest, result, slot)
+                result = {"ok": self._insert_docs(model, docs, slot, view, texts)}
+                applied[request_id] = (digest, encode_json(result), slot)
+                results.append(result)
+        for request_id, remembered in applied.items():
+            self.remember(request_id, remembered)
         return {"ok": results}
 
     def _insert_docs(
@@ -706,7 +718,7 @@ class StateMachine:
         return {
             "format": SNAPSHOT_FORMAT,
             "collections": {name: _lent(c) if lend else c.all() for name, c in self.collections.items()},
-            "recent_requests": _lent_requests(self.recent) if lend else [[rid, *r] for rid, r in self.recent.items()],
+            "recent_requests": _lent_requests(self.recent) if lend else list(remembered_requests(self.recent)),
             "integrity": {**self.integrity_log.to_json(), "fingerprint": self.fingerprint},
             "versions": dict(self.versions),
             "slots": self.slots.to_json(),
@@ -735,7 +747,7 @@ class StateMachine:
                 (rid, digest, result), slot = remembered, None
             else:
                 rid, digest, result, slot = remembered
-            self.recent[rid] = (digest, result, slot)
+            self.remember_result(rid, digest, result, slot)
         self.integrity_log.restore(snapshot["integrity"])
         self.fingerprint = snapshot["integrity"]["fingerprint"]
         self.versions.update(snapshot.get("versions", {}))
@@ -760,11 +772,16 @@ def _lent(collection: Collection) -> list[dict[str, Any]]:
     return list(dict.values(collection.docs))
 
 
-def _lent_requests(recent: OrderedDict[str, Any]) -> Iterator[list[Any]]:
-    """``[request id, *remembered]`` of each of ``recent`` as it is now, built as they are read: from a copy of
-    the index (one C-level copy; building 100,000 lists under the replica's lock costs a garbage collection
-    pass over every stored document) of tuples never changed once remembered."""
-    return ([rid, *remembered] for rid, remembered in dict(recent).items())
+def _lent_requests(recent: OrderedDict[str, Remembered]) -> Iterator[list[Any]]:
+    """``remembered_requests`` of ``recent`` as it is now, built as they are read: from a copy of the index
+    (one C-level copy; building 100,000 lists under the replica's lock costs a garbage collection pass over
+    every stored document) of tuples never changed once remembered."""
+    return remembered_requests(dict(recent))
+
+
+def remembered_requests(recent: Mapping[str, Remembered]) -> Iterator[list[Any]]:
+    """``[request id, digest, result, slot]`` of each remembered request of ``recent``, its result decoded."""
+    return ([rid, digest, ujson.loads(encoded), slot] for rid, (digest, encoded, slot) in recent.items())
 
 
 def request_digest(command: dict[str, Any]) -> str:
@@ -798,11 +815,12 @@ def _kept_as_is(valid: dict[str, Any], doc: dict[str, Any]) -> bool:
     return True
 
 
-def _replayed(request_id: str, digest: str, remembered: tuple[str | None, Result, int | None]) -> Result:
+def _replayed(request_id: str, digest: str, remembered: Remembered) -> Result:
     """What a request id applied before answers a request with ``digest``: its first result, or
     ``idempotency_key_reused`` when it named a different request (nothing is applied then)."""
-    first_digest, result, _ = remembered
+    first_digest, encoded, _ = remembered
     if first_digest in (None, digest):
+        result: Result = ujson.loads(encoded)
         return result
     return IdempotencyKeyReused(
         f"request id {request_id!r} already named a different request; nothing was applied", request_id=request_id
@@ -823,7 +841,7 @@ def is_insert_part(part: Any) -> bool:
     )
 
 
-def _encode(value: Any) -> bytes:
+def encode_json(value: Any) -> bytes:
     """``value`` as strict JSON bytes: raises ``NotJSON`` for NaN, infinities, bytes and other non-JSON types."""
     try:
         return ujson.dumps(value, escape_forward_slashes=False, allow_nan=False, reject_bytes=True).encode()
@@ -843,7 +861,7 @@ def _json_copy(value: Any) -> Any:
 
 def _json_result(value: Any) -> tuple[Any, bytes]:
     """``value`` made of JSON types only, and its encoding; raises ``NotJSON``."""
-    encoded = _encode(value)
+    encoded = encode_json(value)
     try:
         return ujson.loads(encoded), encoded
     except ValueError:  # a __json__ hook wrote text that is not JSON
@@ -852,7 +870,7 @@ def _json_result(value: Any) -> tuple[Any, bytes]:
 
 def _encoded(result: Result) -> tuple[Result, bytes]:
     """A result docraft built from JSON values, with its encoding."""
-    return result, _encode(result)
+    return result, encode_json(result)
 
 
 def _error_result(exc: DocraftError) -> tuple[Result, bytes]:

@@ -109,7 +109,7 @@ def test_a_lent_snapshot_is_taken_without_an_object_per_remembered_request_and_s
     docs = [{"id": n, "first_name": "A", "last_name": str(n), "country": "X"} for n in range(20)]
     machine.apply({"type": "insert_batch", "model": "User", "docs": docs, "request_id": "first", "time": 1.0})
     for n in range(10_000):
-        machine.remember(f"r{n}", None, {"ok": n}, n)
+        machine.remember_result(f"r{n}", None, {"ok": n}, n)
     expected = machine.snapshot()
     gc.collect()
     gc.disable()
