@@ -35,6 +35,9 @@ from pathlib import Path
 import ujson
 from tornado.httpclient import AsyncHTTPClient
 
+from bench.ports import free_block, free_ports
+
+RAFT_BELOW = 500  # a --start cluster's first Raft port is its dispatcher port minus this
 # Kept-alive connections, one per client: the load generator must not pay a TCP handshake per request.
 AsyncHTTPClient.configure("tornado.curl_httpclient.CurlAsyncHTTPClient", max_clients=512)
 
@@ -191,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="dispatcher URL of a running cluster")
     parser.add_argument("--start", action="store_true", help="start a 2x3 cluster (docraft up defaults) first")
-    parser.add_argument("--port", type=int, default=8600, help="dispatcher port of the --start cluster")
+    parser.add_argument(
+        "--port", type=int, help="dispatcher port of the --start cluster (default: a block of free ports)"
+    )
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per workload")
-    parser.add_argument("--noop-port", type=int, default=8599)
+    parser.add_argument("--noop-port", type=int, help="port of the no-op baseline server (default: a free one)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument(
         "--no-digests",
@@ -218,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     args = parser.parse_args(argv)
+    if args.noop_port is None:
+        args.noop_port = free_ports(1)[0]
+    if args.start and args.port is None:
+        # Layout(port=P, raft_port=P - RAFT_BELOW): the dispatcher on P, replicas on P + 100.., Raft on P - RAFT_BELOW..
+        args.port = RAFT_BELOW + free_block([0, RAFT_BELOW, *range(RAFT_BELOW + 100, RAFT_BELOW + 106), *range(6)])
 
     cluster = None
     url = args.url
@@ -229,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
         folder = Path(tempfile.mkdtemp(prefix="docraft-bench-"))
         (folder / "cluster.toml").write_text(
-            Layout(port=args.port, raft_port=args.port - 500).render(
+            Layout(port=args.port, raft_port=args.port - RAFT_BELOW).render(
                 "examples.people",
                 {
                     "integrity": {"digests": not args.no_digests},
