@@ -58,6 +58,10 @@ WrittenCallback = Callable[[int, float], None]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _NICENESS = 10  # how much lower the writer's CPU priority is than its member's
+# After a snapshot failed (disk full, out of memory), no writer starts for RETRY_FIRST seconds, doubled after
+# each further failure up to RETRY_MAX: PySyncObj asks again at every tick, which was a fork per tick.
+RETRY_FIRST = 1.0
+RETRY_MAX = 60.0
 # Looked up before any fork: the child must not load libraries (the loader's lock may be held by a thread).
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
@@ -101,6 +105,8 @@ class ForkingSerializer(Serializer):  # type: ignore[misc]
         self._receiving: BinaryIO | None = None
         self._writer: _Writer | None = None
         self._fork_failed: int | None = None  # the serialize id of a snapshot whose writer could not start
+        self._retry_after = 0.0  # seconds to wait after the next failure (0: none failed since a success)
+        self._retry_at = 0.0  # monotonic time before which no writer starts
 
     @property
     def writing(self) -> bool:
@@ -109,10 +115,11 @@ class ForkingSerializer(Serializer):  # type: ignore[misc]
 
     def serialize(self, data: tuple[Any, Any, Any, Any], serialize_id: int) -> None:
         """Fork a child that writes ``data``'s snapshot (``(None, last, previous, cluster)``); return at once.
+        Nothing while one is being written, or while the back-off after a failed one lasts (``RETRY_FIRST``).
 
         ``serialize_id`` is the index PySyncObj compacts its journal to once the file is in place.
         """
-        if self._writer is not None:
+        if self._writer is not None or time.monotonic() < self._retry_at:
             return
         _, last, previous, cluster = data
         parent = os.getpid()
@@ -121,6 +128,7 @@ class ForkingSerializer(Serializer):  # type: ignore[misc]
         except OSError as exc:  # out of memory or processes: PySyncObj hears FAILED and tries again later
             log.warning("snapshot at index %d not written: its writer could not start: %s", last[1], exc)
             self._fork_failed = serialize_id
+            self._back_off()
             return
         if pid == 0:
             _run_child(parent, lambda: self._write(self.temporary, (last, previous, cluster)))
@@ -146,9 +154,17 @@ class ForkingSerializer(Serializer):  # type: ignore[misc]
         except OSError as exc:
             log.warning("snapshot at index %d not written: %s", writer.index, exc)
             Path(self.temporary).unlink(missing_ok=True)
+            self._back_off()
             return SERIALIZER_STATE.FAILED, writer.serialize_id
+        self._retry_after = 0.0
         self._on_written(writer.index, time.monotonic() - writer.started)
         return SERIALIZER_STATE.SUCCESS, writer.serialize_id
+
+    def _back_off(self) -> None:
+        """After a failure: start no writer for ``RETRY_FIRST`` seconds, twice as long after each further one."""
+        self._retry_after = min(max(RETRY_FIRST, 2 * self._retry_after), RETRY_MAX)
+        self._retry_at = time.monotonic() + self._retry_after
+        log.warning("the next snapshot is tried in %.0f s at the earliest", self._retry_after)
 
     def deserialize(self) -> Any:
         """Load the snapshot in place, after abandoning a snapshot being written (see the module docstring)."""

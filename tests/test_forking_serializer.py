@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from pysyncobj.config import SERIALIZER_STATE
 
+from consensus import snapshots
 from consensus.snapshots import ForkingSerializer
 from tests.harness import wait_for
 
@@ -90,6 +92,30 @@ def test_a_failed_writer_leaves_the_snapshot_in_place(tmp_path: Path) -> None:
     forking.serialize((None, LAST, PREVIOUS, set()), PREVIOUS[1])
     assert finished(forking) == (SERIALIZER_STATE.FAILED, PREVIOUS[1])
     assert path.read_text() == "old" and not Path(forking.temporary).exists() and not written
+
+
+def test_after_a_failed_snapshot_the_next_writer_waits_longer_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Disk full: PySyncObj asks for a snapshot again at every tick, and each ask forked a writer.
+    monkeypatch.setattr(snapshots, "RETRY_FIRST", 0.3)
+    starts: list[float] = []
+
+    def write(name: str, raft: tuple[Any, Any, Any]) -> None:
+        raise OSError("disk full")
+
+    forking = serializer(tmp_path / "snapshot.json", write, [])
+
+    def ask() -> bool:
+        forking.serialize((None, LAST, PREVIOUS, set()), PREVIOUS[1])
+        if forking.writing:
+            starts.append(time.monotonic())
+            assert finished(forking) == (SERIALIZER_STATE.FAILED, PREVIOUS[1])
+        return len(starts) == 3
+
+    wait_for(ask, 10, "three writers")
+    first_wait, second_wait = starts[1] - starts[0], starts[2] - starts[1]
+    assert first_wait >= 0.3 and second_wait >= 0.6
 
 
 def test_loading_a_snapshot_abandons_the_one_being_written(tmp_path: Path, gate: Gate) -> None:
