@@ -396,8 +396,10 @@ def render_config(
     shards: list[tuple[str, list[tuple[str, str, str, str]]]],
     dispatchers: list[tuple[str, str]],
     sections: dict[str, dict[str, Any]] | None = None,
+    slots: list[list[list[int]]] | None = None,
 ) -> str:
-    """TOML text for a cluster; shards get equal slot ranges in the order given.
+    """TOML text for a cluster; shards get ``slots`` (one list of ``[first, last]`` ranges per shard, in the
+    order given), or by default equal slot ranges.
 
     ``shards`` is ``[(shard_id, [(replica_id, raft, http, data_dir), ...]), ...]``
     and ``dispatchers`` is ``[(dispatcher_id, http), ...]``.
@@ -406,7 +408,8 @@ def render_config(
     per_shard = SLOT_COUNT // len(shards)
     for i, (shard_id, replicas) in enumerate(shards):
         last = SLOT_COUNT - 1 if i == len(shards) - 1 else (i + 1) * per_shard - 1
-        lines += ["[[shards]]", f'id = "{shard_id}"', f"slots = [[{i * per_shard}, {last}]]", ""]
+        ranges = [[i * per_shard, last]] if slots is None else slots[i]
+        lines += ["[[shards]]", f'id = "{shard_id}"', f"slots = {_toml(ranges)}", ""]
         for replica_id, raft_address, http, data_dir in replicas:
             lines += [
                 "[[shards.replicas]]",

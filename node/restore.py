@@ -161,10 +161,8 @@ def _new_config(manifest: dict[str, Any], data_dir: Path, path: Path | None) -> 
     ]
     dispatchers = [(d["id"], d["http"]) for d in summary["dispatchers"]]
     sections = {"raft": summary["raft"], "integrity": summary["integrity"]}
-    text = _with_slots(
-        render_config(new_secret(), summary["app"], shards, dispatchers, sections),
-        [shard["slots"] for shard in summary["shards"]],
-    )
+    slots = [shard["slots"] for shard in summary["shards"]]
+    text = render_config(new_secret(), summary["app"], shards, dispatchers, sections, slots)
     target = data_dir / CONFIG_NAME
     if target.exists():
         raise RestoreRefused(f"{target} exists: restore into an empty directory, or name it with --config")
@@ -172,15 +170,6 @@ def _new_config(manifest: dict[str, Any], data_dir: Path, path: Path | None) -> 
         return parse_config(tomllib.loads(text), target), text
     except (tomllib.TOMLDecodeError, ConfigError) as exc:
         raise RestoreRefused(f"the backup's cluster summary makes no valid cluster file: {exc}") from None
-
-
-def _with_slots(text: str, slots: list[list[list[int]]]) -> str:
-    """``render_config``'s ``text`` with its shards' ``slots`` lines, in order, set to ``slots`` (it splits the
-    slots evenly; the backed-up cluster's file may not have)."""
-    given = iter(slots)
-    return "\n".join(
-        f"slots = {ujson.dumps(next(given))}" if line.startswith("slots = ") else line for line in text.split("\n")
-    )
 
 
 def _check_app(manifest: dict[str, Any], app: App) -> None:
