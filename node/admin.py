@@ -42,18 +42,32 @@ def http_json(
     (in a ``URLError``, an ``OSError``) if not. ``TlsUnusable`` when ``ca`` is no CA file.
     """
     data = None if body is None else ujson.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    for name, value in (headers or {}).items():
-        request.add_header(name, value)
-    if key is not None:
-        for name, value in sign(key, method, request.selector, data or b"", time.time()).items():
-            request.add_header(name, value)
+    request = signed_request(method, url, data, key, {"Content-Type": "application/json", **(headers or {})})
     try:
-        context = client_context(ca) if ca is not None else None
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+        with open_request(request, timeout, ca) as response:
             return response.status, ujson.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, ujson.loads(exc.read() or b"null")
+
+
+def signed_request(
+    method: str, url: str, data: bytes | None, key: bytes | None, headers: Mapping[str, str]
+) -> urllib.request.Request:
+    """A request of ``method`` to ``url`` with body ``data`` and ``headers``; signed as a cluster member's
+    with ``key`` (``node.signing.internal_key``) unless it is ``None``."""
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers))
+    if key is not None:
+        for name, value in sign(key, method, request.selector, data or b"", time.time()).items():
+            request.add_header(name, value)
+    return request
+
+
+def open_request(request: urllib.request.Request, timeout: float, ca: Path | None) -> Any:
+    """``urlopen`` of ``request``; an ``https`` server must have a certificate from ``ca`` (default: the
+    system's CAs). Raises as ``urlopen`` does (``HTTPError`` for an error answer), ``TlsUnusable`` when
+    ``ca`` is no CA file."""
+    context = client_context(ca) if ca is not None else None
+    return urllib.request.urlopen(request, timeout=timeout, context=context)
 
 
 def agrees(config: ClusterConfig, replica_id: str) -> bool:

@@ -36,7 +36,6 @@ import tarfile
 import tempfile
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,12 +44,11 @@ from typing import Any
 import ujson
 
 from consensus.slots import FROZEN, IMPORTING, OWNED, SLOT_COUNT
-from node.admin import http_json
+from node.admin import http_json, open_request, signed_request
 from node.config import ClusterConfig, ReplicaConfig
 from node.rebalance import pending_moves
 from node.shard_client import TIMEOUT_HEADER
-from node.signing import internal_key, key_id, sign
-from node.tls import client_context
+from node.signing import internal_key, key_id
 from query.app import App
 from query.fingerprint import app_fingerprint, docraft_version
 
@@ -232,14 +230,11 @@ def _fetch_shard(
 def _stream(config: ClusterConfig, replica: ReplicaConfig, path: Path) -> tuple[dict[str, Any], str]:
     """One ``GET /_shard/backup`` of ``replica`` into ``path``. Raises ``HTTPError`` for an error answer,
     ``OSError``/``HTTPException`` for a broken stream and ``ValueError`` for one that is not a backup."""
-    request = urllib.request.Request(f"{replica.http_url}/_shard/backup", method="GET")
-    request.add_header(TIMEOUT_HEADER, str(BARRIER_TIMEOUT))
-    for name, value in sign(internal_key(config.secret), "GET", request.selector, b"", time.time()).items():
-        request.add_header(name, value)
-    context = client_context(config.ca) if config.ca is not None else None
+    key, headers = internal_key(config.secret), {TIMEOUT_HEADER: str(BARRIER_TIMEOUT)}
+    request = signed_request("GET", f"{replica.http_url}/_shard/backup", None, key, headers)
     digest = hashlib.sha256()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(request, timeout=BARRIER_TIMEOUT + 20, context=context) as response:
+    with open_request(request, BARRIER_TIMEOUT + 20, config.ca) as response:
         header = ujson.loads(response.readline())
         with open(path, "wb") as out:
             last = b""
